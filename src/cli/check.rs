@@ -1,0 +1,69 @@
+//! `relayauth-mount check`: one decision, for scripts and for people debugging a token.
+
+use clap::{ArgGroup, Args};
+use serde_json::json;
+
+use super::{CliError, Outcome, print_json};
+use crate::scope::{Requirement, ScopeSet};
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["scope", "scopes_json"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["require", "op"])))]
+pub struct CheckArgs {
+    /// A scope of the set (repeat for more), e.g. relayfile:fs:read:/github/**.
+    #[arg(long = "scope", value_name = "S", action = clap::ArgAction::Append)]
+    scope: Vec<String>,
+    /// The scope set as a JSON array of strings (may be empty), used byte for byte.
+    #[arg(long = "scopes-json", value_name = "JSON_ARRAY")]
+    scopes_json: Option<String>,
+    /// The requirement, RESOURCE:ACTION (fs:read, ops:replay, search:read, ...).
+    #[arg(long, value_name = "RESOURCE:ACTION")]
+    require: Option<String>,
+    /// A filesystem operation (read, write, create, delete, manage): means fs:<op>.
+    #[arg(long, value_name = "OP")]
+    op: Option<String>,
+    /// The relayfile path asked about ('' is the empty, workspace-level path).
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
+    path: String,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: CheckArgs) -> Outcome {
+    let requirement = match (&args.require, &args.op) {
+        (Some(r), _) => Requirement::parse(r),
+        (None, Some(op)) => Requirement::fs(op),
+        (None, None) => return Err(CliError::input("give --require RESOURCE:ACTION or --op OP")),
+    }
+    .map_err(|e| CliError::input(format!("{e}")))?;
+    let scopes = match &args.scopes_json {
+        Some(text) => parse_scopes_json(text)?,
+        None => args.scope.clone(),
+    };
+    let set = ScopeSet::new(&scopes);
+    let explained = set.explain(&requirement, &args.path);
+    let allowed = explained.matched.is_some();
+    if args.json {
+        print_json(&json!({
+            "allowed": allowed,
+            "requirement": requirement.to_string(),
+            "matched_scope": explained.matched_scope,
+            "reason": explained.reason,
+            "error_code": if allowed { None } else { Some("insufficient_scope") },
+        }));
+    } else {
+        let verdict = if allowed { "allowed" } else { "denied" };
+        println!("{verdict}: {}", explained.reason);
+    }
+    Ok(if allowed { 0 } else { 1 })
+}
+
+/// `--scopes-json`: a JSON array of strings, nothing else.
+pub(crate) fn parse_scopes_json(text: &str) -> Result<Vec<String>, CliError> {
+    serde_json::from_str::<Vec<String>>(text).map_err(|e| {
+        CliError::input(format!(
+            "--scopes-json must be a JSON array of strings, e.g. '[\"relayfile:fs:read:/github/**\"]': {e}"
+        ))
+    })
+}

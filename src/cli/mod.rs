@@ -1,0 +1,85 @@
+//! The command line (DESIGN section 13). Scripts depend on these interfaces, so their flags,
+//! JSON shapes and exit codes are stable: 0 allowed / valid / within, 1 denied / invalid / not
+//! within, 2 bad input. Errors go to stderr as one sentence that names the problem and the fix;
+//! no panic or backtrace reaches a user.
+
+mod check;
+mod scopes;
+
+use std::fmt;
+
+use clap::{Parser, Subcommand};
+
+/// relayauth-mount: enforce relayauth scopes over a relayfile mirror.
+#[derive(Debug, Parser)]
+#[command(name = "relayauth-mount", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decide one requirement on one path against a scope set.
+    Check(check::CheckArgs),
+    /// Validate scopes and compare scope sets.
+    #[command(subcommand)]
+    Scopes(scopes::ScopesCommand),
+}
+
+/// A command's failure: what to print and which exit code to use.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    /// Bad input (exit 2).
+    pub fn input(message: impl Into<String>) -> CliError {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Exit status of a command that ran: 0 or 1 (2 is a [`CliError`]).
+pub type Outcome = Result<i32, CliError>;
+
+/// Parse the process arguments, run the command and return the exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let outcome = match cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Scopes(cmd) => scopes::run(cmd),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("relayauth-mount: error: {e}");
+            e.code
+        }
+    }
+}
+
+/// Print a JSON value on stdout.
+pub(crate) fn print_json(value: &serde_json::Value) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("relayauth-mount: error: cannot encode output: {e}"),
+    }
+}

@@ -1,0 +1,7 @@
+//! relayauth-mount: a FUSE guard that enforces relayauth scopes over a relayfile mirror.
+//!
+//! The crate is a library with a thin binary on top, so that every decision can be tested
+//! without FUSE. See README.md for what the tool does and DESIGN-level semantics.
+
+pub mod cli;
+pub mod scope;
