@@ -3,5 +3,8 @@
 //! The crate is a library with a thin binary on top, so that every decision can be tested
 //! without FUSE. See README.md for what the tool does and DESIGN-level semantics.
 
+pub mod audit;
+pub mod authz;
 pub mod cli;
+pub mod fs;
 pub mod scope;

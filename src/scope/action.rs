@@ -125,6 +125,10 @@ impl Requirement {
     pub const FS_WRITE: usize = 1;
     pub const FS_CREATE: usize = 2;
     pub const FS_DELETE: usize = 3;
+    pub const FS_MANAGE: usize = 4;
+    pub const OPS_READ: usize = 5;
+    pub const SYNC_READ: usize = 9;
+    pub const INTEGRATION_READ: usize = 12;
 
     /// Parse `resource:action`. Known families must name one of their actions (`*` is a grant
     /// form, never a requirement).

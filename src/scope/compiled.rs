@@ -13,7 +13,7 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::action::{KNOWN_REQUIREMENTS, Requirement};
+use super::action::{Family, KNOWN_REQUIREMENTS, Requirement};
 use super::parse::{Scope, ScopeForm, ScopeProblem};
 use super::pattern::PathPattern;
 
@@ -52,6 +52,12 @@ struct ReqIndex {
 }
 
 impl ReqIndex {
+    fn grants_anything(&self) -> bool {
+        self.paths.any.is_some()
+            || !self.paths.anchors.is_empty()
+            || (self.literal.is_some() && !self.narrow)
+    }
+
     fn find(&self, path: &[u8]) -> Option<Match> {
         if let Some(scope) = self.paths.find(path) {
             return Some(Match {
@@ -267,6 +273,19 @@ impl ScopeSet {
     /// Decide a known requirement by its index in [`KNOWN_REQUIREMENTS`] (the hot path).
     pub fn check_known(&self, index: usize, path: &[u8]) -> Option<Match> {
         self.known[index].find(path)
+    }
+
+    /// Whether the known requirement at `index` is granted on at least one path.
+    pub fn grants_anywhere(&self, index: usize) -> bool {
+        self.known[index].grants_anything()
+    }
+
+    /// Whether any requirement of `family` is granted on at least one path.
+    pub fn grants_family(&self, family: Family) -> bool {
+        KNOWN_REQUIREMENTS
+            .iter()
+            .enumerate()
+            .any(|(i, (f, _))| *f == family && self.known[i].grants_anything())
     }
 
     /// Whether a bare literal for `req` is present but suppressed by a narrow grant.

@@ -1,0 +1,343 @@
+//! Authorization: a filesystem operation on a path, for a scope set, becomes a [`Decision`].
+//!
+//! This is the one place that maps DESIGN section 7's table to requirements and errnos, so the
+//! filesystem, `_PERMISSIONS.md` and the audit log cannot disagree: they all call [`decide`].
+//! It is pure (no I/O); facts that need the mirror (the path inside a `/.relay` record) are
+//! looked up by the caller and passed in as a [`Place`].
+//!
+//! The errno policy: a path the caller cannot see is `ENOENT` (its existence is not revealed); a
+//! visible path whose operation is refused is `EACCES`; operations refused for everyone (hard
+//! links, chown, device nodes, setuid/setgid bits) are `EPERM`.
+
+pub mod relay;
+
+use std::fmt;
+
+use crate::scope::{Requirement, ScopeSet, Via};
+
+pub use relay::{RelayItem, classify_relay};
+
+/// The name of the generated permissions file in every directory.
+pub const PERMISSIONS_FILE: &str = "_PERMISSIONS.md";
+
+/// What the caller wants to do, as far as authorization cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// lookup, getattr, readlink, access(F_OK), opendir, readdir.
+    See,
+    /// open for reading, getxattr, listxattr.
+    Read,
+    /// open for writing, `O_TRUNC`, truncate, write, fallocate, setattr of times or mode,
+    /// setxattr, removexattr.
+    Write,
+    /// create a file, mkdir, symlink: on the new path.
+    Create,
+    /// unlink, rmdir.
+    Delete,
+    /// Refused for everyone: the operation's name.
+    Forbidden(Forbidden),
+}
+
+/// The operations that are refused structurally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Forbidden {
+    HardLink,
+    Chown,
+    DeviceNode,
+    SetId,
+}
+
+impl Forbidden {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Forbidden::HardLink => {
+                "hard links are refused: a hard link would let one path reach another path's content"
+            }
+            Forbidden::Chown => "changing owners is refused in the guarded view",
+            Forbidden::DeviceNode => "device nodes, FIFOs and sockets cannot be created here",
+            Forbidden::SetId => "setuid and setgid bits are refused",
+        }
+    }
+}
+
+impl Op {
+    /// The filesystem requirement this operation needs on an ordinary path.
+    pub fn requirement_index(self) -> Option<usize> {
+        match self {
+            Op::Read => Some(Requirement::FS_READ),
+            Op::Write => Some(Requirement::FS_WRITE),
+            Op::Create => Some(Requirement::FS_CREATE),
+            Op::Delete => Some(Requirement::FS_DELETE),
+            Op::See | Op::Forbidden(_) => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::See => "see",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Create => "create",
+            Op::Delete => "delete",
+            Op::Forbidden(Forbidden::HardLink) => "link",
+            Op::Forbidden(Forbidden::Chown) => "chown",
+            Op::Forbidden(Forbidden::DeviceNode) => "mknod",
+            Op::Forbidden(Forbidden::SetId) => "setid",
+        }
+    }
+}
+
+/// Where a path is, as far as the rules go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// An ordinary path of the workspace: fs scopes decide.
+    Content,
+    /// The generated `_PERMISSIONS.md` of a visible directory: readable, never writable.
+    PermissionsFile,
+    /// Something under `/.relay`: ops/sync rules decide.
+    Relay(RelayItem),
+}
+
+/// The outcome, and the errno it maps to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// `ENOENT`: the caller may not know the path exists.
+    Hidden,
+    /// `EACCES`: visible, but this operation is refused.
+    Deny,
+    /// `EPERM`: refused for everyone.
+    Forbidden,
+}
+
+impl Verdict {
+    pub fn errno(self) -> Option<i32> {
+        match self {
+            Verdict::Allow => None,
+            Verdict::Hidden => Some(libc::ENOENT),
+            Verdict::Deny => Some(libc::EACCES),
+            Verdict::Forbidden => Some(libc::EPERM),
+        }
+    }
+}
+
+/// Why a decision came out as it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A scope grants it (index into the scope set).
+    Granted {
+        scope: usize,
+        via: Via,
+    },
+    /// Visible: a grant matches the path or mounts below it.
+    Visible,
+    /// Nothing grants the requirement here.
+    NoGrant,
+    /// No fs grant matches the path or mounts below it.
+    NotVisible,
+    /// The session is not active (revoked, expired, unknown).
+    SessionInactive(String),
+    /// `_PERMISSIONS.md` is generated and read-only.
+    PermissionsReadOnly,
+    /// Nothing under `/.relay` is writable.
+    RelayReadOnly,
+    /// A `/.relay` rule hides it.
+    RelayHidden(&'static str),
+    /// A `/.relay` rule allows it.
+    RelayVisible(&'static str),
+    Forbidden(Forbidden),
+}
+
+/// A decision: the verdict, what was required and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub op: Op,
+    /// The requirement asked (`fs:write`, `ops:read`, ...), when one applies.
+    pub requirement: Option<Requirement>,
+    pub reason: Reason,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.verdict == Verdict::Allow
+    }
+
+    fn new(verdict: Verdict, op: Op, requirement: Option<Requirement>, reason: Reason) -> Decision {
+        Decision {
+            verdict,
+            op,
+            requirement,
+            reason,
+        }
+    }
+
+    /// The raw scope that granted this, if any.
+    pub fn matched_scope<'a>(&self, scopes: &'a ScopeSet) -> Option<&'a str> {
+        match self.reason {
+            Reason::Granted { scope, .. } => scopes.scopes().get(scope).map(|s| &*s.raw),
+            _ => None,
+        }
+    }
+
+    /// A sentence for people and agents.
+    pub fn describe(&self, scopes: &ScopeSet, path: &str) -> String {
+        let req = self
+            .requirement
+            .as_ref()
+            .map_or_else(|| self.op.name().to_owned(), |r| r.to_string());
+        match &self.reason {
+            Reason::Granted {
+                via: Via::Literal, ..
+            } => format!(
+                "{req} on {path} is granted by the bare literal {}",
+                self.matched_scope(scopes).unwrap_or("?")
+            ),
+            Reason::Granted { .. } => format!(
+                "{req} on {path} is granted by {}",
+                self.matched_scope(scopes).unwrap_or("?")
+            ),
+            Reason::Visible => format!("{path} is visible: a scope covers it or a path below it"),
+            Reason::NoGrant => format!("no scope grants {req} on {path}"),
+            Reason::NotVisible => format!("no scope covers {path} or anything below it"),
+            Reason::SessionInactive(state) => format!("the session is {state}; nothing is allowed"),
+            Reason::PermissionsReadOnly => {
+                format!("{PERMISSIONS_FILE} is generated by relayauth-mount and cannot be changed")
+            }
+            Reason::RelayReadOnly => {
+                "nothing under /.relay is writable: it belongs to relayfile's syncer".to_owned()
+            }
+            Reason::RelayHidden(why) | Reason::RelayVisible(why) => (*why).to_owned(),
+            Reason::Forbidden(f) => f.describe().to_owned(),
+        }
+    }
+}
+
+/// Decide `op` on `path` (a canonical relayfile path, exact bytes) at `place` for `scopes`.
+pub fn decide(scopes: &ScopeSet, path: &[u8], place: &Place, op: Op) -> Decision {
+    match place {
+        Place::Content => decide_content(scopes, path, op),
+        Place::PermissionsFile => match op {
+            Op::See | Op::Read => Decision::new(Verdict::Allow, op, None, Reason::Visible),
+            Op::Forbidden(f) => Decision::new(Verdict::Forbidden, op, None, Reason::Forbidden(f)),
+            _ => Decision::new(Verdict::Deny, op, None, Reason::PermissionsReadOnly),
+        },
+        Place::Relay(item) => relay::decide(scopes, item, op),
+    }
+}
+
+fn decide_content(scopes: &ScopeSet, path: &[u8], op: Op) -> Decision {
+    // A new path does not exist yet, so it need not be visible; everything else must be.
+    if op != Op::Create && !scopes.visible(path) {
+        return Decision::new(Verdict::Hidden, op, None, Reason::NotVisible);
+    }
+    if let Op::Forbidden(f) = op {
+        return Decision::new(Verdict::Forbidden, op, None, Reason::Forbidden(f));
+    }
+    let Some(index) = op.requirement_index() else {
+        return Decision::new(Verdict::Allow, op, None, Reason::Visible);
+    };
+    let requirement = Requirement::known(index);
+    match scopes.check_known(index, path) {
+        Some(m) => Decision::new(
+            Verdict::Allow,
+            op,
+            Some(requirement),
+            Reason::Granted {
+                scope: m.scope,
+                via: m.via,
+            },
+        ),
+        None => Decision::new(Verdict::Deny, op, Some(requirement), Reason::NoGrant),
+    }
+}
+
+/// The decision for a session that is not active: only the root and its `_PERMISSIONS.md`
+/// stay visible (read-only), so the agent can read what happened.
+pub fn decide_inactive(path: &[u8], place: &Place, op: Op, state: &str) -> Decision {
+    let reason = Reason::SessionInactive(state.to_owned());
+    let root_or_notice =
+        path == b"/" || matches!(place, Place::PermissionsFile) && is_root_file(path);
+    let verdict = match op {
+        Op::See | Op::Read if root_or_notice => Verdict::Allow,
+        _ if root_or_notice => Verdict::Deny,
+        _ => Verdict::Hidden,
+    };
+    Decision::new(verdict, op, None, reason)
+}
+
+fn is_root_file(path: &[u8]) -> bool {
+    path.len() > 1 && !path[1..].contains(&b'/')
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(scopes: &[&str], path: &str, op: Op) -> Verdict {
+        decide(&ScopeSet::new(scopes), path.as_bytes(), &Place::Content, op).verdict
+    }
+
+    #[test]
+    fn errno_policy() {
+        let s = [
+            "relayfile:fs:read:/github/**",
+            "relayfile:fs:write:/github/repos/acme/api/**",
+        ];
+        assert_eq!(d(&s, "/slack/x", Op::See), Verdict::Hidden);
+        assert_eq!(d(&s, "/slack/x", Op::Read), Verdict::Hidden);
+        assert_eq!(d(&s, "/slack/x", Op::Delete), Verdict::Hidden);
+        assert_eq!(d(&s, "/slack/x", Op::Create), Verdict::Deny);
+        assert_eq!(d(&s, "/github/x", Op::Read), Verdict::Allow);
+        assert_eq!(d(&s, "/github/x", Op::Write), Verdict::Deny);
+        assert_eq!(d(&s, "/github/repos/acme/api/x", Op::Write), Verdict::Allow);
+        assert_eq!(
+            d(&s, "/github/repos/acme/api/x", Op::Create),
+            Verdict::Allow
+        );
+        assert_eq!(
+            d(&s, "/github/repos/acme/api/x", Op::Delete),
+            Verdict::Allow
+        );
+        assert_eq!(
+            d(&s, "/github/x", Op::Forbidden(Forbidden::HardLink)),
+            Verdict::Forbidden
+        );
+        assert_eq!(
+            d(&s, "/slack", Op::Forbidden(Forbidden::HardLink)),
+            Verdict::Hidden
+        );
+        assert_eq!(d(&s, "/", Op::See), Verdict::Allow);
+    }
+
+    #[test]
+    fn inactive_sessions_see_only_the_root_notice() {
+        let st = "revoked";
+        assert_eq!(
+            decide_inactive(b"/", &Place::Content, Op::See, st).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide_inactive(b"/_PERMISSIONS.md", &Place::PermissionsFile, Op::Read, st).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide_inactive(b"/a/_PERMISSIONS.md", &Place::PermissionsFile, Op::Read, st).verdict,
+            Verdict::Hidden
+        );
+        assert_eq!(
+            decide_inactive(b"/github", &Place::Content, Op::See, st).verdict,
+            Verdict::Hidden
+        );
+        assert_eq!(
+            decide_inactive(b"/", &Place::Content, Op::Create, st).verdict,
+            Verdict::Deny
+        );
+    }
+}

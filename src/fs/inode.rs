@@ -1,0 +1,427 @@
+//! The inode table: FUSE inode numbers for mirror objects and virtual files.
+//!
+//! A mirror object is keyed by its `(dev, ino)`, so the same object reached twice is one FUSE
+//! inode, and holds its `O_PATH` descriptor for as long as the kernel remembers it (lookup counts
+//! and `forget`). Every node also records where it lives (parent, name and full relayfile
+//! path), because every decision is about a path. Two exceptions keep paths honest: a regular
+//! file with more than one hard link gets one node per path (a hard link must never let one
+//! path borrow another path's rights), and a node found under a new name with a single link was
+//! renamed behind the guard's back, so its location is updated.
+//!
+//! Virtual nodes (`_PERMISSIONS.md` of a directory, filtered views under `/.relay`) live in the
+//! same table with their own kinds.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+use rustix::fs::Stat;
+
+use super::mirror::Kind;
+
+pub type Ino = u64;
+pub const ROOT: Ino = 1;
+
+/// What a node stands for.
+#[derive(Debug)]
+pub enum NodeKind {
+    /// An object of the mirror.
+    Backed {
+        fd: OwnedFd,
+        kind: Kind,
+        dev: u64,
+        ino: u64,
+    },
+    /// The generated `_PERMISSIONS.md` of the directory `dir`.
+    Permissions { dir: Ino },
+    /// A generated, filtered view of a file under `/.relay` (its backing object is `fd`).
+    RelayView { fd: OwnedFd, view: RelayView },
+}
+
+/// The `/.relay` files whose content is filtered per caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayView {
+    /// `state.json` filtered to the files the caller may see.
+    State,
+    /// `permissions-denied.log` filtered to lines about visible paths.
+    DeniedLog,
+}
+
+/// Where a node lives.
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub parent: Ino,
+    pub name: OsString,
+    /// The relayfile path (`/github/x`), bytes as the kernel gives them.
+    pub path: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub ino: Ino,
+    pub kind: NodeKind,
+    key: Key,
+    loc: RwLock<Location>,
+    lookups: AtomicU64,
+}
+
+impl Node {
+    pub fn location(&self) -> Location {
+        self.loc.read().clone()
+    }
+
+    pub fn path(&self) -> Arc<[u8]> {
+        self.loc.read().path.clone()
+    }
+
+    /// The `O_PATH` descriptor of a mirror object (or of the file behind a relay view).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.kind {
+            NodeKind::Backed { fd, .. } | NodeKind::RelayView { fd, .. } => Some(fd.as_fd()),
+            NodeKind::Permissions { .. } => None,
+        }
+    }
+
+    pub fn mirror_kind(&self) -> Option<Kind> {
+        match &self.kind {
+            NodeKind::Backed { kind, .. } => Some(*kind),
+            NodeKind::RelayView { .. } | NodeKind::Permissions { .. } => Some(Kind::File),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(
+            self.kind,
+            NodeKind::Backed {
+                kind: Kind::Dir,
+                ..
+            }
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Object(u64, u64),
+    /// A multiply-linked file, one node per path.
+    Linked(u64, u64, Arc<[u8]>),
+    Permissions(Ino),
+    View(Ino, u8),
+}
+
+#[derive(Debug)]
+struct Table {
+    nodes: FxHashMap<Ino, Arc<Node>>,
+    by_key: FxHashMap<Key, Ino>,
+    next: Ino,
+}
+
+/// The table. Reads (`get`) take a shared lock; lookups that add nodes take it exclusively.
+#[derive(Debug)]
+pub struct Inodes {
+    table: RwLock<Table>,
+}
+
+/// The path of `name` in the directory at `dir_path`.
+pub fn child_path(dir_path: &[u8], name: &OsStr) -> Arc<[u8]> {
+    let mut p = Vec::with_capacity(dir_path.len() + 1 + name.len());
+    p.extend_from_slice(dir_path);
+    if dir_path != b"/" {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name.as_bytes());
+    p.into()
+}
+
+impl Inodes {
+    /// A table holding the root of the mirror.
+    pub fn new(root_fd: OwnedFd, root: &Stat) -> Inodes {
+        let key = Key::Object(root.st_dev, root.st_ino);
+        let node = Arc::new(Node {
+            ino: ROOT,
+            kind: NodeKind::Backed {
+                fd: root_fd,
+                kind: Kind::Dir,
+                dev: root.st_dev,
+                ino: root.st_ino,
+            },
+            key: key.clone(),
+            loc: RwLock::new(Location {
+                parent: ROOT,
+                name: OsString::new(),
+                path: Arc::from(&b"/"[..]),
+            }),
+            lookups: AtomicU64::new(1),
+        });
+        let mut nodes = FxHashMap::default();
+        nodes.insert(ROOT, node);
+        let mut by_key = FxHashMap::default();
+        by_key.insert(key, ROOT);
+        Inodes {
+            table: RwLock::new(Table {
+                nodes,
+                by_key,
+                next: ROOT + 1,
+            }),
+        }
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<Arc<Node>> {
+        self.table.read().nodes.get(&ino).cloned()
+    }
+
+    /// Record one kernel reference to the mirror object `(fd, stat)` found as `name` in
+    /// `parent` (at `path`). Returns the node, existing or new.
+    pub fn remember(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        path: Arc<[u8]>,
+        fd: OwnedFd,
+        stat: &Stat,
+    ) -> Arc<Node> {
+        let kind = Kind::of(stat);
+        let (dev, ino) = (stat.st_dev, stat.st_ino);
+        let linked = kind != Kind::Dir && stat.st_nlink > 1;
+        let key = if linked {
+            Key::Linked(dev, ino, path.clone())
+        } else {
+            Key::Object(dev, ino)
+        };
+        let mut t = self.table.write();
+        if let Some(node) = t.by_key.get(&key).and_then(|i| t.nodes.get(i)).cloned() {
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+            let moved = {
+                let loc = node.loc.read();
+                loc.parent != parent || loc.name != name
+            };
+            if moved && !linked {
+                let old = node.path();
+                *node.loc.write() = Location {
+                    parent,
+                    name: name.to_owned(),
+                    path: path.clone(),
+                };
+                if kind == Kind::Dir {
+                    reparent_descendants(&t, &old, &path);
+                }
+            }
+            return node;
+        }
+        let ino_no = t.next;
+        t.next += 1;
+        let node = Arc::new(Node {
+            ino: ino_no,
+            kind: NodeKind::Backed { fd, kind, dev, ino },
+            key: key.clone(),
+            loc: RwLock::new(Location {
+                parent,
+                name: name.to_owned(),
+                path,
+            }),
+            lookups: AtomicU64::new(1),
+        });
+        t.nodes.insert(ino_no, node.clone());
+        t.by_key.insert(key, ino_no);
+        node
+    }
+
+    /// The `_PERMISSIONS.md` node of directory `dir` (one per directory), with a reference.
+    pub fn permissions(&self, dir: Ino, path: Arc<[u8]>, name: &OsStr) -> Arc<Node> {
+        self.virtual_node(Key::Permissions(dir), dir, name, path, || {
+            NodeKind::Permissions { dir }
+        })
+    }
+
+    /// The filtered view node of the `/.relay` file `fd`, with a reference.
+    pub fn relay_view(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        path: Arc<[u8]>,
+        view: RelayView,
+        fd: OwnedFd,
+    ) -> Arc<Node> {
+        self.virtual_node(Key::View(parent, view as u8), parent, name, path, || {
+            NodeKind::RelayView { fd, view }
+        })
+    }
+
+    fn virtual_node(
+        &self,
+        key: Key,
+        parent: Ino,
+        name: &OsStr,
+        path: Arc<[u8]>,
+        kind: impl FnOnce() -> NodeKind,
+    ) -> Arc<Node> {
+        let mut t = self.table.write();
+        if let Some(node) = t.by_key.get(&key).and_then(|i| t.nodes.get(i)).cloned() {
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+            return node;
+        }
+        let ino = t.next;
+        t.next += 1;
+        let node = Arc::new(Node {
+            ino,
+            kind: kind(),
+            key: key.clone(),
+            loc: RwLock::new(Location {
+                parent,
+                name: name.to_owned(),
+                path,
+            }),
+            lookups: AtomicU64::new(1),
+        });
+        t.nodes.insert(ino, node.clone());
+        t.by_key.insert(key, ino);
+        node
+    }
+
+    /// The kernel dropped `n` references to `ino`; the node goes away at zero.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut t = self.table.write();
+        let Some(node) = t.nodes.get(&ino).cloned() else {
+            return;
+        };
+        // Counts only change under the exclusive table lock, so load-then-store is exact.
+        let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+        node.lookups.store(left, Ordering::Relaxed);
+        if left == 0 {
+            t.nodes.remove(&ino);
+            if t.by_key.get(&node.key) == Some(&ino) {
+                t.by_key.remove(&node.key);
+            }
+        }
+    }
+
+    /// The guard renamed `ino` to `name` in `parent`: move it and, for a directory, everything
+    /// below it.
+    pub fn moved(&self, ino: Ino, parent: Ino, name: &OsStr, path: Arc<[u8]>) {
+        let t = self.table.read();
+        let Some(node) = t.nodes.get(&ino).cloned() else {
+            return;
+        };
+        let old = node.path();
+        *node.loc.write() = Location {
+            parent,
+            name: name.to_owned(),
+            path: path.clone(),
+        };
+        if node.is_dir() {
+            reparent_descendants(&t, &old, &path);
+        }
+    }
+
+    /// How many nodes are held (for status and tests).
+    pub fn len(&self) -> usize {
+        self.table.read().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rewrite the paths of every node below `old` to be below `new`.
+fn reparent_descendants(t: &Table, old: &[u8], new: &[u8]) {
+    let mut prefix = old.to_vec();
+    if prefix != b"/" {
+        prefix.push(b'/');
+    }
+    for node in t.nodes.values() {
+        let mut loc = node.loc.write();
+        if loc.path.len() > prefix.len() && loc.path.starts_with(&prefix) {
+            let mut p = new.to_vec();
+            if p != b"/" {
+                p.push(b'/');
+            }
+            p.extend_from_slice(&loc.path[prefix.len()..]);
+            loc.path = p.into();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::mirror::Mirror;
+
+    fn setup() -> (tempfile::TempDir, Mirror, Inodes) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), b"x").unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        let (fd, st) = m.root_node().unwrap();
+        let inodes = Inodes::new(fd, &st);
+        (dir, m, inodes)
+    }
+
+    fn look(m: &Mirror, t: &Inodes, parent: &Node, name: &str) -> Arc<Node> {
+        let (fd, st) = m.lookup(parent.fd().unwrap(), OsStr::new(name)).unwrap();
+        let path = child_path(&parent.path(), OsStr::new(name));
+        t.remember(parent.ino, OsStr::new(name), path, fd, &st)
+    }
+
+    #[test]
+    fn same_object_same_node_and_forget() {
+        let (_d, m, t) = setup();
+        let root = t.get(ROOT).unwrap();
+        let a1 = look(&m, &t, &root, "a");
+        let a2 = look(&m, &t, &root, "a");
+        assert_eq!(a1.ino, a2.ino);
+        assert_eq!(&*a1.path(), b"/a");
+        let b = look(&m, &t, &a1, "b");
+        let f = look(&m, &t, &b, "f");
+        assert_eq!(&*f.path(), b"/a/b/f");
+        t.forget(a1.ino, 1);
+        assert!(t.get(a1.ino).is_some());
+        t.forget(a1.ino, 1);
+        assert!(t.get(a1.ino).is_none());
+        assert!(t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn rename_moves_descendant_paths() {
+        let (_d, m, t) = setup();
+        let root = t.get(ROOT).unwrap();
+        let a = look(&m, &t, &root, "a");
+        let b = look(&m, &t, &a, "b");
+        let f = look(&m, &t, &b, "f");
+        t.moved(a.ino, ROOT, OsStr::new("z"), Arc::from(&b"/z"[..]));
+        assert_eq!(&*b.path(), b"/z/b");
+        assert_eq!(&*f.path(), b"/z/b/f");
+    }
+
+    #[test]
+    fn hard_links_get_a_node_per_path() {
+        let (d, m, t) = setup();
+        std::fs::hard_link(d.path().join("a/b/f"), d.path().join("g")).unwrap();
+        let root = t.get(ROOT).unwrap();
+        let a = look(&m, &t, &root, "a");
+        let b = look(&m, &t, &a, "b");
+        let f = look(&m, &t, &b, "f");
+        let g = look(&m, &t, &root, "g");
+        assert_ne!(f.ino, g.ino);
+        assert_eq!(&*f.path(), b"/a/b/f");
+        assert_eq!(&*g.path(), b"/g");
+    }
+
+    #[test]
+    fn external_rename_updates_location() {
+        let (d, m, t) = setup();
+        let root = t.get(ROOT).unwrap();
+        let a = look(&m, &t, &root, "a");
+        std::fs::rename(d.path().join("a"), d.path().join("c")).unwrap();
+        let c = look(&m, &t, &root, "c");
+        assert_eq!(a.ino, c.ino);
+        assert_eq!(&*a.path(), b"/c");
+    }
+}
