@@ -7,4 +7,8 @@ pub mod audit;
 pub mod authz;
 pub mod cli;
 pub mod fs;
+pub mod fuse;
+pub mod permissions;
 pub mod scope;
+pub mod session;
+pub mod writeback;

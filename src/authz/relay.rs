@@ -38,7 +38,8 @@ pub enum RelayItem {
     State,
     /// One of the record directories (`outbox/pending`, `dead-letter`, ...).
     RecordDir,
-    /// A record file; `target` is the relayfile path it is about, when it could be read.
+    /// A record file (or a folder of conflict copies); `target` is the relayfile path it is
+    /// about, when it could be read.
     Record { target: Option<Vec<u8>> },
     /// `permissions-denied.log`.
     DeniedLog,
@@ -91,6 +92,7 @@ pub fn classify_relay(path: &[u8]) -> Option<RelayItem> {
             _ => RelayItem::Other,
         },
         _ if RECORD_DIRS.contains(&rest) => RelayItem::RecordDir,
+        _ if rest.starts_with("conflicts/") => RelayItem::Record { target: None },
         (d, _) if RECORD_DIRS.contains(&d) => RelayItem::Record { target: None },
         _ => RelayItem::Other,
     };
@@ -157,6 +159,10 @@ pub fn decide(scopes: &ScopeSet, item: &RelayItem, op: Op) -> Decision {
                         scope: m.scope,
                         via: m.via,
                     }),
+                    // A folder of conflict copies leads to records the caller may read.
+                    None if scopes.reaches(Requirement::OPS_READ, t) => {
+                        visible("leads to records the caller has ops:read on")
+                    }
                     None => hidden("this record is about a path the caller has no ops:read on"),
                 },
                 None => hidden("this record names no readable path"),

@@ -12,7 +12,7 @@
 //! same table with their own kinds.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,20 +26,25 @@ use super::mirror::Kind;
 pub type Ino = u64;
 pub const ROOT: Ino = 1;
 
+/// The mirror object behind a node. A committed writeback replaces the file at a path with a
+/// new inode, so the node's backing can be swapped while the node (the path) stays.
+#[derive(Clone, Debug)]
+pub struct Backing {
+    pub fd: Arc<OwnedFd>,
+    pub kind: Kind,
+    pub dev: u64,
+    pub ino: u64,
+}
+
 /// What a node stands for.
 #[derive(Debug)]
 pub enum NodeKind {
     /// An object of the mirror.
-    Backed {
-        fd: OwnedFd,
-        kind: Kind,
-        dev: u64,
-        ino: u64,
-    },
+    Backed(RwLock<Backing>),
     /// The generated `_PERMISSIONS.md` of the directory `dir`.
     Permissions { dir: Ino },
     /// A generated, filtered view of a file under `/.relay` (its backing object is `fd`).
-    RelayView { fd: OwnedFd, view: RelayView },
+    RelayView { fd: Arc<OwnedFd>, view: RelayView },
 }
 
 /// The `/.relay` files whose content is filtered per caller.
@@ -79,28 +84,31 @@ impl Node {
     }
 
     /// The `O_PATH` descriptor of a mirror object (or of the file behind a relay view).
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+    pub fn fd(&self) -> Option<Arc<OwnedFd>> {
         match &self.kind {
-            NodeKind::Backed { fd, .. } | NodeKind::RelayView { fd, .. } => Some(fd.as_fd()),
+            NodeKind::Backed(b) => Some(b.read().fd.clone()),
+            NodeKind::RelayView { fd, .. } => Some(fd.clone()),
             NodeKind::Permissions { .. } => None,
+        }
+    }
+
+    /// The backing of a mirror object.
+    pub fn backing(&self) -> Option<Backing> {
+        match &self.kind {
+            NodeKind::Backed(b) => Some(b.read().clone()),
+            _ => None,
         }
     }
 
     pub fn mirror_kind(&self) -> Option<Kind> {
         match &self.kind {
-            NodeKind::Backed { kind, .. } => Some(*kind),
+            NodeKind::Backed(b) => Some(b.read().kind),
             NodeKind::RelayView { .. } | NodeKind::Permissions { .. } => Some(Kind::File),
         }
     }
 
     pub fn is_dir(&self) -> bool {
-        matches!(
-            self.kind,
-            NodeKind::Backed {
-                kind: Kind::Dir,
-                ..
-            }
-        )
+        matches!(&self.kind, NodeKind::Backed(b) if b.read().kind == Kind::Dir)
     }
 }
 
@@ -143,12 +151,12 @@ impl Inodes {
         let key = Key::Object(root.st_dev, root.st_ino);
         let node = Arc::new(Node {
             ino: ROOT,
-            kind: NodeKind::Backed {
-                fd: root_fd,
+            kind: NodeKind::Backed(RwLock::new(Backing {
+                fd: Arc::new(root_fd),
                 kind: Kind::Dir,
                 dev: root.st_dev,
                 ino: root.st_ino,
-            },
+            })),
             key: key.clone(),
             loc: RwLock::new(Location {
                 parent: ROOT,
@@ -216,7 +224,12 @@ impl Inodes {
         t.next += 1;
         let node = Arc::new(Node {
             ino: ino_no,
-            kind: NodeKind::Backed { fd, kind, dev, ino },
+            kind: NodeKind::Backed(RwLock::new(Backing {
+                fd: Arc::new(fd),
+                kind,
+                dev,
+                ino,
+            })),
             key: key.clone(),
             loc: RwLock::new(Location {
                 parent,
@@ -247,7 +260,10 @@ impl Inodes {
         fd: OwnedFd,
     ) -> Arc<Node> {
         self.virtual_node(Key::View(parent, view as u8), parent, name, path, || {
-            NodeKind::RelayView { fd, view }
+            NodeKind::RelayView {
+                fd: Arc::new(fd),
+                view,
+            }
         })
     }
 
@@ -280,6 +296,23 @@ impl Inodes {
         t.nodes.insert(ino, node.clone());
         t.by_key.insert(key, ino);
         node
+    }
+
+    /// The node of the mirror object `(dev, ino)`, if one is held.
+    pub fn find(&self, dev: u64, ino: u64) -> Option<Ino> {
+        self.table
+            .read()
+            .by_key
+            .get(&Key::Object(dev, ino))
+            .copied()
+    }
+
+    /// One more kernel reference to an existing node.
+    pub fn add_ref(&self, ino: Ino) {
+        let t = self.table.write();
+        if let Some(node) = t.nodes.get(&ino) {
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The kernel dropped `n` references to `ino`; the node goes away at zero.
@@ -320,6 +353,29 @@ impl Inodes {
         }
     }
 
+    /// The file at `ino`'s path is now `fd` (a committed writeback replaced the inode).
+    pub fn replace_backing(&self, ino: Ino, fd: OwnedFd, stat: &Stat) {
+        let mut t = self.table.write();
+        let Some(node) = t.nodes.get(&ino).cloned() else {
+            return;
+        };
+        let NodeKind::Backed(b) = &node.kind else {
+            return;
+        };
+        let mut b = b.write();
+        let old = Key::Object(b.dev, b.ino);
+        if t.by_key.get(&old) == Some(&ino) {
+            t.by_key.remove(&old);
+        }
+        *b = Backing {
+            fd: Arc::new(fd),
+            kind: Kind::of(stat),
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        };
+        t.by_key.insert(Key::Object(stat.st_dev, stat.st_ino), ino);
+    }
+
     /// How many nodes are held (for status and tests).
     pub fn len(&self) -> usize {
         self.table.read().nodes.len()
@@ -353,6 +409,7 @@ fn reparent_descendants(t: &Table, old: &[u8], new: &[u8]) {
 mod tests {
     use super::*;
     use crate::fs::mirror::Mirror;
+    use std::os::fd::AsFd;
 
     fn setup() -> (tempfile::TempDir, Mirror, Inodes) {
         let dir = tempfile::tempdir().unwrap();
@@ -365,7 +422,9 @@ mod tests {
     }
 
     fn look(m: &Mirror, t: &Inodes, parent: &Node, name: &str) -> Arc<Node> {
-        let (fd, st) = m.lookup(parent.fd().unwrap(), OsStr::new(name)).unwrap();
+        let (fd, st) = m
+            .lookup(parent.fd().unwrap().as_fd(), OsStr::new(name))
+            .unwrap();
         let path = child_path(&parent.path(), OsStr::new(name));
         t.remember(parent.ino, OsStr::new(name), path, fd, &st)
     }

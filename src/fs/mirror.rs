@@ -50,6 +50,8 @@ pub fn valid_name(name: &OsStr) -> bool {
 pub struct Entry {
     pub name: OsString,
     pub ino: u64,
+    /// From `d_type`; `None` when the filesystem does not say.
+    pub kind: Option<Kind>,
 }
 
 /// The mirror root and the means to reach its objects safely.
@@ -147,9 +149,17 @@ impl Mirror {
             if name == b"." || name == b".." {
                 continue;
             }
+            let kind = match entry.file_type() {
+                rustix::fs::FileType::RegularFile => Some(Kind::File),
+                rustix::fs::FileType::Directory => Some(Kind::Dir),
+                rustix::fs::FileType::Symlink => Some(Kind::Symlink),
+                rustix::fs::FileType::Unknown => None,
+                _ => Some(Kind::Special),
+            };
             out.push(Entry {
                 name: OsStr::from_bytes(name).to_owned(),
                 ino: entry.ino(),
+                kind,
             });
         }
         Ok(out)

@@ -1,7 +1,23 @@
 //! The filesystem core: everything the FUSE adapter calls, testable without FUSE.
 //!
+//! - [`core`]: [`GuardFs`], the shared machinery and the read-side operations.
+//! - [`modify`]: namespace and metadata changes.
+//! - [`handles`]: open files, directories and staged writebacks.
+//! - [`attr`]: attributes with permission bits that reflect the caller's rights.
 //! - [`mirror`]: confined, descriptor-based access to the mirror directory.
 //! - [`inode`]: the inode table (FUSE inode numbers, lookup counts, paths).
+//! - [`relay_files`]: reading relayfile's runtime files for the `/.relay` rules.
 
+pub mod attr;
+pub mod core;
+pub mod handles;
 pub mod inode;
 pub mod mirror;
+pub mod modify;
+pub mod relay_files;
+
+pub use self::core::{Caller, DirItem, Entry, Errno, FsResult, GuardFs, Options};
+pub use modify::SetAttr;
+
+#[cfg(test)]
+mod tests;

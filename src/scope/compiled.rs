@@ -24,8 +24,6 @@ pub struct ScopeSet {
     known: Vec<ReqIndex>,
     /// Every fs grant that grants something: drives visibility.
     visible: ReqIndex,
-    /// Every `mounts_at` of an fs grant, and all their ancestors.
-    visible_dirs: FxHashSet<Box<[u8]>>,
 }
 
 /// How a requirement was satisfied.
@@ -49,9 +47,29 @@ struct ReqIndex {
     paths: PathIndex,
     literal: Option<u32>,
     narrow: bool,
+    /// Every `mounts_at` of an inserted pattern, and all their ancestors.
+    dirs: FxHashSet<Box<[u8]>>,
 }
 
 impl ReqIndex {
+    fn insert(&mut self, pattern: &PathPattern, scope: u32) {
+        self.paths.insert(pattern, scope);
+        let mut dir = pattern.mounts_at();
+        loop {
+            self.dirs.insert(dir.as_bytes().into());
+            match dir.rfind('/') {
+                Some(0) if dir != "/" => dir = "/",
+                Some(j) if j > 0 => dir = &dir[..j],
+                _ => break,
+            }
+        }
+    }
+
+    /// A grant matches `path`, or `path` leads to where one mounts.
+    fn reaches(&self, path: &[u8]) -> bool {
+        self.dirs.contains(path) || self.find(path).is_some()
+    }
+
     fn grants_anything(&self) -> bool {
         self.paths.any.is_some()
             || !self.paths.anchors.is_empty()
@@ -191,7 +209,6 @@ impl ScopeSet {
             .collect();
 
         let mut visible = ReqIndex::default();
-        let mut visible_dirs = FxHashSet::default();
         let fs_indices = [
             Requirement::FS_READ,
             Requirement::FS_WRITE,
@@ -219,22 +236,12 @@ impl ScopeSet {
                 },
                 _ => PathPattern::Any,
             };
-            visible.paths.insert(&pattern, i as u32);
-            let mut dir = pattern.mounts_at();
-            loop {
-                visible_dirs.insert(dir.as_bytes().into());
-                match dir.rfind('/') {
-                    Some(0) if dir != "/" => dir = "/",
-                    Some(j) if j > 0 => dir = &dir[..j],
-                    _ => break,
-                }
-            }
+            visible.insert(&pattern, i as u32);
         }
         ScopeSet {
             scopes,
             known,
             visible,
-            visible_dirs,
         }
     }
 
@@ -307,7 +314,12 @@ impl ScopeSet {
     /// Whether `path` is visible: some fs grant matches it, or it is an ancestor of (or equal
     /// to) where an fs grant mounts.
     pub fn visible(&self, path: &[u8]) -> bool {
-        self.visible_dirs.contains(path) || self.visible.find(path).is_some()
+        self.visible.reaches(path)
+    }
+
+    /// Whether the known requirement at `index` is granted on `path`, or on something below it.
+    pub fn reaches(&self, index: usize, path: &[u8]) -> bool {
+        self.known[index].reaches(path)
     }
 }
 
@@ -378,7 +390,7 @@ fn build_index(scopes: &[Scope], req: &Requirement) -> ReqIndex {
             ScopeForm::Grant(g) if g.covers_requirement(req) => {
                 index.narrow |= g.explicit_path;
                 if let Ok(p) = &g.path {
-                    index.paths.insert(p, i as u32);
+                    index.insert(p, i as u32);
                 }
             }
             _ => {}

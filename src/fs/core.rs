@@ -1,0 +1,905 @@
+//! The guarded filesystem: every request is authorized before the mirror is touched.
+//!
+//! [`GuardFs`] answers the FUSE operations in plain Rust (`Result<_, Errno>`), so it can be
+//! driven and tested without a kernel; `crate::fuse` only translates. Each request resolves the
+//! caller's session, asks [`crate::authz::decide`] and only then goes to the mirror through
+//! [`Mirror`]'s descriptors. The audited operations (open, create, unlink, rename, mkdir,
+//! setattr) write one event each, with the sponsor chain.
+//!
+//! This file holds the shared machinery and the read-side operations (lookup, getattr,
+//! readlink, directories, access, statfs, xattrs); `modify` holds the namespace changes and
+//! `handles` the open files and staged writebacks.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use fuser::{FileAttr, FileType};
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
+use rustix::fs::{OFlags, Stat};
+
+use super::attr::{self, Rights};
+use super::handles::Handles;
+use super::inode::{Ino, Inodes, Node, NodeKind, RelayView, child_path};
+use super::mirror::{Kind, Mirror, valid_name};
+use super::relay_files;
+use crate::audit::{AuditLog, Event, Outcome};
+use crate::authz::{self, Decision, Op, PERMISSIONS_FILE, Place, Reason, RelayItem, Verdict};
+use crate::permissions::{self, EntryKind, Listed};
+use crate::session::{Callers, Denial, Grants, Session, State};
+use crate::writeback::{Backing, PolicySet};
+
+/// An errno for the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const EXDEV: Errno = Errno(libc::EXDEV);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const EFBIG: Errno = Errno(libc::EFBIG);
+}
+
+impl From<io::Error> for Errno {
+    fn from(e: io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<rustix::io::Errno> for Errno {
+    fn from(e: rustix::io::Errno) -> Errno {
+        Errno(e.raw_os_error())
+    }
+}
+
+pub type FsResult<T> = Result<T, Errno>;
+
+/// Who is asking (from the FUSE request header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A lookup answer.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+}
+
+/// Tunables of the guarded view.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Kernel entry/attribute cache time while one session acts in the mount.
+    pub attr_ttl: Duration,
+    /// Which paths are provider-backed.
+    pub backing: Backing,
+    /// Writebacks are refused when relayauth has not confirmed the session for this long.
+    pub fail_closed_after: Duration,
+    /// Everything but the root notice is refused after this long without a confirmation.
+    pub max_staleness: Duration,
+    /// `strict`: every read and write goes through the daemon (direct I/O).
+    pub direct_io: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            attr_ttl: Duration::from_secs(1),
+            backing: Backing::default(),
+            fail_closed_after: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(300),
+            direct_io: true,
+        }
+    }
+}
+
+/// Counts for `status`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+/// The per-request view of the caller: its session, grants and state.
+pub(crate) struct Ctx {
+    pub session: Option<Arc<Session>>,
+    pub grants: Option<Arc<Grants>>,
+    pub state: Option<State>,
+    pub pid: u32,
+}
+
+impl Ctx {
+    pub fn active(&self) -> bool {
+        self.state == Some(State::Active)
+    }
+}
+
+/// One entry of a directory listing snapshot.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub name: OsString,
+    pub kind: FileType,
+    pub ino: u64,
+}
+
+/// A runtime file's identity and version: (dev, ino, mtime seconds, mtime nanoseconds).
+type RecordKey = (u64, u64, i64, i64);
+
+/// The guarded filesystem.
+#[derive(Debug)]
+pub struct GuardFs {
+    pub(crate) mirror: Mirror,
+    pub(crate) inodes: Inodes,
+    pub(crate) callers: Arc<Callers>,
+    pub(crate) audit: Option<Arc<AuditLog>>,
+    pub(crate) policies: RwLock<Arc<PolicySet>>,
+    pub(crate) opts: Options,
+    pub(crate) handles: Handles,
+    /// Staged new files, not yet in the mirror: (parent, name) -> node.
+    pub(crate) pending: Mutex<FxHashMap<(Ino, OsString), Ino>>,
+    pub(crate) stats: Stats,
+    /// The record a `/.relay` file is about, by (dev, ino, mtime).
+    record_targets: Mutex<FxHashMap<RecordKey, Option<Vec<u8>>>>,
+    pub(crate) root_stat: Stat,
+    pub(crate) staging: OwnedFd,
+    pub(crate) quarantine: OwnedFd,
+    started: Instant,
+}
+
+/// The guard's folders inside the mirror's `/.relay`.
+fn guard_dirs(mirror: &Mirror) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut dir = mirror.root_node()?.0;
+    for name in [".relay", authz::relay::GUARD_DIR] {
+        dir = match mirror.lookup(dir.as_fd(), OsStr::new(name)) {
+            Ok((fd, st)) if Kind::of(&st) == Kind::Dir => fd,
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "{name} in the mirror is not a directory; the guard needs it for staged writes"
+                )));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                mirror.mkdir(dir.as_fd(), OsStr::new(name), 0o700)?.0
+            }
+            Err(e) => return Err(e),
+        };
+    }
+    let mut out = Vec::new();
+    for name in ["staging", "quarantine"] {
+        let fd = match mirror.lookup(dir.as_fd(), OsStr::new(name)) {
+            Ok((fd, st)) if Kind::of(&st) == Kind::Dir => fd,
+            Ok(_) => return Err(io::Error::other(format!("{name} is not a directory"))),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                mirror.mkdir(dir.as_fd(), OsStr::new(name), 0o700)?.0
+            }
+            Err(e) => return Err(e),
+        };
+        out.push(fd);
+    }
+    let quarantine = out.pop().ok_or_else(|| io::Error::other("guard dirs"))?;
+    let staging = out.pop().ok_or_else(|| io::Error::other("guard dirs"))?;
+    // Leftovers of a previous run were never committed: drop them.
+    for e in mirror.list(staging.as_fd())? {
+        let _ = mirror.unlink(staging.as_fd(), &e.name);
+    }
+    Ok((staging, quarantine))
+}
+
+impl GuardFs {
+    /// Open the guarded view of `mirror` for `callers`.
+    pub fn new(
+        mirror: Mirror,
+        callers: Arc<Callers>,
+        policies: PolicySet,
+        audit: Option<Arc<AuditLog>>,
+        opts: Options,
+    ) -> io::Result<GuardFs> {
+        let (root_fd, root_stat) = mirror.root_node()?;
+        let (staging, quarantine) = guard_dirs(&mirror)?;
+        Ok(GuardFs {
+            inodes: Inodes::new(root_fd, &root_stat),
+            mirror,
+            callers,
+            audit,
+            policies: RwLock::new(Arc::new(policies)),
+            opts,
+            handles: Handles::default(),
+            pending: Mutex::new(FxHashMap::default()),
+            stats: Stats::default(),
+            record_targets: Mutex::new(FxHashMap::default()),
+            root_stat,
+            staging,
+            quarantine,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn callers(&self) -> &Arc<Callers> {
+        &self.callers
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Replace the writeback policies (the file changed while mounted).
+    pub fn set_policies(&self, policies: PolicySet) {
+        *self.policies.write() = Arc::new(policies);
+    }
+
+    pub(crate) fn policies(&self) -> Arc<PolicySet> {
+        self.policies.read().clone()
+    }
+
+    pub(crate) fn ctx(&self, caller: &Caller) -> Ctx {
+        let session = self.callers.resolve(caller.pid);
+        let (grants, state) = match &session {
+            Some(s) => (Some(s.grants()), Some(s.state(SystemTime::now()))),
+            None => (None, None),
+        };
+        Ctx {
+            session,
+            grants,
+            state,
+            pid: caller.pid,
+        }
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        if self.callers.session_count() > 1 {
+            Duration::ZERO
+        } else {
+            self.opts.attr_ttl
+        }
+    }
+
+    /// How long since relayauth last confirmed `session` (since the mount started, if never).
+    pub(crate) fn unconfirmed_for(&self, session: &Session) -> Duration {
+        session
+            .since_confirmed()
+            .unwrap_or_else(|| self.started.elapsed())
+    }
+
+    /// The decision for `op` on `path` at `place`, for this caller.
+    pub(crate) fn decide(&self, ctx: &Ctx, path: &[u8], place: &Place, op: Op) -> Decision {
+        match (&ctx.grants, &ctx.state, &ctx.session) {
+            (Some(g), Some(State::Active), Some(s)) => {
+                let d = authz::decide(&g.scopes, path, place, op);
+                let content_op = matches!(op, Op::Read | Op::Write | Op::Create | Op::Delete);
+                if d.allowed() && content_op && *place != Place::PermissionsFile {
+                    let quiet = self.unconfirmed_for(s);
+                    if quiet > self.opts.max_staleness {
+                        return Decision::new(
+                            Verdict::Deny,
+                            op,
+                            d.requirement,
+                            Reason::StatusUnknown(format!(
+                                "relayauth has not confirmed this session for {}s (limit {}s); access is refused until it does",
+                                quiet.as_secs(),
+                                self.opts.max_staleness.as_secs()
+                            )),
+                        );
+                    }
+                }
+                d
+            }
+            (_, Some(state), _) => authz::decide_inactive(path, place, op, state.name()),
+            _ => authz::decide_inactive(path, place, op, "not registered with this mount"),
+        }
+    }
+
+    /// Count, remember and audit a decision on an audited operation.
+    pub(crate) fn note(&self, ctx: &Ctx, path: &[u8], operation: &str, d: &Decision) {
+        let allowed = d.allowed();
+        if allowed {
+            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        let path_str = String::from_utf8_lossy(path).into_owned();
+        let reason = match &ctx.grants {
+            Some(g) => d.describe(&g.scopes, &path_str),
+            None => "the caller has no session in this mount".to_owned(),
+        };
+        if let (false, Some(s)) = (allowed, &ctx.session) {
+            s.remember_denial(Denial {
+                at: SystemTime::now(),
+                path: path_str.clone(),
+                operation: operation.to_owned(),
+                reason: reason.clone(),
+            });
+        }
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let action = match (d.op, allowed) {
+            (Op::Read | Op::See, true) => "file.read",
+            (Op::Read | Op::See, false) => "scope.denied",
+            (_, true) => "file.write.accepted",
+            (_, false) => "file.write.denied",
+        };
+        let outcome = if allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        let actor = ctx
+            .grants
+            .as_ref()
+            .map(|g| g.actor.clone())
+            .unwrap_or_default();
+        let matched = ctx
+            .grants
+            .as_ref()
+            .and_then(|g| d.matched_scope(&g.scopes).map(str::to_owned));
+        audit.record(
+            Event::new(action, outcome, &actor, operation)
+                .pid(ctx.pid)
+                .path(path_str)
+                .scopes(
+                    d.requirement.as_ref().map(|r| format!("relayfile:{r}")),
+                    matched,
+                )
+                .reason(reason)
+                .meta("errno", d.verdict.errno().unwrap_or(0)),
+        );
+    }
+
+    pub(crate) fn node(&self, ino: Ino) -> FsResult<Arc<Node>> {
+        self.inodes.get(ino).ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn dir_fd(&self, node: &Node) -> FsResult<Arc<OwnedFd>> {
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        node.fd().ok_or(Errno::ENOTDIR)
+    }
+
+    /// The place of `path` (named `name`); for `/.relay` records it reads what the record is
+    /// about from `fd`.
+    pub(crate) fn place(
+        &self,
+        path: &[u8],
+        name: &OsStr,
+        found: Option<(BorrowedFd<'_>, &Stat)>,
+    ) -> Place {
+        if name.as_bytes() == PERMISSIONS_FILE.as_bytes() {
+            return Place::PermissionsFile;
+        }
+        let Some(mut item) = authz::classify_relay(path) else {
+            return Place::Content;
+        };
+        if item.needs_target()
+            && let Some((fd, st)) = found
+        {
+            let key = (st.st_dev, st.st_ino, st.st_mtime, st.st_mtime_nsec as i64);
+            let cached = self.record_targets.lock().get(&key).cloned();
+            let target = match cached {
+                Some(t) => t,
+                None => {
+                    let rel = String::from_utf8_lossy(&path[authz::relay::RELAY_ROOT.len() + 1..])
+                        .into_owned();
+                    let t = relay_files::record_target(
+                        &self.mirror,
+                        &rel,
+                        fd,
+                        Kind::of(st) == Kind::Dir,
+                    );
+                    let mut cache = self.record_targets.lock();
+                    if cache.len() > 65_536 {
+                        cache.clear();
+                    }
+                    cache.insert(key, t.clone());
+                    t
+                }
+            };
+            item = RelayItem::Record { target };
+        }
+        Place::Relay(item)
+    }
+
+    /// The place of a node already in the table.
+    pub(crate) fn place_of_node(&self, node: &Node) -> FsResult<Place> {
+        let loc = node.location();
+        match &node.kind {
+            NodeKind::Permissions { .. } => Ok(Place::PermissionsFile),
+            NodeKind::RelayView { view, .. } => Ok(Place::Relay(match view {
+                RelayView::State => RelayItem::State,
+                RelayView::DeniedLog => RelayItem::DeniedLog,
+            })),
+            NodeKind::Backed(_) => {
+                if authz::classify_relay(&loc.path).is_some_and(|i| i.needs_target()) {
+                    let fd = node.fd().ok_or(Errno::ENOENT)?;
+                    let st = self.mirror.stat(fd.as_fd())?;
+                    Ok(self.place(&loc.path, &loc.name, Some((fd.as_fd(), &st))))
+                } else {
+                    Ok(self.place(&loc.path, &loc.name, None))
+                }
+            }
+        }
+    }
+
+    /// The caller's rights on a mirror object, for its permission bits.
+    fn rights(&self, ctx: &Ctx, path: &[u8], place: &Place, st: &Stat) -> Rights {
+        match Kind::of(st) {
+            Kind::Dir => {
+                let mut probe = path.to_vec();
+                if probe != b"/" {
+                    probe.push(b'/');
+                }
+                probe.push(1);
+                let write = matches!(place, Place::Content)
+                    && self
+                        .decide(ctx, &probe, &Place::Content, Op::Create)
+                        .allowed();
+                Rights {
+                    read: true,
+                    write,
+                    exec: true,
+                }
+            }
+            _ => {
+                let read = self.decide(ctx, path, place, Op::Read).allowed();
+                let write = self.decide(ctx, path, place, Op::Write).allowed();
+                Rights {
+                    read,
+                    write,
+                    exec: read && st.st_mode & 0o111 != 0,
+                }
+            }
+        }
+    }
+
+    /// The attributes of `node` for this caller (its visibility already decided).
+    pub(crate) fn attr_of(&self, ctx: &Ctx, node: &Node, place: &Place) -> FsResult<FileAttr> {
+        match &node.kind {
+            NodeKind::Permissions { .. } => {
+                let text = self.render_permissions(ctx, node)?;
+                Ok(attr::generated(node.ino, text.len(), &self.root_stat))
+            }
+            NodeKind::RelayView { .. } => {
+                let content = self.relay_view_content(ctx, node)?;
+                Ok(attr::generated(node.ino, content.len(), &self.root_stat))
+            }
+            NodeKind::Backed(b) => {
+                let fd = b.read().fd.clone();
+                let st = self.mirror.stat(fd.as_fd())?;
+                let rights = self.rights(ctx, &node.path(), place, &st);
+                Ok(attr::from_stat(node.ino, &st, rights))
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ lookup and attributes
+
+    pub fn lookup(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<Entry> {
+        let ctx = self.ctx(caller);
+        let dir = self.node(parent)?;
+        let dir_fd = self.dir_fd(&dir)?;
+        if !valid_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        let path = child_path(&dir.path(), name);
+        if name.as_bytes() == PERMISSIONS_FILE.as_bytes() {
+            let d = self.decide(&ctx, &path, &Place::PermissionsFile, Op::See);
+            if !d.allowed() {
+                return Err(Errno::ENOENT);
+            }
+            let node = self.inodes.permissions(parent, path, name);
+            let attr = self.attr_of(&ctx, &node, &Place::PermissionsFile)?;
+            return Ok(Entry {
+                attr,
+                ttl: Duration::ZERO,
+            });
+        }
+        let pending = self.pending.lock().get(&(parent, name.to_owned())).copied();
+        if let Some(ino) = pending
+            && let Some(node) = self.inodes.get(ino)
+        {
+            let d = self.decide(&ctx, &path, &Place::Content, Op::See);
+            if !d.allowed() {
+                return Err(Errno::ENOENT);
+            }
+            let attr = self.attr_of(&ctx, &node, &Place::Content)?;
+            self.inodes.add_ref(ino);
+            return Ok(Entry {
+                attr,
+                ttl: self.ttl(),
+            });
+        }
+        let relay = authz::classify_relay(&path);
+        if relay.is_none() {
+            // Content: decided on the path alone, before the mirror is touched.
+            if !self.decide(&ctx, &path, &Place::Content, Op::See).allowed() {
+                return Err(Errno::ENOENT);
+            }
+        } else if matches!(relay, Some(RelayItem::Guard | RelayItem::Other)) {
+            return Err(Errno::ENOENT);
+        }
+        let (fd, st) = self.mirror.lookup(dir_fd.as_fd(), name)?;
+        let place = self.place(&path, name, Some((fd.as_fd(), &st)));
+        if relay.is_some() && !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        let node = match (&place, Kind::of(&st)) {
+            (Place::Relay(RelayItem::State), Kind::File) => {
+                self.inodes
+                    .relay_view(parent, name, path, RelayView::State, fd)
+            }
+            (Place::Relay(RelayItem::DeniedLog), Kind::File) => {
+                self.inodes
+                    .relay_view(parent, name, path, RelayView::DeniedLog, fd)
+            }
+            _ => self.inodes.remember(parent, name, path, fd, &st),
+        };
+        let attr = self.attr_of(&ctx, &node, &place)?;
+        let ttl = if matches!(node.kind, NodeKind::Backed(_)) {
+            self.ttl()
+        } else {
+            Duration::ZERO
+        };
+        Ok(Entry { attr, ttl })
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub fn getattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        fh: Option<u64>,
+    ) -> FsResult<(FileAttr, Duration)> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        let path = node.path();
+        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        // An open staged write answers with its staged size.
+        if let Some(fh) = fh
+            && let Some(st) = self.handles.staged_stat(fh)
+        {
+            let rights = self.rights(&ctx, &path, &place, &st);
+            return Ok((attr::from_stat(ino, &st, rights), Duration::ZERO));
+        }
+        let attr = self.attr_of(&ctx, &node, &place)?;
+        let ttl = if matches!(node.kind, NodeKind::Backed(_)) {
+            self.ttl()
+        } else {
+            Duration::ZERO
+        };
+        Ok((attr, ttl))
+    }
+
+    pub fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        if !self.decide(&ctx, &node.path(), &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        let b = node.backing().ok_or(Errno::EINVAL)?;
+        if b.kind != Kind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.mirror.readlink(b.fd.as_fd())?)
+    }
+
+    // ------------------------------------------------------------------ directories
+
+    /// A snapshot of the visible entries of directory `ino`.
+    pub fn list_dir(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<DirItem>> {
+        let ctx = self.ctx(caller);
+        let dir = self.node(ino)?;
+        let dir_fd = self.dir_fd(&dir)?;
+        let place = self.place_of_node(&dir)?;
+        let path = dir.path();
+        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        let parent_ino = dir.location().parent;
+        let mut items = vec![
+            DirItem {
+                name: ".".into(),
+                kind: FileType::Directory,
+                ino,
+            },
+            DirItem {
+                name: "..".into(),
+                kind: FileType::Directory,
+                ino: parent_ino,
+            },
+        ];
+        for (name, kind) in self.visible_children(&ctx, &dir, dir_fd.as_fd())? {
+            items.push(DirItem {
+                name,
+                kind: kind_to_type(kind),
+                ino: 0,
+            });
+        }
+        items.push(DirItem {
+            name: PERMISSIONS_FILE.into(),
+            kind: FileType::RegularFile,
+            ino: 0,
+        });
+        Ok(items)
+    }
+
+    /// The names in `dir` this caller may see, with their kinds (mirror order, then staged new
+    /// files).
+    pub(crate) fn visible_children(
+        &self,
+        ctx: &Ctx,
+        dir: &Node,
+        dir_fd: BorrowedFd<'_>,
+    ) -> FsResult<Vec<(OsString, Kind)>> {
+        let dir_path = dir.path();
+        let in_relay = authz::classify_relay(&child_path(&dir_path, OsStr::new("x"))).is_some();
+        let mut out = Vec::new();
+        for e in self.mirror.list(dir_fd)? {
+            if e.name.as_bytes() == PERMISSIONS_FILE.as_bytes() {
+                continue;
+            }
+            let path = child_path(&dir_path, &e.name);
+            let (place, kind) = if in_relay {
+                let item = authz::classify_relay(&path);
+                if matches!(item, Some(RelayItem::Guard | RelayItem::Other) | None) {
+                    continue;
+                }
+                let Ok((fd, st)) = self.mirror.lookup(dir_fd, &e.name) else {
+                    continue;
+                };
+                (
+                    self.place(&path, &e.name, Some((fd.as_fd(), &st))),
+                    Kind::of(&st),
+                )
+            } else {
+                let kind = match e.kind {
+                    Some(k) => k,
+                    None => match self.mirror.lookup(dir_fd, &e.name) {
+                        Ok((_, st)) => Kind::of(&st),
+                        Err(_) => continue,
+                    },
+                };
+                (Place::Content, kind)
+            };
+            if self.decide(ctx, &path, &place, Op::See).allowed() {
+                out.push((e.name, kind));
+            }
+        }
+        let staged: Vec<OsString> = self
+            .pending
+            .lock()
+            .keys()
+            .filter(|(p, _)| *p == dir.ino)
+            .map(|(_, n)| n.clone())
+            .collect();
+        for name in staged {
+            if out.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let path = child_path(&dir_path, &name);
+            if self.decide(ctx, &path, &Place::Content, Op::See).allowed() {
+                out.push((name, Kind::File));
+            }
+        }
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------------ generated files
+
+    /// `_PERMISSIONS.md` of the directory that `node` (a permissions node) belongs to.
+    pub(crate) fn render_permissions(&self, ctx: &Ctx, node: &Node) -> FsResult<Vec<u8>> {
+        let NodeKind::Permissions { dir } = node.kind else {
+            return Err(Errno::EINVAL);
+        };
+        let dir_node = self.node(dir)?;
+        let dir_path = String::from_utf8_lossy(&dir_node.path()).into_owned();
+        let (Some(grants), Some(state), Some(session)) = (&ctx.grants, &ctx.state, &ctx.session)
+        else {
+            return Ok(b"# Permissions\n\nThis process is not registered with the mount, so it may see nothing. Start it with `relayauth-mount run` and a token.\n".to_vec());
+        };
+        let listed: Vec<Listed> = if *state == State::Active {
+            let fd = self.dir_fd(&dir_node)?;
+            self.visible_children(ctx, &dir_node, fd.as_fd())?
+                .into_iter()
+                .map(|(name, kind)| Listed {
+                    name: name.to_string_lossy().into_owned(),
+                    kind: match kind {
+                        Kind::File => EntryKind::File,
+                        Kind::Dir => EntryKind::Dir,
+                        Kind::Symlink => EntryKind::Symlink,
+                        Kind::Special => EntryKind::Other,
+                    },
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dir_fd = self.dir_fd(&dir_node)?;
+        let place_for = |path: &str, name: &str| -> Place {
+            let p = path.as_bytes();
+            if authz::classify_relay(p).is_some_and(|i| i.needs_target()) {
+                match self.mirror.lookup(dir_fd.as_fd(), OsStr::new(name)) {
+                    Ok((fd, st)) => self.place(p, OsStr::new(name), Some((fd.as_fd(), &st))),
+                    Err(_) => Place::Relay(RelayItem::Record { target: None }),
+                }
+            } else {
+                self.place(p, OsStr::new(name), None)
+            }
+        };
+        let denials = session.denials_in(&dir_path);
+        let subject = permissions::Subject {
+            grants,
+            state,
+            now: SystemTime::now(),
+            denials: &denials,
+        };
+        let view = permissions::compute(subject, &dir_path, &listed, &place_for, &self.policies());
+        Ok(permissions::render(&view).into_bytes())
+    }
+
+    /// The filtered content of a `/.relay` view node for this caller.
+    pub(crate) fn relay_view_content(&self, ctx: &Ctx, node: &Node) -> FsResult<Vec<u8>> {
+        let NodeKind::RelayView { fd, view } = &node.kind else {
+            return Err(Errno::EINVAL);
+        };
+        let raw = relay_files::read_runtime_file(&self.mirror, fd.as_fd());
+        let Some(grants) = &ctx.grants else {
+            return Ok(Vec::new());
+        };
+        let scopes = &grants.scopes;
+        Ok(match view {
+            RelayView::State => {
+                let visible = |p: &[u8]| {
+                    scopes.visible(p)
+                        && scopes
+                            .check_known(crate::scope::Requirement::SYNC_READ, p)
+                            .is_some()
+                };
+                relay_files::filter_state(&raw, &visible)
+            }
+            RelayView::DeniedLog => {
+                relay_files::filter_denied_log(&raw, &|p: &[u8]| scopes.visible(p))
+            }
+        })
+    }
+
+    // ------------------------------------------------------------------ access, statfs, xattrs
+
+    pub fn access(&self, caller: &Caller, ino: Ino, mask: i32) -> FsResult<()> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        let path = node.path();
+        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        if mask == libc::F_OK {
+            return Ok(());
+        }
+        let attr = self.attr_of(&ctx, &node, &place)?;
+        let perm = u32::from(attr.perm);
+        let want = ((mask & libc::R_OK != 0) as u32 * 0o4)
+            | ((mask & libc::W_OK != 0) as u32 * 0o2)
+            | ((mask & libc::X_OK != 0) as u32);
+        if perm & want == want {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+
+    pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {
+        Ok(self.mirror.statvfs()?)
+    }
+
+    fn xattr_target(&self, caller: &Caller, ino: Ino, op: Op) -> FsResult<(Arc<Node>, String)> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        let path = node.path();
+        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        let b = node.backing().ok_or(Errno::ENOTSUP)?;
+        if b.kind == Kind::Symlink || b.kind == Kind::Special {
+            return Err(Errno::ENOTSUP);
+        }
+        let op = if op == Op::Read && b.kind == Kind::Dir {
+            Op::See
+        } else {
+            op
+        };
+        let d = self.decide(&ctx, &path, &place, op);
+        if op == Op::Write {
+            self.note(&ctx, &path, "setxattr", &d);
+        }
+        if let Some(e) = d.verdict.errno() {
+            return Err(Errno(e));
+        }
+        let proc = self.mirror.proc_path(b.fd.as_fd());
+        Ok((node, proc))
+    }
+
+    pub fn getxattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
+        let (_node, proc) = self.xattr_target(caller, ino, Op::Read)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = rustix::fs::getxattr(proc.as_str(), name, &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
+        let (_node, proc) = self.xattr_target(caller, ino, Op::Read)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = rustix::fs::listxattr(proc.as_str(), &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
+        if !name.as_bytes().starts_with(b"user.") {
+            return Err(Errno::EPERM);
+        }
+        let (_node, proc) = self.xattr_target(caller, ino, Op::Write)?;
+        let flags = rustix::fs::XattrFlags::from_bits_truncate(flags as u32);
+        Ok(rustix::fs::setxattr(proc.as_str(), name, value, flags)?)
+    }
+
+    pub fn removexattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<()> {
+        if !name.as_bytes().starts_with(b"user.") {
+            return Err(Errno::EPERM);
+        }
+        let (_node, proc) = self.xattr_target(caller, ino, Op::Write)?;
+        Ok(rustix::fs::removexattr(proc.as_str(), name)?)
+    }
+
+    /// Reopen `node` for reading (used by rename validation and staging copies).
+    pub(crate) fn read_all(&self, fd: BorrowedFd<'_>, cap: u64) -> FsResult<Vec<u8>> {
+        use std::io::Read;
+        let f = self.mirror.reopen(fd, OFlags::RDONLY)?;
+        let mut buf = Vec::new();
+        f.take(cap + 1).read_to_end(&mut buf)?;
+        if buf.len() as u64 > cap {
+            return Err(Errno::EFBIG);
+        }
+        Ok(buf)
+    }
+}
+
+pub(crate) fn kind_to_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Special => FileType::NamedPipe,
+    }
+}

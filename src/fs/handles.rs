@@ -1,0 +1,916 @@
+//! Open files and directories, and staged writebacks.
+//!
+//! A handle remembers the session that opened it, and in strict mode every `read` and `write`
+//! checks that session again, so a revoked or expired session loses its open files too.
+//!
+//! Writes to a provider-backed path never go to the mirror directly. They go to a staging file
+//! in the guard's folder under `/.relay` (relayfile never uploads from there), and when the
+//! writer closes the file the content is validated against the writeback policy and moved into
+//! place with one `rename`: nothing half-written or invalid ever reaches the mirror, so nothing
+//! of the kind is pushed to a provider. A rejected payload makes `close()` fail (`EINVAL` for
+//! invalid content, `EACCES` for a refused policy) and is kept in the quarantine folder.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
+use rustix::fs::{OFlags, RenameFlags, Stat};
+
+use super::core::{Caller, Ctx, DirItem, Errno, FsResult, GuardFs};
+use super::inode::{Ino, Node, NodeKind};
+use super::mirror::Kind;
+use crate::audit::{Event, Outcome};
+use crate::authz::{Op, Place};
+use crate::session::{Denial, Session, State};
+use crate::writeback::{self, SchemaSource};
+
+/// Payloads bigger than this are not validated (and so refused).
+const MAX_PAYLOAD: u64 = 64 << 20;
+
+/// A staged writeback: the bytes live in the guard's staging folder until they validate.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The staging file; `None` right after a commit (the next write stages again).
+    file: Option<File>,
+    /// Its name in the staging folder.
+    name: OsString,
+    /// Where it goes.
+    parent: Ino,
+    target: OsString,
+    path: String,
+    /// Whether the target existed (replace) or is new (must not appear meanwhile).
+    existing: bool,
+    dirty: bool,
+    failed: Option<Errno>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// A mirror file, written in place (local paths).
+    File(File),
+    Staged(Mutex<Staged>),
+    /// A generated file's per-handle snapshot.
+    Bytes(Vec<u8>),
+    Dir(Vec<DirItem>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Handle {
+    body: Body,
+    node: Arc<Node>,
+    session: Option<Arc<Session>>,
+    read: bool,
+    write: bool,
+}
+
+/// The open handles.
+#[derive(Debug, Default)]
+pub struct Handles {
+    table: RwLock<FxHashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.table.write().insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.table.read().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.table.write().remove(&fh)
+    }
+
+    /// The stat of a handle's staged file, if it is a staged write.
+    pub(crate) fn staged_stat(&self, fh: u64) -> Option<Stat> {
+        let h = self.table.read().get(&fh).cloned()?;
+        let Body::Staged(s) = &h.body else {
+            return None;
+        };
+        let s = s.lock();
+        rustix::fs::fstat(s.file.as_ref()?).ok()
+    }
+
+    /// How many handles are open.
+    pub fn len(&self) -> usize {
+        self.table.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Schemas looked up inside the mirror through descriptors: `/.relay/schemas/<ref>.json`, else
+/// `<ref>.schema.json` beside the written file.
+struct MirrorSchemas<'a> {
+    fs: &'a GuardFs,
+    parent: Option<Arc<Node>>,
+}
+
+impl SchemaSource for MirrorSchemas<'_> {
+    fn load(&self, schema_ref: &str, _path: &str) -> Result<serde_json::Value, String> {
+        if !writeback::plain_schema_ref(schema_ref) {
+            return Err(format!(
+                "schema reference {schema_ref:?} is not a plain name"
+            ));
+        }
+        let m = &self.fs.mirror;
+        let from_relay = (|| {
+            let (relay, _) = m.lookup(m.root(), OsStr::new(".relay")).ok()?;
+            let (schemas, _) = m.lookup(relay.as_fd(), OsStr::new("schemas")).ok()?;
+            let (f, st) = m
+                .lookup(schemas.as_fd(), OsStr::new(&format!("{schema_ref}.json")))
+                .ok()?;
+            (Kind::of(&st) == Kind::File).then_some(f)
+        })();
+        let beside = || {
+            let dir = self.parent.as_ref()?.fd()?;
+            let (f, st) = m
+                .lookup(
+                    dir.as_fd(),
+                    OsStr::new(&format!("{schema_ref}.schema.json")),
+                )
+                .ok()?;
+            (Kind::of(&st) == Kind::File).then_some(f)
+        };
+        let Some(fd) = from_relay.or_else(beside) else {
+            return Err(format!(
+                "schema {schema_ref} was not found in /.relay/schemas/{schema_ref}.json nor beside the file \
+                 as {schema_ref}.schema.json; the write is refused until it exists"
+            ));
+        };
+        let bytes = self
+            .fs
+            .read_all(fd.as_fd(), 8 << 20)
+            .map_err(|e| format!("schema {schema_ref} cannot be read (errno {})", e.0))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("schema {schema_ref} is not JSON: {e}"))
+    }
+}
+
+/// The schema source for writes into `parent`.
+pub(crate) fn mirror_schemas(fs: &GuardFs, parent: Option<Arc<Node>>) -> impl SchemaSource + '_ {
+    MirrorSchemas { fs, parent }
+}
+
+fn session_ctx(session: &Option<Arc<Session>>, pid: u32) -> Ctx {
+    match session {
+        Some(s) => Ctx {
+            session: Some(s.clone()),
+            grants: Some(s.grants()),
+            state: Some(s.state(SystemTime::now())),
+            pid,
+        },
+        None => Ctx {
+            session: None,
+            grants: None,
+            state: None,
+            pid,
+        },
+    }
+}
+
+fn quarantine_name(path: &str) -> OsString {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let flat: String = path
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c == '/' { '~' } else { c })
+        .collect();
+    OsString::from(format!("{stamp}-{flat}"))
+}
+
+static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl GuardFs {
+    /// Policy, scope and freshness for a writeback to `path`: `Ok(None)` for a local path,
+    /// `Ok(Some(policy id))` for an allowed writeback.
+    pub(crate) fn writeback_gate(
+        &self,
+        ctx: &Ctx,
+        path: &str,
+    ) -> Result<Option<(String, String)>, (Errno, String)> {
+        if !self.opts.backing.is_provider_backed(path) {
+            return Ok(None);
+        }
+        let (Some(grants), Some(session)) = (&ctx.grants, &ctx.session) else {
+            return Err((Errno::EACCES, "no session".to_owned()));
+        };
+        let policies = self.policies();
+        let policy = policies
+            .authorize(&grants.scopes, path)
+            .map_err(|r| (Errno(r.errno()), r.message().to_owned()))?;
+        let quiet = self.unconfirmed_for(session);
+        if quiet > self.opts.fail_closed_after {
+            return Err((
+                Errno::EACCES,
+                format!(
+                    "relayauth has not confirmed this session for {}s (writebacks need a confirmation within {}s); \
+                     the write is refused until it does",
+                    quiet.as_secs(),
+                    self.opts.fail_closed_after.as_secs()
+                ),
+            ));
+        }
+        Ok(Some((policy.id.clone(), policy.provider_action.clone())))
+    }
+
+    /// Count, remember and audit a writeback decision (`writeback.queued` or
+    /// `writeback.rejected`).
+    pub(crate) fn note_writeback(
+        &self,
+        ctx: &Ctx,
+        path: &str,
+        operation: &str,
+        outcome: Outcome,
+        reason: &str,
+        policy: Option<(&str, &str)>,
+    ) {
+        let action = if outcome == Outcome::Allowed {
+            "writeback.queued"
+        } else {
+            "writeback.rejected"
+        };
+        if outcome == Outcome::Allowed {
+            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+            if let Some(s) = &ctx.session {
+                s.remember_denial(Denial {
+                    at: SystemTime::now(),
+                    path: path.to_owned(),
+                    operation: operation.to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
+        }
+        if let Some(audit) = &self.audit {
+            let actor = ctx
+                .grants
+                .as_ref()
+                .map(|g| g.actor.clone())
+                .unwrap_or_default();
+            let mut ev = Event::new(action, outcome, &actor, operation)
+                .pid(ctx.pid)
+                .path(path)
+                .reason(reason);
+            if let Some((id, provider_action)) = policy {
+                ev.writeback_policy_id = Some(id.to_owned());
+                ev.provider_action = Some(provider_action.to_owned());
+            }
+            audit.record(ev);
+        }
+    }
+
+    /// A new staging file, optionally holding a copy of `from`.
+    fn stage(&self, mode: u32, from: Option<BorrowedFd<'_>>) -> FsResult<(File, OsString)> {
+        let name = OsString::from(format!(
+            "{}-{}",
+            std::process::id(),
+            STAGE_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let (mut file, _, _) =
+            self.mirror
+                .create_file(self.staging.as_fd(), &name, mode, OFlags::RDWR)?;
+        if let Some(src) = from {
+            let mut src = self.mirror.reopen(src, OFlags::RDONLY)?;
+            io::copy(&mut src, &mut file)?;
+            file.seek(SeekFrom::Start(0))?;
+        }
+        Ok((file, name))
+    }
+
+    fn node_dir_parent(&self, node: &Node) -> FsResult<(Ino, OsString, String)> {
+        let loc = node.location();
+        Ok((
+            loc.parent,
+            loc.name,
+            String::from_utf8_lossy(&loc.path).into_owned(),
+        ))
+    }
+
+    // ------------------------------------------------------------------ open / create
+
+    /// Open `ino`; returns the handle and whether to use direct I/O.
+    pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<(u64, bool)> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        let path = node.path();
+        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let read = acc != libc::O_WRONLY;
+        if read {
+            let d = self.decide(&ctx, &path, &place, Op::Read);
+            if !write || !d.allowed() {
+                self.note(&ctx, &path, "open", &d);
+            }
+            if let Some(e) = d.verdict.errno() {
+                return Err(Errno(e));
+            }
+        }
+        if write {
+            let d = self.decide(&ctx, &path, &place, Op::Write);
+            self.note(&ctx, &path, "open", &d);
+            if let Some(e) = d.verdict.errno() {
+                return Err(Errno(e));
+            }
+        }
+        let body = match &node.kind {
+            NodeKind::Permissions { .. } => Body::Bytes(self.render_permissions(&ctx, &node)?),
+            NodeKind::RelayView { .. } => Body::Bytes(self.relay_view_content(&ctx, &node)?),
+            NodeKind::Backed(b) => {
+                let b = b.read().clone();
+                match b.kind {
+                    Kind::Dir => return Err(Errno::EISDIR),
+                    Kind::Symlink | Kind::Special => return Err(Errno::EACCES),
+                    Kind::File => {}
+                }
+                let path_str = String::from_utf8_lossy(&path).into_owned();
+                let gate = if write {
+                    match self.writeback_gate(&ctx, &path_str) {
+                        Ok(g) => g,
+                        Err((e, why)) => {
+                            self.note_writeback(
+                                &ctx,
+                                &path_str,
+                                "open",
+                                Outcome::Denied,
+                                &why,
+                                None,
+                            );
+                            return Err(e);
+                        }
+                    }
+                } else {
+                    None
+                };
+                match gate {
+                    Some(_) => {
+                        let st = self.mirror.stat(b.fd.as_fd())?;
+                        let copy = (flags & libc::O_TRUNC == 0).then(|| b.fd.as_fd());
+                        let (file, name) = self.stage(st.st_mode & 0o777, copy)?;
+                        let (parent, target, p) = self.node_dir_parent(&node)?;
+                        let truncated = flags & libc::O_TRUNC != 0;
+                        Body::Staged(Mutex::new(Staged {
+                            file: Some(file),
+                            name,
+                            parent,
+                            target,
+                            path: p,
+                            existing: true,
+                            dirty: truncated,
+                            failed: None,
+                        }))
+                    }
+                    None => {
+                        let keep = libc::O_ACCMODE
+                            | libc::O_APPEND
+                            | libc::O_TRUNC
+                            | libc::O_SYNC
+                            | libc::O_DSYNC;
+                        let f = OFlags::from_bits_retain((flags & keep) as u32);
+                        Body::File(self.mirror.reopen(b.fd.as_fd(), f)?)
+                    }
+                }
+            }
+        };
+        let generated = matches!(body, Body::Bytes(_));
+        let fh = self.handles.insert(Handle {
+            body,
+            node,
+            session: ctx.session.clone(),
+            read,
+            write,
+        });
+        Ok((fh, self.opts.direct_io || generated))
+    }
+
+    /// Create and open a new regular file `name` in `parent`.
+    pub fn create(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> FsResult<(super::core::Entry, u64, bool)> {
+        let ctx = self.ctx(caller);
+        let dir = self.node(parent)?;
+        let dir_fd = self.dir_fd(&dir)?;
+        let path = super::inode::child_path(&dir.path(), name);
+        let place = self.place(&path, name, None);
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            let d = crate::authz::Decision::new(
+                crate::authz::Verdict::Forbidden,
+                Op::Forbidden(crate::authz::Forbidden::SetId),
+                None,
+                crate::authz::Reason::Forbidden(crate::authz::Forbidden::SetId),
+            );
+            self.note(&ctx, &path, "create", &d);
+            return Err(Errno::EPERM);
+        }
+        let d = self.decide(&ctx, &path, &place, Op::Create);
+        self.note(&ctx, &path, "create", &d);
+        if let Some(e) = d.verdict.errno() {
+            return Err(Errno(e));
+        }
+        if place != Place::Content {
+            return Err(Errno::EACCES);
+        }
+        let path_str = String::from_utf8_lossy(&path).into_owned();
+        let gate = match self.writeback_gate(&ctx, &path_str) {
+            Ok(g) => g,
+            Err((e, why)) => {
+                self.note_writeback(&ctx, &path_str, "create", Outcome::Denied, &why, None);
+                return Err(e);
+            }
+        };
+        let mode = mode & !umask & 0o777;
+        let (body, node) = match gate {
+            Some(_) => {
+                // The name must be free now; it is claimed again when the file is committed.
+                if self.pending.lock().contains_key(&(parent, name.to_owned())) {
+                    return Err(Errno(libc::EEXIST));
+                }
+                match self.mirror.lookup(dir_fd.as_fd(), name) {
+                    Ok(_) => return Err(Errno(libc::EEXIST)),
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let (file, staged_name) = self.stage(mode, None)?;
+                let path_fd = self.mirror.path_of(file.as_fd())?;
+                let st = self.mirror.stat(path_fd.as_fd())?;
+                let node = self
+                    .inodes
+                    .remember(parent, name, path.clone(), path_fd, &st);
+                self.pending
+                    .lock()
+                    .insert((parent, name.to_owned()), node.ino);
+                let staged = Staged {
+                    file: Some(file),
+                    name: staged_name,
+                    parent,
+                    target: name.to_owned(),
+                    path: path_str,
+                    existing: false,
+                    dirty: true,
+                    failed: None,
+                };
+                (Body::Staged(Mutex::new(staged)), node)
+            }
+            None => {
+                let acc =
+                    OFlags::from_bits_retain((flags & (libc::O_ACCMODE | libc::O_APPEND)) as u32);
+                let (file, path_fd, st) =
+                    self.mirror.create_file(dir_fd.as_fd(), name, mode, acc)?;
+                let node = self
+                    .inodes
+                    .remember(parent, name, path.clone(), path_fd, &st);
+                (Body::File(file), node)
+            }
+        };
+        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
+        let acc = flags & libc::O_ACCMODE;
+        let fh = self.handles.insert(Handle {
+            body,
+            node,
+            session: ctx.session.clone(),
+            read: acc != libc::O_WRONLY,
+            write: true,
+        });
+        let entry = super::core::Entry {
+            attr,
+            ttl: self.ttl(),
+        };
+        Ok((entry, fh, self.opts.direct_io))
+    }
+
+    pub fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<u64> {
+        let items = self.list_dir(caller, ino)?;
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        Ok(self.handles.insert(Handle {
+            body: Body::Dir(items),
+            node,
+            session: ctx.session,
+            read: true,
+            write: false,
+        }))
+    }
+
+    /// Entries of an open directory from `offset` (an index; each entry's offset is the next).
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirItem)>> {
+        let h = self.handles.get(fh)?;
+        let Body::Dir(items) = &h.body else {
+            return Err(Errno::ENOTDIR);
+        };
+        Ok(items
+            .iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, item)| (i as u64 + 1, item.clone()))
+            .collect())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    // ------------------------------------------------------------------ I/O
+
+    fn live(&self, h: &Handle) -> FsResult<()> {
+        match &h.session {
+            Some(s) if s.state(SystemTime::now()) == State::Active => Ok(()),
+            Some(_) if matches!(h.body, Body::Bytes(_)) => Ok(()),
+            _ => Err(Errno::EACCES),
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handles.get(fh)?;
+        if !h.read {
+            return Err(Errno::EBADF);
+        }
+        self.live(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = match &h.body {
+            Body::File(f) => read_at(f, &mut buf, offset)?,
+            Body::Staged(s) => {
+                let s = s.lock();
+                match &s.file {
+                    Some(f) => read_at(f, &mut buf, offset)?,
+                    None => {
+                        let fd = h.node.fd().ok_or(Errno::EIO)?;
+                        let f = self.mirror.reopen(fd.as_fd(), OFlags::RDONLY)?;
+                        read_at(&f, &mut buf, offset)?
+                    }
+                }
+            }
+            Body::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = (start + size as usize).min(b.len());
+                buf[..end - start].copy_from_slice(&b[start..end]);
+                end - start
+            }
+            Body::Dir(_) => return Err(Errno::EISDIR),
+        };
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handles.get(fh)?;
+        if !h.write {
+            return Err(Errno::EBADF);
+        }
+        self.live(&h)?;
+        match &h.body {
+            Body::File(f) => Ok(write_at(f, data, offset)? as u32),
+            Body::Staged(s) => {
+                let mut s = s.lock();
+                if s.failed.is_some() {
+                    return Err(Errno::EIO);
+                }
+                if s.file.is_none() {
+                    let fd = h.node.fd().ok_or(Errno::EIO)?;
+                    let st = self.mirror.stat(fd.as_fd())?;
+                    let (file, name) = self.stage(st.st_mode & 0o777, Some(fd.as_fd()))?;
+                    s.file = Some(file);
+                    s.name = name;
+                }
+                let f = s.file.as_ref().ok_or(Errno::EIO)?;
+                let n = write_at(f, data, offset)?;
+                s.dirty = true;
+                Ok(n as u32)
+            }
+            Body::Bytes(_) => Err(Errno::EACCES),
+            Body::Dir(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    /// `close()` of one descriptor: a dirty staged write is validated and committed here, so
+    /// that a refusal is what `close()` returns.
+    pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let h = self.handles.get(fh)?;
+        if let Body::Staged(s) = &h.body {
+            let mut s = s.lock();
+            return self.commit(&h.node, &h.session, &mut s, pid);
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let Some(h) = self.handles.remove(fh) else {
+            return Ok(());
+        };
+        if let Body::Staged(s) = &h.body {
+            let mut s = s.lock();
+            let result = self.commit(&h.node, &h.session, &mut s, pid);
+            if s.file.is_some() {
+                // Never committed (failed, or the file was removed meanwhile): drop the bytes.
+                let _ = self.mirror.unlink(self.staging.as_fd(), &s.name);
+            }
+            if !s.existing {
+                let mut pending = self.pending.lock();
+                if pending.get(&(s.parent, s.target.clone())) == Some(&h.node.ino) {
+                    pending.remove(&(s.parent, s.target.clone()));
+                }
+            }
+            return result;
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let h = self.handles.get(fh)?;
+        let sync = |f: &File| {
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+        };
+        match &h.body {
+            Body::File(f) => Ok(sync(f)?),
+            Body::Staged(s) => match &s.lock().file {
+                Some(f) => Ok(sync(f)?),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let h = self.handles.get(fh)?;
+        if !h.write {
+            return Err(Errno::EBADF);
+        }
+        self.live(&h)?;
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        match &h.body {
+            Body::File(f) => Ok(rustix::fs::fallocate(f, flags, offset, length)?),
+            Body::Staged(s) => {
+                let mut s = s.lock();
+                let f = s.file.as_ref().ok_or(Errno::EIO)?;
+                rustix::fs::fallocate(f, flags, offset, length)?;
+                s.dirty = true;
+                Ok(())
+            }
+            _ => Err(Errno::EACCES),
+        }
+    }
+
+    /// Copy between two open files through the same checks as read and write.
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> FsResult<u32> {
+        let chunk = len.min(16 << 20) as u32;
+        let data = self.read(fh_in, off_in, chunk)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.write(fh_out, off_out, &data)
+    }
+
+    /// Validate and commit a dirty staged write, or quarantine it.
+    fn commit(
+        &self,
+        node: &Arc<Node>,
+        session: &Option<Arc<Session>>,
+        s: &mut Staged,
+        pid: u32,
+    ) -> FsResult<()> {
+        if let Some(e) = s.failed {
+            return Err(e);
+        }
+        if !s.dirty {
+            return Ok(());
+        }
+        let ctx = session_ctx(session, pid);
+        if !ctx.active() {
+            return self.quarantine(
+                &ctx,
+                s,
+                Errno::EACCES,
+                "the session ended before the file was closed",
+                None,
+            );
+        }
+        if !s.existing && self.pending.lock().get(&(s.parent, s.target.clone())) != Some(&node.ino)
+        {
+            // Removed or renamed before it was ever committed: nothing to place.
+            s.dirty = false;
+            return Ok(());
+        }
+        let (policy_id, provider_action) = match self.writeback_gate(&ctx, &s.path) {
+            Ok(Some(p)) => p,
+            Ok(None) => (String::new(), String::new()),
+            Err((e, why)) => return self.quarantine(&ctx, s, e, &why, None),
+        };
+        let Some(file) = s.file.as_ref() else {
+            return Ok(());
+        };
+        let mut content = Vec::new();
+        let mut reader = file.try_clone()?;
+        reader.seek(SeekFrom::Start(0))?;
+        reader.take(MAX_PAYLOAD + 1).read_to_end(&mut content)?;
+        if content.len() as u64 > MAX_PAYLOAD {
+            let why = format!(
+                "{} is larger than {} bytes and cannot be validated",
+                s.path, MAX_PAYLOAD
+            );
+            return self.quarantine(
+                &ctx,
+                s,
+                Errno::EFBIG,
+                &why,
+                Some((&policy_id, &provider_action)),
+            );
+        }
+        let policies = self.policies();
+        if let Some(policy) = policies.policies().iter().find(|p| p.id == policy_id) {
+            let parent = self.inodes.get(s.parent);
+            let schemas = MirrorSchemas { fs: self, parent };
+            if let Err(r) = policies.check_payload(policy, &s.path, &content, &schemas) {
+                return self.quarantine(
+                    &ctx,
+                    s,
+                    Errno(r.errno()),
+                    r.message(),
+                    Some((&policy_id, &provider_action)),
+                );
+            }
+        }
+        file.sync_all()?;
+        let parent = self.node(s.parent)?;
+        let parent_fd = self.dir_fd(&parent)?;
+        let flags = if s.existing {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        if let Err(e) = self.mirror.rename(
+            self.staging.as_fd(),
+            &s.name,
+            parent_fd.as_fd(),
+            &s.target,
+            flags,
+        ) {
+            let why = format!("{} could not be placed in the mirror: {e}", s.path);
+            return self.quarantine(
+                &ctx,
+                s,
+                Errno::from(e),
+                &why,
+                Some((&policy_id, &provider_action)),
+            );
+        }
+        let committed = s.file.take().ok_or(Errno::EIO)?;
+        let path_fd = self.mirror.path_of(committed.as_fd())?;
+        let st = self.mirror.stat(path_fd.as_fd())?;
+        self.inodes.replace_backing(node.ino, path_fd, &st);
+        if !s.existing {
+            self.pending.lock().remove(&(s.parent, s.target.clone()));
+            s.existing = true;
+        }
+        s.dirty = false;
+        self.note_writeback(
+            &ctx,
+            &s.path,
+            "close",
+            Outcome::Allowed,
+            &format!("validated and placed for writeback by policy {policy_id}"),
+            Some((&policy_id, &provider_action)),
+        );
+        Ok(())
+    }
+
+    /// `ftruncate` on an open handle: `None` when the handle is not a file.
+    pub(crate) fn truncate_handle(&self, fh: u64, size: u64) -> Option<FsResult<()>> {
+        let h = self.handles.get(fh).ok()?;
+        match &h.body {
+            Body::File(f) => Some(f.set_len(size).map_err(Errno::from)),
+            Body::Staged(s) => {
+                let mut s = s.lock();
+                if s.file.is_none() {
+                    return Some(Err(Errno::EIO));
+                }
+                let r = s.file.as_ref().map(|f| f.set_len(size));
+                s.dirty = true;
+                Some(r.unwrap_or(Ok(())).map_err(Errno::from))
+            }
+            _ => None,
+        }
+    }
+
+    /// Truncate a provider-backed file by path: stage, truncate, validate, commit.
+    pub(crate) fn staged_truncate(&self, ctx: &Ctx, node: &Arc<Node>, size: u64) -> FsResult<()> {
+        let fd = node.fd().ok_or(Errno::EIO)?;
+        let st = self.mirror.stat(fd.as_fd())?;
+        let (file, name) = self.stage(st.st_mode & 0o777, Some(fd.as_fd()))?;
+        file.set_len(size)?;
+        let (parent, target, path) = self.node_dir_parent(node)?;
+        let mut staged = Staged {
+            file: Some(file),
+            name,
+            parent,
+            target,
+            path,
+            existing: true,
+            dirty: true,
+            failed: None,
+        };
+        let result = self.commit(node, &ctx.session, &mut staged, ctx.pid);
+        if staged.file.is_some() {
+            let _ = self.mirror.unlink(self.staging.as_fd(), &staged.name);
+        }
+        result
+    }
+
+    fn quarantine(
+        &self,
+        ctx: &Ctx,
+        s: &mut Staged,
+        errno: Errno,
+        why: &str,
+        policy: Option<(&str, &str)>,
+    ) -> FsResult<()> {
+        let kept = quarantine_name(&s.path);
+        let moved = self
+            .mirror
+            .rename(
+                self.staging.as_fd(),
+                &s.name,
+                self.quarantine.as_fd(),
+                &kept,
+                RenameFlags::NOREPLACE,
+            )
+            .is_ok();
+        if moved {
+            s.file = None;
+        }
+        s.failed = Some(errno);
+        s.dirty = false;
+        if !s.existing {
+            self.pending.lock().remove(&(s.parent, s.target.clone()));
+        }
+        let where_kept = if moved {
+            format!(
+                "; the bytes are kept in /.relay/.relayauth-mount/quarantine/{}",
+                kept.to_string_lossy()
+            )
+        } else {
+            String::new()
+        };
+        self.note_writeback(
+            ctx,
+            &s.path,
+            "close",
+            Outcome::Denied,
+            &format!("{why}{where_kept}"),
+            policy,
+        );
+        Err(errno)
+    }
+}
+
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+fn write_at(f: &File, data: &[u8], offset: u64) -> io::Result<usize> {
+    f.write_all_at(data, offset)?;
+    Ok(data.len())
+}

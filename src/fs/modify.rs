@@ -1,0 +1,463 @@
+//! Namespace and metadata changes: mkdir, unlink, rmdir, symlink, rename, link, mknod, setattr.
+//!
+//! Each is decided before the mirror is touched, audited once, and, where it changes a
+//! provider-backed file, also passes the writeback gate (policy, scope, freshness). A rename
+//! needs delete on the source and create on the destination (plus write when the destination
+//! exists); a file renamed onto a provider path is validated as the payload it becomes. A
+//! directory renamed into or out of a provider area answers `EXDEV`, so tools fall back to
+//! copying file by file, each write checked on its own.
+
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::time::SystemTime;
+
+use fuser::{FileAttr, TimeOrNow};
+use rustix::fs::{RenameFlags, Timestamps};
+
+use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs};
+use super::inode::{Ino, child_path};
+use super::mirror::Kind;
+use crate::audit::Outcome;
+use crate::authz::{Decision, Forbidden, Op, PERMISSIONS_FILE, Place, Reason, Verdict};
+
+fn forbidden(f: Forbidden) -> Decision {
+    Decision::new(
+        Verdict::Forbidden,
+        Op::Forbidden(f),
+        None,
+        Reason::Forbidden(f),
+    )
+}
+
+fn errno_of(d: &Decision) -> FsResult<()> {
+    match d.verdict.errno() {
+        Some(e) => Err(Errno(e)),
+        None => Ok(()),
+    }
+}
+
+fn timespec(t: TimeOrNow) -> rustix::fs::Timespec {
+    match t {
+        TimeOrNow::Now => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        TimeOrNow::SpecificTime(t) => {
+            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            rustix::fs::Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: i64::from(d.subsec_nanos()),
+            }
+        }
+    }
+}
+
+const OMIT: rustix::fs::Timespec = rustix::fs::Timespec {
+    tv_sec: 0,
+    tv_nsec: rustix::fs::UTIME_OMIT,
+};
+
+/// What `setattr` was asked to change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+impl GuardFs {
+    /// Decide, audit and refuse a change to a new or existing name in `parent`.
+    fn decide_child(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &OsStr,
+        op: Op,
+        operation: &str,
+    ) -> FsResult<(Vec<u8>, Place)> {
+        let dir = self.node(parent)?;
+        self.dir_fd(&dir)?;
+        let path = child_path(&dir.path(), name).to_vec();
+        let place = if op == Op::Create {
+            self.place(&path, name, None)
+        } else {
+            let fd = self.dir_fd(&dir)?;
+            match self.mirror.lookup(fd.as_fd(), name) {
+                Ok((f, st)) => self.place(&path, name, Some((f.as_fd(), &st))),
+                Err(_) => self.place(&path, name, None),
+            }
+        };
+        let d = self.decide(ctx, &path, &place, op);
+        self.note(ctx, &path, operation, &d);
+        errno_of(&d)?;
+        Ok((path, place))
+    }
+
+    pub fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Entry> {
+        let ctx = self.ctx(caller);
+        let (path, place) = self.decide_child(&ctx, parent, name, Op::Create, "mkdir")?;
+        if place != Place::Content {
+            return Err(Errno::EACCES);
+        }
+        let dir = self.node(parent)?;
+        let fd = self.dir_fd(&dir)?;
+        let (nfd, st) = self.mirror.mkdir(fd.as_fd(), name, mode & !umask & 0o777)?;
+        let node = self.inodes.remember(parent, name, path.into(), nfd, &st);
+        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
+        Ok(Entry {
+            attr,
+            ttl: self.ttl(),
+        })
+    }
+
+    pub fn symlink(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        target: &std::path::Path,
+    ) -> FsResult<Entry> {
+        let ctx = self.ctx(caller);
+        let (path, place) = self.decide_child(&ctx, parent, name, Op::Create, "symlink")?;
+        if place != Place::Content {
+            return Err(Errno::EACCES);
+        }
+        let dir = self.node(parent)?;
+        let fd = self.dir_fd(&dir)?;
+        let (nfd, st) = self.mirror.symlink(fd.as_fd(), name, target)?;
+        let node = self.inodes.remember(parent, name, path.into(), nfd, &st);
+        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
+        Ok(Entry {
+            attr,
+            ttl: self.ttl(),
+        })
+    }
+
+    pub fn unlink(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
+        let ctx = self.ctx(caller);
+        let (path, _) = self.decide_child(&ctx, parent, name, Op::Delete, "unlink")?;
+        // A staged new file that was never committed only has to be forgotten.
+        if self
+            .pending
+            .lock()
+            .remove(&(parent, name.to_owned()))
+            .is_some()
+        {
+            return Ok(());
+        }
+        let path_str = String::from_utf8_lossy(&path).into_owned();
+        let dir = self.node(parent)?;
+        let fd = self.dir_fd(&dir)?;
+        let (_, st) = self.mirror.lookup(fd.as_fd(), name)?;
+        if Kind::of(&st) == Kind::File
+            && let Err((e, why)) = self.writeback_gate(&ctx, &path_str)
+        {
+            self.note_writeback(&ctx, &path_str, "unlink", Outcome::Denied, &why, None);
+            return Err(e);
+        }
+        Ok(self.mirror.unlink(fd.as_fd(), name)?)
+    }
+
+    pub fn rmdir(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
+        let ctx = self.ctx(caller);
+        self.decide_child(&ctx, parent, name, Op::Delete, "rmdir")?;
+        let dir = self.node(parent)?;
+        let fd = self.dir_fd(&dir)?;
+        Ok(self.mirror.rmdir(fd.as_fd(), name)?)
+    }
+
+    /// Hard links are refused for everyone (after visibility: a hidden path stays hidden).
+    pub fn link(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &OsStr,
+    ) -> FsResult<Entry> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        let path = node.path();
+        let seen = self.decide(&ctx, &path, &place, Op::See);
+        if !seen.allowed() {
+            return Err(Errno::ENOENT);
+        }
+        let dir = self.node(new_parent)?;
+        let target = child_path(&dir.path(), new_name);
+        let d = forbidden(Forbidden::HardLink);
+        self.note(&ctx, &target, "link", &d);
+        Err(Errno::EPERM)
+    }
+
+    /// `mknod`: regular files are created like `create`; FIFOs, sockets and devices are refused.
+    pub fn mknod(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Entry> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            let ctx = self.ctx(caller);
+            let dir = self.node(parent)?;
+            let path = child_path(&dir.path(), name);
+            let d = forbidden(Forbidden::DeviceNode);
+            self.note(&ctx, &path, "mknod", &d);
+            return Err(Errno::EPERM);
+        }
+        let (entry, fh, _) =
+            self.create(caller, parent, name, mode & 0o7777, umask, libc::O_WRONLY)?;
+        self.release(fh, caller.pid)?;
+        Ok(entry)
+    }
+
+    pub fn rename(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        let ctx = self.ctx(caller);
+        let flags = RenameFlags::from_bits_retain(flags);
+        if flags.contains(RenameFlags::WHITEOUT) {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        let src_dir = self.node(parent)?;
+        let dst_dir = self.node(new_parent)?;
+        let src_fd = self.dir_fd(&src_dir)?;
+        let dst_fd = self.dir_fd(&dst_dir)?;
+        let src_path = child_path(&src_dir.path(), name);
+        let dst_path = child_path(&dst_dir.path(), new_name);
+        if self.pending.lock().contains_key(&(parent, name.to_owned())) {
+            // Still being written by a staged handle: it has no content in the mirror yet.
+            return Err(Errno(libc::EBUSY));
+        }
+        let src_found = self.mirror.lookup(src_fd.as_fd(), name);
+        let src_place = match &src_found {
+            Ok((f, st)) => self.place(&src_path, name, Some((f.as_fd(), st))),
+            Err(_) => self.place(&src_path, name, None),
+        };
+        let dst_found = self.mirror.lookup(dst_fd.as_fd(), new_name).ok();
+        let dst_place = match &dst_found {
+            Some((f, st)) => self.place(&dst_path, new_name, Some((f.as_fd(), st))),
+            None => self.place(&dst_path, new_name, None),
+        };
+        // delete on the source, create on the destination, write on it when it exists; an
+        // exchange is both ways.
+        let mut checks: Vec<(&[u8], &Place, Op)> = vec![
+            (&src_path, &src_place, Op::Delete),
+            (&dst_path, &dst_place, Op::Create),
+        ];
+        if dst_found.is_some() {
+            checks.push((&dst_path, &dst_place, Op::Write));
+        }
+        if exchange {
+            checks.push((&dst_path, &dst_place, Op::Delete));
+            checks.push((&src_path, &src_place, Op::Create));
+            checks.push((&src_path, &src_place, Op::Write));
+        }
+        let mut last = None;
+        for (path, place, op) in checks {
+            let d = self.decide(&ctx, path, place, op);
+            if !d.allowed() {
+                self.note(&ctx, path, "rename", &d);
+                return errno_of(&d);
+            }
+            last = Some(d);
+        }
+        if let Some(d) = &last {
+            self.note(&ctx, &src_path, "rename", d);
+        }
+        let (_, src_st) = src_found.map_err(Errno::from)?;
+        let src_kind = Kind::of(&src_st);
+        let src_str = String::from_utf8_lossy(&src_path).into_owned();
+        let dst_str = String::from_utf8_lossy(&dst_path).into_owned();
+        let backing = &self.opts.backing;
+        let provider_area = |p: &str| backing.is_provider_backed(&format!("{p}/x"));
+        if src_kind == Kind::Dir && (provider_area(&src_str) || provider_area(&dst_str)) {
+            let (dfd, _) = self.mirror.lookup(src_fd.as_fd(), name)?;
+            if !self.mirror.list(dfd.as_fd())?.is_empty() {
+                return Err(Errno::EXDEV);
+            }
+        }
+        if src_kind == Kind::File {
+            let mut gates = vec![src_str.clone(), dst_str.clone()];
+            if exchange {
+                gates.dedup();
+            }
+            for p in &gates {
+                if let Err((e, why)) = self.writeback_gate(&ctx, p) {
+                    self.note_writeback(&ctx, p, "rename", Outcome::Denied, &why, None);
+                    return Err(e);
+                }
+            }
+            // The file becomes the payload at its new path: validate it as such.
+            if backing.is_provider_backed(&dst_str) {
+                let (sfd, _) = self.mirror.lookup(src_fd.as_fd(), name)?;
+                self.validate_as(&ctx, &dst_str, sfd.as_fd(), new_parent)?;
+            }
+        }
+        let mut rflags = RenameFlags::empty();
+        if flags.contains(RenameFlags::NOREPLACE) {
+            rflags |= RenameFlags::NOREPLACE;
+        }
+        if exchange {
+            rflags |= RenameFlags::EXCHANGE;
+        }
+        self.mirror
+            .rename(src_fd.as_fd(), name, dst_fd.as_fd(), new_name, rflags)?;
+        if let Some(ino) = self.inodes.find(src_st.st_dev, src_st.st_ino) {
+            self.inodes
+                .moved(ino, new_parent, new_name, dst_path.clone());
+        }
+        if exchange
+            && let Some((_, st)) = &dst_found
+            && let Some(ino) = self.inodes.find(st.st_dev, st.st_ino)
+        {
+            self.inodes.moved(ino, parent, name, src_path);
+        }
+        Ok(())
+    }
+
+    /// Validate the file at `fd` as the payload of a writeback to `path`.
+    fn validate_as(
+        &self,
+        ctx: &Ctx,
+        path: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+        parent: Ino,
+    ) -> FsResult<()> {
+        let policies = self.policies();
+        let Some(policy) = policies.matching(path) else {
+            return Ok(());
+        };
+        let content = self.read_all(fd, 64 << 20)?;
+        let schemas = super::handles::mirror_schemas(self, self.inodes.get(parent));
+        if let Err(r) = policies.check_payload(policy, path, &content, &schemas) {
+            let ids = (policy.id.as_str(), policy.provider_action.as_str());
+            self.note_writeback(ctx, path, "rename", Outcome::Denied, r.message(), Some(ids));
+            return Err(Errno(r.errno()));
+        }
+        let ids = (policy.id.as_str(), policy.provider_action.as_str());
+        self.note_writeback(
+            ctx,
+            path,
+            "rename",
+            Outcome::Allowed,
+            "validated and renamed into place",
+            Some(ids),
+        );
+        Ok(())
+    }
+
+    pub fn setattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        set: SetAttr,
+    ) -> FsResult<(FileAttr, std::time::Duration)> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        let path = node.path();
+        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        if node.location().name.as_bytes() == PERMISSIONS_FILE.as_bytes()
+            || node.backing().is_none()
+        {
+            let d = self.decide(&ctx, &path, &place, Op::Write);
+            self.note(&ctx, &path, "setattr", &d);
+            errno_of(&d)?;
+            return Err(Errno::EACCES);
+        }
+        let b = node.backing().ok_or(Errno::EACCES)?;
+        let st = self.mirror.stat(b.fd.as_fd())?;
+        let chown =
+            set.uid.is_some_and(|u| u != st.st_uid) || set.gid.is_some_and(|g| g != st.st_gid);
+        if chown {
+            let d = forbidden(Forbidden::Chown);
+            self.note(&ctx, &path, "setattr", &d);
+            return Err(Errno::EPERM);
+        }
+        if let Some(mode) = set.mode
+            && mode & (libc::S_ISUID | libc::S_ISGID) != 0
+        {
+            let d = forbidden(Forbidden::SetId);
+            self.note(&ctx, &path, "setattr", &d);
+            return Err(Errno::EPERM);
+        }
+        let changes =
+            set.mode.is_some() || set.size.is_some() || set.atime.is_some() || set.mtime.is_some();
+        if changes {
+            let d = self.decide(&ctx, &path, &place, Op::Write);
+            self.note(&ctx, &path, "setattr", &d);
+            errno_of(&d)?;
+        }
+        if let Some(size) = set.size {
+            self.truncate(&ctx, &node, set.fh, size)?;
+        }
+        if let Some(mode) = set.mode {
+            if b.kind == Kind::Symlink {
+                return Err(Errno::EPERM);
+            }
+            self.mirror.chmod(b.fd.as_fd(), mode & 0o777)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = Timestamps {
+                last_access: set.atime.map_or(OMIT, timespec),
+                last_modification: set.mtime.map_or(OMIT, timespec),
+            };
+            if b.kind != Kind::Symlink {
+                self.mirror.set_times(b.fd.as_fd(), &times)?;
+            }
+        }
+        self.getattr(caller, ino, set.fh)
+    }
+
+    /// Truncate by handle or by path; a provider-backed file is staged and validated like any
+    /// other writeback, so `truncate -s 0 review.json` cannot push an empty review.
+    fn truncate(
+        &self,
+        ctx: &Ctx,
+        node: &std::sync::Arc<super::inode::Node>,
+        fh: Option<u64>,
+        size: u64,
+    ) -> FsResult<()> {
+        if let Some(fh) = fh
+            && let Some(done) = self.truncate_handle(fh, size)
+        {
+            return done;
+        }
+        let path = String::from_utf8_lossy(&node.path()).into_owned();
+        let b = node.backing().ok_or(Errno::EACCES)?;
+        if b.kind != Kind::File {
+            return Err(Errno::EISDIR);
+        }
+        match self.writeback_gate(ctx, &path) {
+            Err((e, why)) => {
+                self.note_writeback(ctx, &path, "truncate", Outcome::Denied, &why, None);
+                Err(e)
+            }
+            Ok(None) => Ok(self.mirror.truncate(b.fd.as_fd(), size)?),
+            Ok(Some(_)) => self.staged_truncate(ctx, node, size),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Core tests: the guarded filesystem driven directly, without a kernel.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::core::{Caller, Errno, GuardFs, Options};
+use super::inode::ROOT;
+use super::mirror::Mirror;
+use crate::audit::AuditLog;
+use crate::session::testing::session;
+use crate::session::{Callers, Session};
+use crate::writeback::PolicySet;
+
+const ME: Caller = Caller {
+    pid: 1,
+    uid: 0,
+    gid: 0,
+};
+
+/// A scratch copy of the acme fixture mirror.
+pub(crate) fn fixture_copy() -> (tempfile::TempDir, PathBuf) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("mount-fixtures/mirrors/acme");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("acme");
+    copy_tree(&src, &dst);
+    (dir, dst)
+}
+
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+pub(crate) fn guard(root: &Path, s: Arc<Session>, audit: Option<Arc<AuditLog>>) -> GuardFs {
+    let policies = PolicySet::load(&root.join(".relay/writeback-policies.json")).unwrap();
+    s.confirm();
+    GuardFs::new(
+        Mirror::open(root).unwrap(),
+        Arc::new(Callers::new(s, false)),
+        policies,
+        audit,
+        Options::default(),
+    )
+    .unwrap()
+}
+
+/// Walk `path` from the root with lookups; the inode of the last component.
+fn walk(fs: &GuardFs, path: &str) -> Result<u64, Errno> {
+    let mut ino = ROOT;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        ino = fs.lookup(&ME, ino, OsStr::new(part))?.attr.ino.0;
+    }
+    Ok(ino)
+}
+
+fn read_path(fs: &GuardFs, path: &str) -> Result<Vec<u8>, Errno> {
+    let ino = walk(fs, path)?;
+    let (fh, _) = fs.open(&ME, ino, libc::O_RDONLY)?;
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.read(fh, out.len() as u64, 65536)?;
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    fs.release(fh, ME.pid)?;
+    Ok(out)
+}
+
+fn names(fs: &GuardFs, path: &str) -> Vec<String> {
+    let ino = walk(fs, path).unwrap();
+    fs.list_dir(&ME, ino)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name.to_string_lossy().into_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect()
+}
+
+const LEAD: &[&str] = &[
+    "relayfile:fs:read:*",
+    "relayfile:fs:write:/github/repos/acme/api/**",
+    "relayfile:fs:create:/linear/issues/*",
+    "relayfile:fs:write:/slack/channels/c456-eng/messages/*",
+    "relayfile:ops:read:/github/**",
+    "relayfile:sync:read:*",
+    "relayfile:fs:write:/github/repos/acme/api/pulls/*/reviews/*",
+];
+
+#[test]
+fn hidden_paths_are_enoent_and_unlisted() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(&["relayfile:fs:read:/slack/**"]), None);
+    assert_eq!(names(&fs, "/"), ["slack", "_PERMISSIONS.md"]);
+    assert_eq!(walk(&fs, "/github"), Err(Errno::ENOENT));
+    assert_eq!(walk(&fs, "/.relay"), Err(Errno::ENOENT));
+    assert!(read_path(&fs, "/slack/users/U04ALICE01.json").is_ok());
+}
+
+#[test]
+fn reads_allowed_writes_refused_eacces() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let body = read_path(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
+    assert!(!body.is_empty());
+    let ino = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
+    assert_eq!(
+        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
+        Errno::EACCES
+    );
+    assert_eq!(
+        fs.open(&ME, ino, libc::O_RDONLY | libc::O_TRUNC)
+            .unwrap_err(),
+        Errno::EACCES
+    );
+    let (attr, _) = fs.getattr(&ME, ino, None).unwrap();
+    assert_eq!(attr.perm & 0o222, 0, "no w bits where writing is refused");
+    assert_eq!(attr.perm & 0o444, 0o444);
+}
+
+#[test]
+fn relay_rules() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let pending = names(&fs, "/.relay/outbox/pending");
+    // ops:read on /github/** only: the GitHub review draft, not the Slack one.
+    assert_eq!(
+        pending,
+        [
+            "mountcmd_7297f5cbe1631e2505767872af24f22d.json",
+            "_PERMISSIONS.md"
+        ]
+    );
+    let relay = names(&fs, "/.relay");
+    assert!(!relay.iter().any(|n| n == ".relayauth-mount"), "{relay:?}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&read_path(&fs, "/.relay/state.json").unwrap()).unwrap();
+    assert!(state.get("localRoot").is_none());
+    let ino = walk(&fs, "/.relay/state.json").unwrap();
+    assert_eq!(
+        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
+        Errno::EACCES
+    );
+    let fs_only = guard(&root, session(&["relayfile:fs:*:*"]), None);
+    assert_eq!(walk(&fs_only, "/.relay"), Err(Errno::ENOENT));
+}
+
+#[test]
+fn permissions_file_is_virtual_and_read_only() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let text = String::from_utf8(read_path(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap())
+        .unwrap();
+    assert!(text.contains("mid-path glob"), "{text}");
+    assert!(text.contains("```json"));
+    let ino = walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap();
+    assert_eq!(
+        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
+        Errno::EACCES
+    );
+    assert!(!root.join("github/repos/acme/api/_PERMISSIONS.md").exists());
+}
+
+#[test]
+fn writeback_valid_payload_commits_and_invalid_is_quarantined() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
+    let good = br#"{"event": "COMMENT", "body": "Looks good to me."}"#;
+    let (_, fh, _) = fs
+        .create(
+            &ME,
+            dir,
+            OsStr::new("new-review.json"),
+            0o644,
+            0o022,
+            libc::O_WRONLY,
+        )
+        .unwrap();
+    fs.write(fh, 0, good).unwrap();
+    // Not in the mirror until the writer closes it.
+    assert!(
+        !root
+            .join("github/repos/acme/api/pulls/42/reviews/new-review.json")
+            .exists()
+    );
+    fs.flush(fh, ME.pid).unwrap();
+    fs.release(fh, ME.pid).unwrap();
+    assert_eq!(
+        std::fs::read(root.join("github/repos/acme/api/pulls/42/reviews/new-review.json")).unwrap(),
+        good
+    );
+
+    let (_, fh, _) = fs
+        .create(
+            &ME,
+            dir,
+            OsStr::new("bad-review.json"),
+            0o644,
+            0o022,
+            libc::O_WRONLY,
+        )
+        .unwrap();
+    fs.write(fh, 0, br#"{"event": "LGTM", "body": "x"}"#)
+        .unwrap();
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Errno::EINVAL);
+    fs.release(fh, ME.pid).unwrap_err();
+    assert!(
+        !root
+            .join("github/repos/acme/api/pulls/42/reviews/bad-review.json")
+            .exists()
+    );
+    let q: Vec<_> = std::fs::read_dir(root.join(".relay/.relayauth-mount/quarantine"))
+        .unwrap()
+        .collect();
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn no_policy_means_no_write_even_with_fs_write_everywhere() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(&["relayfile:fs:*:*"]), None);
+    let ino = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
+    assert_eq!(
+        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
+        Errno::EACCES
+    );
+    let before = std::fs::read(root.join("github/repos/acme/web/pulls/18/metadata.json")).unwrap();
+    let ino = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
+    let set = super::modify::SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, set).unwrap_err(), Errno::EACCES);
+    assert_eq!(
+        std::fs::read(root.join("github/repos/acme/web/pulls/18/metadata.json")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn hard_links_are_eperm_and_rename_needs_both_sides() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let f = walk(&fs, "/github/repos/acme/api/issues/7/metadata.json").unwrap();
+    let d = walk(&fs, "/github/repos/acme/api/issues/7").unwrap();
+    assert_eq!(
+        fs.link(&ME, f, d, OsStr::new("alias.json")).unwrap_err(),
+        Errno::EPERM
+    );
+    // Rename from a writable area into a read-only one.
+    let web = walk(&fs, "/github/repos/acme/web").unwrap();
+    let api = walk(&fs, "/github/repos/acme/api").unwrap();
+    assert_eq!(
+        fs.rename(
+            &ME,
+            api,
+            OsStr::new("metadata.json"),
+            web,
+            OsStr::new("stolen.json"),
+            0
+        )
+        .unwrap_err(),
+        Errno::EACCES
+    );
+    assert!(root.join("github/repos/acme/api/metadata.json").exists());
+    assert!(!root.join("github/repos/acme/web/stolen.json").exists());
+}
+
+#[test]
+fn fuse_smoke() {
+    let (d, root) = fixture_copy();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let fs = Arc::new(guard(&root, session(LEAD), None));
+    let cfg = crate::fuse::MountConfig {
+        threads: 4,
+        source_name: root.display().to_string(),
+    };
+    let bg = crate::fuse::mount(fs, &mnt, &cfg).unwrap();
+    let ls = std::process::Command::new("ls")
+        .arg("-la")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    println!("{}", String::from_utf8_lossy(&ls.stdout));
+    let cat = std::fs::read_to_string(mnt.join("github/repos/acme/api/_PERMISSIONS.md")).unwrap();
+    println!("{cat}");
+    let err = std::fs::write(
+        mnt.join("github/repos/acme/web/pulls/18/metadata.json"),
+        b"x",
+    )
+    .unwrap_err();
+    println!("write: {err}");
+    std::fs::write(
+        mnt.join("github/repos/acme/api/pulls/42/reviews/r9.json"),
+        br#"{"event":"COMMENT","body":"fine"}"#,
+    )
+    .unwrap();
+    {
+        use std::io::Write;
+        use std::os::fd::IntoRawFd;
+        let mut f =
+            std::fs::File::create(mnt.join("github/repos/acme/api/pulls/42/reviews/r10.json"))
+                .unwrap();
+        f.write_all(b"{").unwrap();
+        let fd = f.into_raw_fd();
+        let rc = unsafe { libc::close(fd) };
+        println!("close rc {rc} errno {}", std::io::Error::last_os_error());
+    }
+    println!(
+        "r10 in mirror: {}",
+        root.join("github/repos/acme/api/pulls/42/reviews/r10.json")
+            .exists()
+    );
+    println!(
+        "r9 in mirror: {}",
+        root.join("github/repos/acme/api/pulls/42/reviews/r9.json")
+            .exists()
+    );
+    let find = std::process::Command::new("find")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    println!("{}", String::from_utf8_lossy(&find.stdout).lines().count());
+    bg.umount_and_join().unwrap();
+}

@@ -1,0 +1,158 @@
+//! Caller resolution: which session does the process behind a FUSE request act under?
+//!
+//! FUSE gives the caller's pid. Registered sessions are rooted at a process (`run` registers
+//! itself and then execs the agent); a caller acts under the nearest registered ancestor, found
+//! by walking `/proc/<pid>/stat`. Entries are keyed by pid *and* process start time, so a reused
+//! pid never inherits a session. A caller with no registered ancestor acts under the mount's own
+//! session, unless the mount requires registration, in which case it sees nothing.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+
+use super::Session;
+
+/// A process identity that survives pid reuse: pid plus start time (clock ticks since boot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessKey {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// `(parent pid, start time)` of `pid`, from `/proc/<pid>/stat`.
+pub fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything, so parse after the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is the state (field 3 of the file), so field N is fields[N - 3].
+    let ppid = fields.get(1)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((ppid, start))
+}
+
+impl ProcessKey {
+    pub fn of(pid: u32) -> Option<ProcessKey> {
+        proc_stat(pid).map(|(_, start_time)| ProcessKey { pid, start_time })
+    }
+}
+
+/// The sessions of a mount and who acts under which.
+#[derive(Debug)]
+pub struct Callers {
+    mount: Arc<Session>,
+    require_registration: bool,
+    registered: RwLock<FxHashMap<ProcessKey, Arc<Session>>>,
+}
+
+/// How far up the process tree to look before giving up.
+const MAX_DEPTH: usize = 64;
+
+impl Callers {
+    pub fn new(mount: Arc<Session>, require_registration: bool) -> Callers {
+        Callers {
+            mount,
+            require_registration,
+            registered: RwLock::new(FxHashMap::default()),
+        }
+    }
+
+    /// The mount's own session.
+    pub fn mount_session(&self) -> &Arc<Session> {
+        &self.mount
+    }
+
+    /// Make `root` and its descendants act under `session`.
+    pub fn register(&self, root: ProcessKey, session: Arc<Session>) {
+        self.registered.write().insert(root, session);
+    }
+
+    /// All distinct sessions (the mount's first).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        let mut out = vec![self.mount.clone()];
+        for s in self.registered.read().values() {
+            if !out.iter().any(|o| Arc::ptr_eq(o, s)) {
+                out.push(s.clone());
+            }
+        }
+        out
+    }
+
+    /// How many sessions may be acting in the mount (kernel caches are shared by all callers,
+    /// so the filesystem turns them off when this exceeds one).
+    pub fn session_count(&self) -> usize {
+        let registered = self.registered.read().len();
+        if self.require_registration {
+            registered
+        } else {
+            1 + registered
+        }
+    }
+
+    /// The session `pid` acts under, or `None` when it may see nothing.
+    pub fn resolve(&self, pid: u32) -> Option<Arc<Session>> {
+        let reg = self.registered.read();
+        if reg.is_empty() {
+            return (!self.require_registration).then(|| self.mount.clone());
+        }
+        let mut pid = pid;
+        for _ in 0..MAX_DEPTH {
+            let Some((ppid, start_time)) = proc_stat(pid) else {
+                break;
+            };
+            if let Some(s) = reg.get(&ProcessKey { pid, start_time }) {
+                return Some(s.clone());
+            }
+            if ppid == 0 || ppid == pid {
+                break;
+            }
+            pid = ppid;
+        }
+        (!self.require_registration).then(|| self.mount.clone())
+    }
+
+    /// Forget registrations whose root process is gone.
+    pub fn prune(&self) {
+        self.registered
+            .write()
+            .retain(|k, _| ProcessKey::of(k.pid).is_some_and(|now| now == *k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::testing::session;
+
+    #[test]
+    fn proc_stat_reads_self() {
+        let me = std::process::id();
+        let (ppid, start) = proc_stat(me).unwrap();
+        assert!(ppid > 0 && start > 0);
+    }
+
+    #[test]
+    fn descendants_inherit_and_reused_pids_do_not() {
+        let mount = session(&["relayfile:fs:read:*"]);
+        let child = session(&["relayfile:fs:read:/a/**"]);
+        let callers = Callers::new(mount.clone(), false);
+        let me = std::process::id();
+        assert!(Arc::ptr_eq(&callers.resolve(me).unwrap(), &mount));
+        // Register our parent: we are its descendant.
+        let (ppid, _) = proc_stat(me).unwrap();
+        callers.register(ProcessKey::of(ppid).unwrap(), child.clone());
+        assert!(Arc::ptr_eq(&callers.resolve(me).unwrap(), &child));
+        assert_eq!(callers.session_count(), 2);
+        // A registration for the same pid with another start time is not us.
+        let callers = Callers::new(mount.clone(), true);
+        callers.register(
+            ProcessKey {
+                pid: me,
+                start_time: 1,
+            },
+            child,
+        );
+        assert!(callers.resolve(me).is_none());
+    }
+}

@@ -1,0 +1,206 @@
+//! Sessions: a verified token plus what has happened to it since (DESIGN sections 6 and 10).
+//!
+//! A [`Session`] is built from a token that passed verification and nothing else, so every
+//! decision the filesystem makes is backed by a checked token. Its state moves from active to
+//! revoked or expired (never back); a refresh swaps in a new verified token and so new scopes.
+//! Reads of the current token are a shared lock and an `Arc` clone: the hot path never waits on
+//! the network, which only ever writes here from background tasks.
+//!
+//! [`Callers`] maps a FUSE caller (a pid) to its session. With one session, every caller acts
+//! under the mount's own session.
+
+pub mod callers;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::audit::Actor;
+use crate::scope::ScopeSet;
+
+pub use callers::Callers;
+
+/// What a session may still do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    Active,
+    /// relayauth said the session is revoked (or a refresh was rejected for good).
+    Revoked {
+        at: SystemTime,
+        reason: String,
+    },
+    /// The access token's `exp` passed without a refresh.
+    Expired {
+        at: SystemTime,
+    },
+}
+
+impl State {
+    pub fn describe(&self) -> String {
+        match self {
+            State::Active => "active".to_owned(),
+            State::Revoked { at, reason } => format!(
+                "revoked at {} ({reason})",
+                humantime::format_rfc3339_seconds(*at)
+            ),
+            State::Expired { at } => {
+                format!("expired at {}", humantime::format_rfc3339_seconds(*at))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Revoked { .. } => "revoked",
+            State::Expired { .. } => "expired",
+        }
+    }
+}
+
+/// The identity and grants of the token a session currently holds.
+#[derive(Debug)]
+pub struct Grants {
+    pub actor: Actor,
+    pub scopes: Arc<ScopeSet>,
+    pub expires_at: SystemTime,
+    /// The raw token (with any prefix), for calls back to relayauth.
+    pub raw: Arc<str>,
+    pub parent_token_id: Option<String>,
+}
+
+/// A refused operation remembered for `_PERMISSIONS.md`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub at: SystemTime,
+    pub path: String,
+    pub operation: String,
+    pub reason: String,
+}
+
+const RECENT_DENIALS: usize = 64;
+
+/// A session.
+#[derive(Debug)]
+pub struct Session {
+    id: String,
+    grants: RwLock<Arc<Grants>>,
+    state: RwLock<State>,
+    denials: Mutex<VecDeque<Denial>>,
+    /// When relayauth last confirmed this session is not revoked.
+    confirmed: Mutex<Option<Instant>>,
+}
+
+impl Session {
+    // Used by `from_token` (token layer) and the tests.
+    #[allow(dead_code)]
+    pub(crate) fn from_grants(grants: Grants) -> Session {
+        Session {
+            id: grants.actor.session_id.clone(),
+            grants: RwLock::new(Arc::new(grants)),
+            state: RwLock::new(State::Active),
+            denials: Mutex::new(VecDeque::new()),
+            confirmed: Mutex::new(None),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The current token's identity and scopes.
+    pub fn grants(&self) -> Arc<Grants> {
+        self.grants.read().clone()
+    }
+
+    /// A refreshed token for the same session replaces the grants (scopes are re-read).
+    #[allow(dead_code)]
+    pub(crate) fn replace_grants(&self, grants: Grants) {
+        *self.grants.write() = Arc::new(grants);
+    }
+
+    /// The state as of `now`: an active session whose token's `exp` has passed is expired.
+    pub fn state(&self, now: SystemTime) -> State {
+        let state = self.state.read().clone();
+        if state == State::Active {
+            let exp = self.grants.read().expires_at;
+            if now >= exp {
+                return State::Expired { at: exp };
+            }
+        }
+        state
+    }
+
+    pub fn is_active(&self, now: SystemTime) -> bool {
+        self.state(now) == State::Active
+    }
+
+    /// End the session (idempotent: the first reason stays).
+    pub fn revoke(&self, reason: &str) -> bool {
+        let mut st = self.state.write();
+        if *st == State::Active {
+            *st = State::Revoked {
+                at: SystemTime::now(),
+                reason: reason.to_owned(),
+            };
+            true
+        } else {
+            false
+        }
+    }
+
+    /// relayauth just confirmed the session is alive.
+    pub fn confirm(&self) {
+        *self.confirmed.lock() = Some(Instant::now());
+    }
+
+    /// How long since relayauth last confirmed the session (`None`: never).
+    pub fn since_confirmed(&self) -> Option<Duration> {
+        self.confirmed.lock().map(|t| t.elapsed())
+    }
+
+    pub fn remember_denial(&self, denial: Denial) {
+        let mut d = self.denials.lock();
+        if d.len() == RECENT_DENIALS {
+            d.pop_front();
+        }
+        d.push_back(denial);
+    }
+
+    /// Recent denials whose path is directly in `dir` (or is `dir`).
+    pub fn denials_in(&self, dir: &str) -> Vec<Denial> {
+        self.denials
+            .lock()
+            .iter()
+            .filter(|d| d.path == dir || crate::scope::path::parent(&d.path) == dir)
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Sessions for unit tests of the layers above (no token needed).
+    use super::*;
+    use std::time::Duration;
+
+    pub fn session(scopes: &[&str]) -> Arc<Session> {
+        Arc::new(Session::from_grants(Grants {
+            actor: Actor {
+                identity_id: "agent_test".into(),
+                org_id: "org_acme".into(),
+                workspace_id: "ws_acme".into(),
+                sponsor_id: "user_alice".into(),
+                sponsor_chain: vec!["user_alice".into(), "agent_test".into()],
+                token_id: "tok_test".into(),
+                session_id: "sess_test".into(),
+            },
+            scopes: Arc::new(ScopeSet::new(scopes)),
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+            raw: Arc::from("test"),
+            parent_token_id: None,
+        }))
+    }
+}
