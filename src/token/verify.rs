@@ -281,15 +281,11 @@ impl Verifier {
             }
         }
         let (h64, p64, s64) = (segments[0], segments[1], segments[2]);
-        for (name, seg) in [("header", h64), ("payload", p64), ("signature", s64)] {
-            if seg.is_empty() {
-                return Err(invalid(format!("the {name} segment is empty")));
-            }
+        if h64.is_empty() {
+            return Err(invalid("the header segment is empty"));
         }
         let header_bytes = b64url_decode(h64)
             .ok_or_else(|| invalid("the header segment is not base64url (without padding)"))?;
-        let signature = b64url_decode(s64)
-            .ok_or_else(|| invalid("the signature segment is not base64url (without padding)"))?;
         let header: Header = serde_json::from_slice(&header_bytes)
             .map_err(|e| invalid(format!("the header is not a valid JOSE header: {e}")))?;
 
@@ -301,7 +297,7 @@ impl Verifier {
                     "alg {a:?} means an unsigned token, which is never accepted; relayauth tokens are RS256 or EdDSA"
                 )));
             }
-            Some(a) if a.len() >= 2 && a[..2].eq_ignore_ascii_case("HS") => {
+            Some(a) if a.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("HS")) => {
                 return Err(invalid(format!(
                     "alg {a} is an HMAC (shared-secret) algorithm, which is never accepted; relayauth tokens are RS256 or EdDSA"
                 )));
@@ -357,11 +353,19 @@ impl Verifier {
                 key.kind
             )));
         }
+        if s64.is_empty() {
+            return Err(invalid("the signature segment is empty"));
+        }
+        if b64url_decode(s64).is_none() {
+            return Err(invalid(
+                "the signature segment is not base64url (without padding)",
+            ));
+        }
         let message_len = h64.len() + 1 + p64.len();
         let message = &jwt.as_bytes()[..message_len];
         let good = jsonwebtoken::crypto::verify(s64, message, &key.decoding, key.kind.algorithm())
             .unwrap_or(false);
-        if !good || signature.is_empty() {
+        if !good {
             return Err(invalid(format!(
                 "the signature does not verify with key {kid:?}: the token was altered or not signed by that key"
             )));
@@ -532,7 +536,10 @@ fn strip_prefix(token: &str) -> Result<&str, Refusal> {
             "relay_ws_ tokens are opaque workspace API keys, not JWT access tokens; use an access token (relay_ag_..., relay_pa_... or a JWT)",
         ));
     }
-    if token.len() > 7 && token[..7].eq_ignore_ascii_case("bearer ") {
+    if token
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+    {
         return Err(invalid(
             "the token starts with \"Bearer \"; give the token alone, without the HTTP scheme",
         ));
