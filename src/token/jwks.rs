@@ -533,8 +533,10 @@ fn parse_jwks(text: &str, source_name: &str) -> Result<KeySet, JwksError> {
 struct RefetchState {
     /// The last time the source was (re)loaded successfully.
     loaded_at: Option<Instant>,
-    /// The last refetch attempt, successful or not.
+    /// The last attempt to reload a stale set, successful or not.
     last_attempt: Option<Instant>,
+    /// The last refetch caused by an unknown `kid`, successful or not.
+    last_unknown_kid: Option<Instant>,
 }
 
 /// The keys of a JWKS by `kid`, refreshed from their source as DESIGN section 5 says.
@@ -607,6 +609,7 @@ impl JwksCache {
             state: tokio::sync::Mutex::new(RefetchState {
                 loaded_at: Some(Instant::now()),
                 last_attempt: Some(Instant::now()),
+                last_unknown_kid: None,
             }),
             loads: AtomicU64::new(1),
         })
@@ -660,9 +663,9 @@ impl JwksCache {
         self.reload(&mut state).await.map(|()| true)
     }
 
-    /// A token named a `kid` the set does not have: refetch the source, unless a refetch
-    /// happened within [`JwksOptions::refetch_interval`]. Returns whether `kid` is known
-    /// afterwards.
+    /// A token named a `kid` the set does not have: refetch the source, unless an unknown `kid`
+    /// already caused a refetch within [`JwksOptions::refetch_interval`]. Returns whether `kid`
+    /// is known afterwards.
     pub async fn refetch_for_unknown_kid(&self, kid: &str) -> bool {
         if self.key(kid).is_some() {
             return true;
@@ -677,11 +680,12 @@ impl JwksCache {
         }
         let now = Instant::now();
         if state
-            .last_attempt
+            .last_unknown_kid
             .is_some_and(|t| now.duration_since(t) < self.options.refetch_interval)
         {
             return false;
         }
+        state.last_unknown_kid = Some(now);
         if let Err(e) = self.reload(&mut state).await {
             tracing::warn!("refetching the JWKS for unknown kid {kid:?} failed: {e}");
             return false;
