@@ -23,7 +23,7 @@ pub mod jwks;
 pub mod keys;
 pub mod refresh;
 pub mod sign;
-mod time;
+pub(crate) mod time;
 pub mod verify;
 
 pub use claims::{Audience, Claims};
