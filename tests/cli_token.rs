@@ -341,6 +341,16 @@ fn check_leeway_flag() {
     assert_eq!(code, 0, "{v}");
     let (code, v) = check(&f, &token, "fs:read", PATH, &["--leeway", "5"]);
     assert_eq!((code, v["error_code"].as_str()), (1, Some("token_expired")));
+    // An absurd leeway cannot overflow into a panic; it refuses (fails closed).
+    let (code, v) = check(
+        &f,
+        &token,
+        "fs:read",
+        PATH,
+        &["--leeway", &u64::MAX.to_string()],
+    );
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["allowed"], false);
 }
 
 #[test]

@@ -433,10 +433,8 @@ fn error_body(body: &[u8]) -> (String, String) {
 
 fn classify_rejection(status: u16, body: &[u8]) -> RefreshError {
     let (code, message) = error_body(body);
-    let terminal = status == 401
-        || TERMINAL_CODES.contains(&code.as_str())
-        || code.contains("reuse")
-        || code.contains("reused");
+    let terminal =
+        status == 401 || TERMINAL_CODES.contains(&code.as_str()) || code.contains("reuse");
     let code = if code.is_empty() {
         "(no code)".to_owned()
     } else {

@@ -214,7 +214,7 @@ pub(crate) fn words(d: Duration) -> String {
     } else if s < 48 * 3600 {
         ((s + 1800) / 3600, "hour")
     } else {
-        ((s + 43_200) / 86_400, "day")
+        (s.saturating_add(43_200) / 86_400, "day")
     };
     if n == 1 {
         format!("1 {unit}")
@@ -250,6 +250,7 @@ mod word_tests {
         assert_eq!(words(s(42 * 60)), "42 minutes");
         assert_eq!(words(s(3 * 3600)), "3 hours");
         assert_eq!(words(s(5 * 86_400)), "5 days");
+        assert!(words(Duration::MAX).ends_with(" days"));
         let now = from_unix(1_000_000);
         assert_eq!(expiry_words(now + s(2520), now), "expires in 42 minutes");
         assert_eq!(expiry_words(now - s(180), now), "expired 3 minutes ago");

@@ -64,6 +64,14 @@ pub struct VerifierConfig {
     pub leeway: Duration,
 }
 
+impl Default for VerifierConfig {
+    /// Issuer [`DEFAULT_ISSUER`], no org, 30 s leeway, and no workspace: set one, since a
+    /// configuration without a workspace refuses every token (`wrong_workspace`).
+    fn default() -> VerifierConfig {
+        VerifierConfig::new("")
+    }
+}
+
 impl VerifierConfig {
     /// The defaults for a workspace: issuer [`DEFAULT_ISSUER`], no org, 30 s leeway.
     pub fn new(workspace: impl Into<String>) -> VerifierConfig {
