@@ -687,7 +687,8 @@ impl JwksCache {
         }
         state.last_unknown_kid = Some(now);
         if let Err(e) = self.reload(&mut state).await {
-            tracing::warn!("refetching the JWKS for unknown kid {kid:?} failed: {e}");
+            let shown: String = kid.chars().take(80).collect();
+            tracing::warn!("refetching the JWKS for unknown kid {shown:?} failed: {e}");
             return false;
         }
         self.key(kid).is_some()
