@@ -29,9 +29,10 @@ fn verifier_over(cache: JwksCache) -> Verifier {
     Verifier::new(config(), Arc::new(cache))
 }
 
+/// Options for servers that answer: a timeout generous enough for a loaded CI machine.
 fn quick() -> JwksOptions {
     JwksOptions {
-        timeout: Duration::from_millis(500),
+        timeout: Duration::from_secs(2),
         ..JwksOptions::default()
     }
 }
@@ -324,7 +325,7 @@ async fn refetch_is_allowed_again_after_the_interval() {
     let body = Arc::new(Mutex::new(jwks_json(&[ed()])));
     let server = jwks_server(body.clone()).await;
     let options = JwksOptions {
-        refetch_interval: Duration::from_millis(200),
+        refetch_interval: Duration::from_secs(1),
         ..quick()
     };
     let source = JwksSource::parse(&server.url("/.well-known/jwks.json")).unwrap();
@@ -335,7 +336,7 @@ async fn refetch_is_allowed_again_after_the_interval() {
     assert_eq!(server.hits(), 2);
     assert!(v.verify_fresh(&token).await.is_err());
     assert_eq!(server.hits(), 2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(v.verify_fresh(&token).await.is_err());
     assert_eq!(server.hits(), 3);
 }
@@ -345,15 +346,15 @@ async fn stale_keys_are_refetched_after_the_cache_lifetime() {
     let body = Arc::new(Mutex::new(jwks_json(&[ed()])));
     let server = jwks_server(body.clone()).await;
     let options = JwksOptions {
-        cache_ttl: Duration::from_millis(100),
-        refetch_interval: Duration::from_millis(100),
+        cache_ttl: Duration::from_secs(1),
+        refetch_interval: Duration::from_secs(1),
         ..quick()
     };
     let source = JwksSource::parse(&server.url("/.well-known/jwks.json")).unwrap();
     let v = verifier_over(JwksCache::load_with(source, options).await.unwrap());
     assert!(v.verify_fresh(&ed().sign(&claims()).unwrap()).await.is_ok());
     assert_eq!(server.hits(), 1);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(v.verify_fresh(&ed().sign(&claims()).unwrap()).await.is_ok());
     assert_eq!(server.hits(), 2);
 }
@@ -362,10 +363,13 @@ async fn stale_keys_are_refetched_after_the_cache_lifetime() {
 
 #[tokio::test]
 async fn a_silent_server_times_out() {
-    let server = Server::start(|_| {
+    // Keys are generated before the server runs: generating them inside a handler would stall
+    // this single-threaded runtime.
+    let body = jwks_json(&[ed()]);
+    let server = Server::start(move |_| {
         Reply::After(
             Duration::from_secs(5),
-            Box::new(Reply::Json(200, jwks_json(&[&keys().ed]))),
+            Box::new(Reply::Json(200, body.clone())),
         )
     })
     .await;
@@ -383,19 +387,20 @@ async fn a_silent_server_times_out() {
 #[tokio::test]
 async fn a_failed_refetch_keeps_the_known_keys() {
     let healthy = Arc::new(Mutex::new(true));
+    let body = jwks_json(&[ed()]);
     let server = {
         let healthy = healthy.clone();
         Server::start(move |_| {
             if *healthy.lock().unwrap() {
-                Reply::Json(200, jwks_json(&[&keys().ed]))
+                Reply::Json(200, body.clone())
             } else {
-                Reply::After(Duration::from_secs(5), Box::new(Reply::Drop))
+                Reply::After(Duration::from_secs(10), Box::new(Reply::Drop))
             }
         })
         .await
     };
     let options = JwksOptions {
-        timeout: Duration::from_millis(300),
+        timeout: Duration::from_secs(1),
         ..JwksOptions::default()
     };
     let source = JwksSource::parse(&server.url("/.well-known/jwks.json")).unwrap();
