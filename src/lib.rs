@@ -11,4 +11,5 @@ pub mod fuse;
 pub mod permissions;
 pub mod scope;
 pub mod session;
+pub mod token;
 pub mod writeback;

@@ -1,13 +1,18 @@
 //! `relayauth-mount check`: one decision, for scripts and for people debugging a token.
+//!
+//! The scopes come from `--scope`/`--scopes-json`, or from a token (`--token-file`,
+//! `--token-env`, `--credentials`) verified against `--jwks` for `--workspace` first; a refused
+//! token is a denial with the token's rejection code.
 
 use clap::{ArgGroup, Args};
 use serde_json::json;
 
+use super::token::TokenArgs;
 use super::{CliError, Outcome, print_json};
 use crate::scope::{Requirement, ScopeSet};
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["scope", "scopes_json"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["scope", "scopes_json", "token_file", "token_env", "credentials"])))]
 #[command(group(ArgGroup::new("what").required(true).args(["require", "op"])))]
 pub struct CheckArgs {
     /// A scope of the set (repeat for more), e.g. relayfile:fs:read:/github/**.
@@ -28,6 +33,9 @@ pub struct CheckArgs {
     /// Print one JSON object instead of a sentence.
     #[arg(long)]
     json: bool,
+    /// Decide against a verified token's scopes instead of --scope/--scopes-json.
+    #[command(flatten)]
+    token: TokenArgs,
 }
 
 pub fn run(args: CheckArgs) -> Outcome {
@@ -37,11 +45,43 @@ pub fn run(args: CheckArgs) -> Outcome {
         (None, None) => return Err(CliError::input("give --require RESOURCE:ACTION or --op OP")),
     }
     .map_err(|e| CliError::input(format!("{e}")))?;
-    let scopes = match &args.scopes_json {
-        Some(text) => parse_scopes_json(text)?,
-        None => args.scope.clone(),
+    let token = if args.token.source().is_some() {
+        match args.token.verify()? {
+            Ok(token) => Some(token),
+            Err(e) => {
+                if args.json {
+                    print_json(&json!({
+                        "allowed": false,
+                        "requirement": requirement.to_string(),
+                        "matched_scope": null,
+                        "reason": format!("the token was refused: {}", e.message),
+                        "error_code": e.code.as_str(),
+                    }));
+                } else {
+                    println!("denied: the token was refused ({}): {}", e.code, e.message);
+                }
+                return Ok(1);
+            }
+        }
+    } else if args.token.has_verification_options() {
+        return Err(CliError::input(
+            "--jwks, --workspace, --org, --issuer and --leeway apply only to a token: add --token-file F, --token-env VAR or --credentials BUNDLE, or drop them",
+        ));
+    } else {
+        None
     };
-    let set = ScopeSet::new(&scopes);
+    let owned;
+    let set = match &token {
+        Some(t) => t.scopes().as_ref(),
+        None => {
+            let scopes = match &args.scopes_json {
+                Some(text) => parse_scopes_json(text)?,
+                None => args.scope.clone(),
+            };
+            owned = ScopeSet::new(&scopes);
+            &owned
+        }
+    };
     let explained = set.explain(&requirement, &args.path);
     let allowed = explained.matched.is_some();
     if args.json {

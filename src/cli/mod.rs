@@ -5,6 +5,7 @@
 
 mod check;
 mod scopes;
+mod token;
 
 use std::fmt;
 
@@ -20,11 +21,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Decide one requirement on one path against a scope set.
+    /// Decide one requirement on one path against a scope set or a verified token.
     Check(check::CheckArgs),
     /// Validate scopes and compare scope sets.
     #[command(subcommand)]
     Scopes(scopes::ScopesCommand),
+    /// Inspect relayauth access tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// A command's failure: what to print and which exit code to use.
@@ -66,6 +70,7 @@ pub fn run() -> i32 {
     let outcome = match cli.command {
         Command::Check(args) => check::run(args),
         Command::Scopes(cmd) => scopes::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
     };
     match outcome {
         Ok(code) => code,

@@ -94,8 +94,11 @@ pub struct Session {
 }
 
 impl Session {
-    // Used by `from_token` (token layer) and the tests.
-    #[allow(dead_code)]
+    /// A session for a verified token.
+    pub fn from_token(token: &crate::token::VerifiedToken) -> Session {
+        Session::from_grants(grants_of(token))
+    }
+
     pub(crate) fn from_grants(grants: Grants) -> Session {
         Session {
             id: grants.actor.session_id.clone(),
@@ -116,9 +119,8 @@ impl Session {
     }
 
     /// A refreshed token for the same session replaces the grants (scopes are re-read).
-    #[allow(dead_code)]
-    pub(crate) fn replace_grants(&self, grants: Grants) {
-        *self.grants.write() = Arc::new(grants);
+    pub fn replace_token(&self, token: &crate::token::VerifiedToken) {
+        *self.grants.write() = Arc::new(grants_of(token));
     }
 
     /// The state as of `now`: an active session whose token's `exp` has passed is expired.
@@ -177,6 +179,24 @@ impl Session {
             .filter(|d| d.path == dir || crate::scope::path::parent(&d.path) == dir)
             .cloned()
             .collect()
+    }
+}
+
+fn grants_of(token: &crate::token::VerifiedToken) -> Grants {
+    Grants {
+        actor: Actor {
+            identity_id: token.subject().to_owned(),
+            org_id: token.org().to_owned(),
+            workspace_id: token.workspace().to_owned(),
+            sponsor_id: token.sponsor_id().to_owned(),
+            sponsor_chain: token.sponsor_chain().to_vec(),
+            token_id: token.token_id().to_owned(),
+            session_id: token.session_id().to_owned(),
+        },
+        scopes: token.scopes().clone(),
+        expires_at: token.expires_at(),
+        raw: Arc::from(token.raw()),
+        parent_token_id: token.parent_token_id().map(str::to_owned),
     }
 }
 

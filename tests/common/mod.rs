@@ -43,3 +43,6 @@ pub fn run_json(args: &[&str]) -> (i32, serde_json::Value) {
         .unwrap_or_else(|e| panic!("stdout of {args:?} is not JSON ({e}): {out}\nstderr: {err}"));
     (code, value)
 }
+
+pub mod http;
+pub mod tokens;
