@@ -6,9 +6,11 @@
 pub mod audit;
 pub mod authz;
 pub mod cli;
+pub mod daemon;
 pub mod fs;
 pub mod fuse;
 pub mod permissions;
+pub mod relayauth;
 pub mod scope;
 pub mod session;
 pub mod token;

@@ -4,6 +4,7 @@
 //! no panic or backtrace reaches a user.
 
 mod check;
+mod mount;
 mod scopes;
 mod token;
 
@@ -29,6 +30,12 @@ enum Command {
     /// Inspect relayauth access tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Mount the guarded view of a relayfile mirror.
+    Mount(Box<mount::MountArgs>),
+    /// Show a mount's session, expiry and decision counts.
+    Status(mount::StatusArgs),
+    /// Unmount a guarded view.
+    Unmount(mount::UnmountArgs),
 }
 
 /// A command's failure: what to print and which exit code to use.
@@ -71,6 +78,9 @@ pub fn run() -> i32 {
         Command::Check(args) => check::run(args),
         Command::Scopes(cmd) => scopes::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Mount(args) => mount::run_mount(*args),
+        Command::Status(args) => mount::run_status(args),
+        Command::Unmount(args) => mount::run_unmount(args),
     };
     match outcome {
         Ok(code) => code,

@@ -1,0 +1,259 @@
+//! `relayauth-mount mount`, `status` and `unmount`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args};
+use serde_json::json;
+
+use super::{CliError, Outcome, print_json};
+use crate::daemon::{self, MountSpec, control};
+use crate::relayauth::Strategy;
+use crate::token::credentials::CredentialSource;
+
+fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration (e.g. 2s, 500ms, 5m): {e}"))
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("credentials_source").required(true).args(["token_file", "credentials", "token_env"])))]
+pub struct MountArgs {
+    /// The relayfile mirror directory.
+    source: PathBuf,
+    /// An empty directory where the guarded view appears.
+    mountpoint: PathBuf,
+    /// The workspace the token must be for (`wks`).
+    #[arg(long)]
+    workspace: String,
+    /// The org the token must be for, when given.
+    #[arg(long)]
+    org: Option<String>,
+    /// A file holding the access token (a JWT, optionally `relay_ag_`-prefixed).
+    #[arg(long, value_name = "F")]
+    token_file: Option<PathBuf>,
+    /// relayfile's delegated credentials bundle (JSON); refreshed before expiry.
+    #[arg(long, value_name = "BUNDLE")]
+    credentials: Option<PathBuf>,
+    /// An environment variable holding the access token (e.g. RELAYAUTH_TOKEN).
+    #[arg(long, value_name = "VAR")]
+    token_env: Option<String>,
+    /// relayauth's base URL (revocation checks, refresh, default JWKS).
+    #[arg(long, value_name = "URL", env = "RELAYAUTH_URL")]
+    relayauth_url: Option<String>,
+    /// An API key for relayauth's revocation list and introspection.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "RELAYAUTH_API_KEY",
+        hide_env_values = true
+    )]
+    relayauth_api_key: Option<String>,
+    /// The key set: an https:// URL, a file, or a data: URL (default: relayauth's JWKS).
+    #[arg(long, value_name = "URL|FILE|data:")]
+    jwks: Option<String>,
+    /// The accepted token issuer (`iss`).
+    #[arg(long, value_name = "ISS", default_value = crate::token::verify::DEFAULT_ISSUER)]
+    issuer: String,
+    /// Clock-skew allowance for exp/nbf, in seconds.
+    #[arg(long, value_name = "S", default_value = "30", value_parser = duration)]
+    leeway: Duration,
+    /// I/O mode. Only `strict` is available: every read and write goes through the daemon.
+    #[arg(long, value_name = "MODE", default_value = "strict")]
+    io: String,
+    /// How often relayauth is asked whether each session is revoked.
+    #[arg(long, value_name = "D", default_value = "2s", value_parser = duration)]
+    poll_interval: Duration,
+    /// How revocation is checked.
+    #[arg(long, value_enum, default_value = "auto")]
+    revocation: Strategy,
+    /// Writebacks are refused when relayauth has not confirmed the session for this long.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = duration)]
+    fail_closed_after: Duration,
+    /// Everything is refused when relayauth has not confirmed the session for this long.
+    #[arg(long, value_name = "D", default_value = "5m", value_parser = duration)]
+    max_staleness: Duration,
+    /// The audit log (JSON lines; default $XDG_STATE_HOME/relayauth-mount/audit.jsonl).
+    #[arg(long, value_name = "F")]
+    audit_log: Option<PathBuf>,
+    /// The writeback policies (default SOURCE/.relay/writeback-policies.json).
+    #[arg(long, value_name = "F")]
+    writeback_policies: Option<PathBuf>,
+    /// Top-level directories that are local, not provider-backed (comma-separated).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    local_roots: Vec<String>,
+    /// Callers that are not registered with the mount see nothing.
+    #[arg(long)]
+    require_registration: bool,
+    /// FUSE worker threads.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Stay in the foreground (logs to stderr) instead of becoming a daemon once mounted.
+    #[arg(long)]
+    foreground: bool,
+}
+
+pub fn run_mount(args: MountArgs) -> Outcome {
+    if args.io != "strict" {
+        return Err(CliError::input(format!(
+            "--io {} is not available: only strict I/O is built (every read and write is checked, so revocation cuts off open files)",
+            args.io
+        )));
+    }
+    let credentials = match (&args.token_file, &args.credentials, &args.token_env) {
+        (Some(f), _, _) => CredentialSource::JwtFile(f.clone()),
+        (None, Some(b), _) => CredentialSource::Bundle(b.clone()),
+        (None, None, Some(v)) => CredentialSource::Env(v.clone()),
+        _ => {
+            return Err(CliError::input(
+                "give --token-file F, --credentials BUNDLE or --token-env VAR",
+            ));
+        }
+    };
+    let spec = MountSpec {
+        source: args.source,
+        mountpoint: args.mountpoint,
+        workspace: args.workspace,
+        org: args.org,
+        credentials,
+        relayauth_url: args.relayauth_url,
+        api_key: args.relayauth_api_key,
+        jwks: args.jwks,
+        issuer: args.issuer,
+        leeway: args.leeway,
+        poll_interval: args.poll_interval.max(Duration::from_millis(100)),
+        revocation: args.revocation,
+        fail_closed_after: args.fail_closed_after,
+        max_staleness: args.max_staleness,
+        audit_log: args.audit_log,
+        writeback_policies: args.writeback_policies,
+        local_roots: args
+            .local_roots
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect(),
+        require_registration: args.require_registration,
+        threads: args.threads.unwrap_or_else(crate::fuse::default_threads),
+        foreground: args.foreground,
+    };
+    daemon::run(spec).map_err(|f| CliError {
+        code: f.code,
+        message: f.message,
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The mountpoint.
+    mountpoint: PathBuf,
+    /// Print the daemon's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_status(args: StatusArgs) -> Outcome {
+    let v = control::request(&args.mountpoint, &json!({"op": "status"})).map_err(|e| CliError {
+        code: 1,
+        message: e,
+    })?;
+    if v["ok"] != true {
+        return Err(CliError {
+            code: 1,
+            message: v["error"]
+                .as_str()
+                .unwrap_or("the daemon refused")
+                .to_owned(),
+        });
+    }
+    if args.json {
+        print_json(&v);
+        return Ok(0);
+    }
+    let s = &v["session"];
+    println!(
+        "{} (source {}), daemon pid {}",
+        v["mountpoint"].as_str().unwrap_or("?"),
+        v["source"].as_str().unwrap_or("?"),
+        v["pid"]
+    );
+    println!(
+        "  session {} of agent {} (sponsor {}): {}",
+        s["session_id"].as_str().unwrap_or("?"),
+        s["agent"].as_str().unwrap_or("?"),
+        s["sponsor"].as_str().unwrap_or("?"),
+        s["state_detail"].as_str().unwrap_or("?")
+    );
+    println!(
+        "  token expires {} (in {} s)",
+        s["expires_at"].as_str().unwrap_or("?"),
+        s["expires_in_secs"]
+    );
+    match s["confirmed_secs_ago"].as_u64() {
+        Some(n) => println!(
+            "  relayauth last confirmed the session {n} s ago ({})",
+            v["revocation"].as_str().unwrap_or("?")
+        ),
+        None => println!("  relayauth has not confirmed the session"),
+    }
+    println!(
+        "  decisions: {} allowed, {} denied",
+        v["allowed"], v["denied"]
+    );
+    println!("  audit log: {}", v["audit_log"].as_str().unwrap_or("?"));
+    Ok(0)
+}
+
+#[derive(Debug, Args)]
+pub struct UnmountArgs {
+    /// The mountpoint.
+    mountpoint: PathBuf,
+}
+
+pub fn run_unmount(args: UnmountArgs) -> Outcome {
+    let mp = control::canonical_mountpoint(&args.mountpoint);
+    match control::request(&mp, &json!({"op": "unmount"})) {
+        Ok(v) if v["ok"] == true => {
+            // The daemon unmounts after answering; wait until the mount is gone.
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while daemon::is_mount_point(&mp) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if daemon::is_mount_point(&mp) {
+                return Err(CliError {
+                    code: 1,
+                    message: format!(
+                        "{} is still mounted after 15 s; see the daemon's log",
+                        mp.display()
+                    ),
+                });
+            }
+            println!("unmounted {}", mp.display());
+            Ok(0)
+        }
+        Ok(v) => Err(CliError {
+            code: 1,
+            message: v["error"]
+                .as_str()
+                .unwrap_or("the daemon refused")
+                .to_owned(),
+        }),
+        Err(e) if daemon::is_mount_point(&mp) => {
+            // No daemon answers (it died): take the stale mount down.
+            crate::fuse::unmount(&mp).map_err(|err| CliError {
+                code: 1,
+                message: format!("{e}; and unmounting {} failed: {err}", mp.display()),
+            })?;
+            println!("unmounted {} (no daemon answered)", mp.display());
+            Ok(0)
+        }
+        Err(e) => Err(CliError {
+            code: 1,
+            message: e,
+        }),
+    }
+}

@@ -1,0 +1,87 @@
+//! The mount's control socket: `status` and `unmount` talk to the daemon through it.
+//!
+//! One Unix socket per mount, in a private runtime directory (mode 0700), named after a hash of
+//! the canonical mountpoint so any command given the mountpoint finds it. Requests and answers
+//! are one JSON object per line. Every connection's peer is checked with `SO_PEERCRED`: only the
+//! daemon's own user (or root) is answered.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Where control sockets live: `/run/relayauth-mount` for root, else
+/// `$XDG_RUNTIME_DIR/relayauth-mount`, else `/tmp/relayauth-mount-<uid>`.
+pub fn runtime_dir() -> PathBuf {
+    let uid = rustix::process::getuid().as_raw();
+    if uid == 0 && Path::new("/run").is_dir() {
+        return PathBuf::from("/run/relayauth-mount");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d).join("relayauth-mount"),
+        None => PathBuf::from(format!("/tmp/relayauth-mount-{uid}")),
+    }
+}
+
+/// The canonical form of a mountpoint path (without touching a possibly hung mount: only the
+/// parent is resolved).
+pub fn canonical_mountpoint(mountpoint: &Path) -> PathBuf {
+    let abs = if mountpoint.is_absolute() {
+        mountpoint.to_owned()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(mountpoint)
+    };
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
+/// The control socket of the mount at `mountpoint`.
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    let canon = canonical_mountpoint(mountpoint);
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        canon.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    runtime_dir().join(format!("{hex}.sock"))
+}
+
+/// Send one request to the daemon of `mountpoint` and read its answer.
+pub fn request(mountpoint: &Path, req: &Value) -> Result<Value, String> {
+    let path = socket_path(mountpoint);
+    let mut stream = UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "no relayauth-mount daemon answers for {} ({}: {e}); is it mounted?",
+            mountpoint.display(),
+            path.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("cannot talk to the daemon: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from the daemon: {e}"))?;
+    serde_json::from_str(&answer).map_err(|e| format!("the daemon's answer is not JSON: {e}"))
+}
+
+/// An error answer.
+pub fn error(message: impl Into<String>) -> Value {
+    json!({"ok": false, "error": message.into()})
+}

@@ -1,0 +1,413 @@
+//! The daemon's background tasks and its teardown.
+//!
+//! None of these run on a filesystem thread, and none holds a lock the filesystem needs while
+//! it waits on the network: they compute an answer, then publish it in one short write
+//! (confirm, revoke, replace the token, replace the policies).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc::Sender;
+use tokio::task::JoinHandle;
+
+use super::{Shared, Stop, control, status_json};
+use crate::audit::{Event, Outcome};
+use crate::relayauth::Status;
+use crate::token::credentials::CredentialSource;
+use crate::token::refresh::{RefreshOptions, Refresher, should_refresh};
+use crate::token::verify::VerifiedToken;
+use crate::writeback::PolicySet;
+
+/// The FUSE connection number of the mount at `mountpoint` (for aborting it).
+pub(crate) fn connection_of(mountpoint: &Path) -> Option<u64> {
+    let st = rustix::fs::stat(mountpoint).ok()?;
+    let dev = st.st_dev;
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    (major == 0).then_some(u64::from(minor))
+}
+
+/// Take the mount down: lazy unmount, then abort the connection if processes still hold it,
+/// then join the filesystem threads.
+pub(crate) async fn teardown(bg: fuser::BackgroundSession, mountpoint: &Path, conn: Option<u64>) {
+    if super::is_mount_point(mountpoint) {
+        let _ = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)
+            .map_err(std::io::Error::from)
+            .or_else(|_| crate::fuse::unmount(mountpoint));
+    }
+    if !wait_finished(&bg, Duration::from_secs(2)).await
+        && let Some(conn) = conn
+    {
+        let abort = PathBuf::from(format!("/sys/fs/fuse/connections/{conn}/abort"));
+        if let Err(e) = std::fs::write(&abort, b"1") {
+            tracing::warn!(
+                "cannot abort the FUSE connection ({}): {e}",
+                abort.display()
+            );
+        }
+    }
+    if wait_finished(&bg, Duration::from_secs(5)).await {
+        let _ = tokio::task::spawn_blocking(move || bg.join()).await;
+    } else {
+        tracing::warn!("the filesystem threads did not stop; exiting anyway");
+    }
+}
+
+async fn wait_finished(bg: &fuser::BackgroundSession, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !bg.guard.is_finished() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Bind the control socket (replacing a stale one nobody answers on).
+pub(crate) fn bind_control(mountpoint: &Path) -> std::io::Result<UnixListener> {
+    let path = control::socket_path(mountpoint);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(std::io::Error::other(format!(
+                "{} is in use by another daemon for this mountpoint",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Start every background task; the handles are aborted at teardown.
+pub(crate) fn spawn_all(
+    shared: Arc<Shared>,
+    token: VerifiedToken,
+    listener: UnixListener,
+    stop: Sender<Stop>,
+) -> Vec<JoinHandle<()>> {
+    let mut v = vec![
+        tokio::spawn(signals(stop.clone())),
+        tokio::spawn(serve_control(shared.clone(), listener, stop.clone())),
+        tokio::spawn(watch_session(shared.clone(), stop.clone())),
+        tokio::spawn(poll_revocation(shared.clone())),
+        tokio::spawn(refresh_jwks(shared.clone())),
+    ];
+    if let CredentialSource::Bundle(path) = &shared.spec.credentials {
+        v.push(tokio::spawn(refresh_bundle(
+            shared.clone(),
+            path.clone(),
+            token,
+        )));
+    }
+    v.push(tokio::spawn(watch_files(shared)));
+    v
+}
+
+async fn signals(stop: Sender<Stop>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot listen for SIGINT/SIGTERM");
+        return;
+    };
+    let name = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    };
+    let _ = stop.send(Stop::Signal(name)).await;
+}
+
+async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender<Stop>) {
+    let me = rustix::process::getuid().as_raw();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let allowed = stream
+            .peer_cred()
+            .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(read);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let answer = if !allowed {
+                control::error("only the user running the mount may control it")
+            } else {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(req) => match req.get("op").and_then(Value::as_str) {
+                        Some("status") => status_json(&shared),
+                        Some("unmount") => {
+                            let _ = stop.send(Stop::Requested).await;
+                            json!({"ok": true})
+                        }
+                        _ => control::error("unknown request; use status or unmount"),
+                    },
+                    Err(e) => control::error(format!("bad request: {e}")),
+                }
+            };
+            let mut text = answer.to_string();
+            text.push('\n');
+            let _ = write.write_all(text.as_bytes()).await;
+        });
+    }
+}
+
+/// Stop when the mount's own session is no longer active (revoked, refresh rejected, expired).
+async fn watch_session(shared: Arc<Shared>, stop: Sender<Stop>) {
+    let session = shared.callers.mount_session().clone();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let state = session.state(SystemTime::now());
+        if state != crate::session::State::Active {
+            let g = session.grants();
+            shared.audit.record(
+                Event::new("session.revoked", Outcome::Denied, &g.actor, "session")
+                    .reason(state.describe())
+                    .meta("state", state.name()),
+            );
+            let _ = stop.send(Stop::SessionEnded(state.describe())).await;
+            return;
+        }
+    }
+}
+
+async fn poll_revocation(shared: Arc<Shared>) {
+    let Some(client) = shared.revocation.clone() else {
+        return;
+    };
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(shared.spec.poll_interval).await;
+        for s in shared.callers.sessions() {
+            if !s.is_active(SystemTime::now()) {
+                continue;
+            }
+            let g = s.grants();
+            match client.check(&g.raw, &g.actor.token_id).await {
+                Ok(Status::Alive) => {
+                    s.confirm();
+                    warned = false;
+                }
+                Ok(Status::Revoked(why)) => {
+                    if s.revoke(&why) {
+                        shared.audit.record(
+                            Event::new(
+                                "token.revoked",
+                                Outcome::Denied,
+                                &g.actor,
+                                "revocation-check",
+                            )
+                            .reason(why.clone())
+                            .meta("strategy", client.strategy().name()),
+                        );
+                    }
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(
+                            "revocation check failed ({e}); the session's confirmation is getting older"
+                        );
+                        warned = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn refresh_jwks(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        if let Err(e) = shared.verifier.keys().refresh_if_stale().await {
+            tracing::warn!("JWKS refresh failed (keeping the keys we have): {e}");
+        }
+    }
+}
+
+/// Refresh the bundle's pair when 80% of the access token's life has passed.
+async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf, mut token: VerifiedToken) {
+    let session = shared.callers.mount_session().clone();
+    let options = RefreshOptions {
+        relayauth_url: shared.spec.relayauth_url.clone(),
+        ..RefreshOptions::default()
+    };
+    let refresher = match Refresher::new(&bundle, shared.verifier.clone(), options) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(
+                "token refresh is not possible ({e}); the session ends when the token expires"
+            );
+            return;
+        }
+    };
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !session.is_active(SystemTime::now()) {
+            return;
+        }
+        if !should_refresh(&token, SystemTime::now()) {
+            continue;
+        }
+        match refresher.refresh().await {
+            Ok(r) => {
+                session.replace_token(&r.token);
+                shared.audit.record(
+                    Event::new(
+                        "token.refreshed",
+                        Outcome::Allowed,
+                        &session.grants().actor,
+                        "refresh",
+                    )
+                    .reason(if r.network {
+                        "rotated at relayauth"
+                    } else {
+                        "adopted a pair another process rotated"
+                    })
+                    .meta("previousTokenId", token.token_id().to_owned()),
+                );
+                token = r.token;
+            }
+            Err(e) if e.is_terminal() => {
+                let why = format!("refresh rejected: {e}");
+                if session.revoke(&why) {
+                    shared.audit.record(
+                        Event::new(
+                            "session.revoked",
+                            Outcome::Denied,
+                            &session.grants().actor,
+                            "refresh",
+                        )
+                        .reason(why),
+                    );
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("token refresh failed ({e}); will try again");
+                tokio::time::sleep(Duration::from_secs(15)).await;
+            }
+        }
+    }
+}
+
+/// Pick up a rewritten credentials file and a changed policy file without a restart.
+async fn watch_files(shared: Arc<Shared>) {
+    use notify::{RecursiveMode, Watcher};
+    let creds_path = shared.spec.credentials.path().map(Path::to_owned);
+    let policy_path = shared.policy_file.clone();
+    let watched: Vec<PathBuf> = creds_path
+        .iter()
+        .chain(policy_path.iter())
+        .cloned()
+        .collect();
+    if watched.is_empty() {
+        return;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher =
+        match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                for p in ev.paths {
+                    let _ = tx.send(p);
+                }
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("cannot watch files for changes: {e}");
+                return;
+            }
+        };
+    // Watch the directories: an atomic rewrite replaces the file's inode.
+    for p in &watched {
+        if let Some(dir) = p.parent()
+            && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
+        {
+            tracing::warn!("cannot watch {}: {e}", dir.display());
+        }
+    }
+    let same = |a: &Path, b: &Path| {
+        a.file_name() == b.file_name()
+            && a.parent().map(|p| p.canonicalize().ok())
+                == b.parent().map(|p| p.canonicalize().ok())
+    };
+    while let Some(changed) = rx.recv().await {
+        // Let a burst of events settle.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut paths = vec![changed];
+        while let Ok(p) = rx.try_recv() {
+            paths.push(p);
+        }
+        if let Some(cp) = &creds_path
+            && paths.iter().any(|p| same(p, cp))
+        {
+            reload_credentials(&shared).await;
+        }
+        if let Some(pp) = &policy_path
+            && paths.iter().any(|p| same(p, pp))
+        {
+            match PolicySet::load(pp) {
+                Ok(set) => {
+                    shared.fs.set_policies(set);
+                    tracing::warn!("writeback policies reloaded from {}", pp.display());
+                }
+                Err(e) => tracing::warn!("{e}; keeping the last good writeback policies"),
+            }
+        }
+    }
+    drop(watcher);
+}
+
+async fn reload_credentials(shared: &Shared) {
+    let session = shared.callers.mount_session().clone();
+    if !session.is_active(SystemTime::now()) {
+        return;
+    }
+    let creds = match shared.spec.credentials.read() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(
+                "the credentials changed but cannot be read ({e}); keeping the current token"
+            );
+            return;
+        }
+    };
+    match shared.verifier.verify_fresh(&creds.access_token).await {
+        Ok(token) if token.token_id() != session.grants().actor.token_id => {
+            session.replace_token(&token);
+            shared.audit.record(
+                Event::new(
+                    "token.refreshed",
+                    Outcome::Allowed,
+                    &session.grants().actor,
+                    "reload",
+                )
+                .reason("picked up a rewritten credentials file"),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            "the rewritten credentials hold a token that does not verify ({}: {}); keeping the current one",
+            e.code.as_str(),
+            e.message
+        ),
+    }
+}
