@@ -119,19 +119,22 @@ pub struct View {
     pub who: Who,
     pub list: bool,
     pub create: Vec<CreateClaim>,
+    /// New files here are writebacks: creating one also needs a matching policy.
+    pub provider_backed: bool,
     pub entries: Vec<EntryRights>,
     pub writeback_policies: Vec<PolicySummary>,
     pub scopes_granting_nothing: Vec<ScopeNote>,
     pub recent_denials: Vec<DenialNote>,
 }
 
-fn right(d: &Decision, scopes: &ScopeSet) -> Right {
+/// The caller's right to `op` as a decision says it.
+pub fn right(d: &Decision, scopes: &ScopeSet) -> Right {
     Right {
         allowed: d.allowed(),
         scope: d.matched_scope(scopes).map(str::to_owned),
         lacks: (!d.allowed()).then(|| match &d.requirement {
-            Some(r) => r.to_string(),
-            None => d.describe(scopes, ""),
+            Some(r) if matches!(d.reason, crate::authz::Reason::NoGrant) => r.to_string(),
+            _ => d.describe(scopes, ""),
         }),
     }
 }
@@ -157,16 +160,42 @@ pub struct Subject<'a> {
     pub denials: &'a [Denial],
 }
 
-/// Decide the directory's and each entry's rights for `subject`.
+/// What the caller may do, asked of the code that enforces it.
+pub trait Judge {
+    /// The right to `op` on the entry at `path` (named `name`, of `kind`).
+    fn right(&self, path: &str, name: &str, kind: EntryKind, op: Op) -> Right;
+}
+
+/// A judge over a scope set alone (no mirror, no writeback policies): for tests and tools.
+pub struct ScopeJudge<'a> {
+    pub grants: &'a Grants,
+    pub state: &'a State,
+    pub place_for: &'a dyn Fn(&str, &str) -> Place,
+}
+
+impl Judge for ScopeJudge<'_> {
+    fn right(&self, path: &str, name: &str, _kind: EntryKind, op: Op) -> Right {
+        let place = (self.place_for)(path, name);
+        let d = if *self.state == State::Active {
+            authz::decide(&self.grants.scopes, path.as_bytes(), &place, op)
+        } else {
+            authz::decide_inactive(path.as_bytes(), &place, op, self.state.name())
+        };
+        right(&d, &self.grants.scopes)
+    }
+}
+
+/// Decide the directory's and each entry's rights for `subject`, asking `judge`.
 ///
-/// `place_for` gives the authorization place of an entry (the filesystem knows what a `/.relay`
-/// record is about); `policies` are the writeback policies in force.
+/// `policies` are the writeback policies in force; `provider_backed` says whether new files in
+/// `dir` are writebacks (so creating one also needs a matching policy).
 pub fn compute(
     subject: Subject<'_>,
     dir: &str,
     listed: &[Listed],
-    place_for: &dyn Fn(&str, &str) -> Place,
+    judge: &dyn Judge,
     policies: &PolicySet,
+    provider_backed: bool,
 ) -> View {
     let Subject {
         grants,
@@ -176,16 +205,8 @@ pub fn compute(
     } = subject;
     let scopes = &grants.scopes;
     let active = *state == State::Active;
-    let decide = |path: &str, name: &str, op: Op| -> Decision {
-        let place = place_for(path, name);
-        if active {
-            authz::decide(scopes, path.as_bytes(), &place, op)
-        } else {
-            authz::decide_inactive(path.as_bytes(), &place, op, state.name())
-        }
-    };
     let dir_name = dir.rsplit('/').next().unwrap_or("");
-    let list = decide(dir, dir_name, Op::See).allowed();
+    let list = judge.right(dir, dir_name, EntryKind::Dir, Op::See).allowed;
     let entries = listed
         .iter()
         .map(|l| {
@@ -199,13 +220,13 @@ pub fn compute(
                 name: l.name.clone(),
                 path: path.clone(),
                 kind: l.kind,
-                read: right(&decide(&path, &l.name, read_op), scopes),
-                write: right(&decide(&path, &l.name, Op::Write), scopes),
-                delete: right(&decide(&path, &l.name, Op::Delete), scopes),
+                read: judge.right(&path, &l.name, l.kind, read_op),
+                write: judge.right(&path, &l.name, l.kind, Op::Write),
+                delete: judge.right(&path, &l.name, l.kind, Op::Delete),
             }
         })
         .collect();
-    let create = if active && matches!(place_for(dir, dir_name), Place::Content) {
+    let create = if active && place_of(dir, dir_name) == Place::Content {
         create_claims(scopes, dir)
     } else {
         Vec::new()
@@ -235,6 +256,7 @@ pub fn compute(
         },
         list,
         create,
+        provider_backed,
         entries,
         writeback_policies: policies.applying_in(dir),
         scopes_granting_nothing: problems,
@@ -372,6 +394,13 @@ pub fn render(view: &View) -> String {
         "- List this directory: {}",
         if view.list { "yes" } else { "no" }
     );
+    if view.provider_backed && !view.create.is_empty() {
+        let _ = writeln!(
+            s,
+            "- New files here are writebacks: besides the scope below, a file must match a writeback \
+             policy (listed further down) and validate, or creating it is refused"
+        );
+    }
     if view.create.is_empty() {
         let _ = writeln!(
             s,
@@ -510,12 +539,18 @@ mod tests {
             now: SystemTime::now(),
             denials: &[],
         };
+        let judge = ScopeJudge {
+            grants: &g,
+            state: &State::Active,
+            place_for: &place,
+        };
         let view = compute(
             subject,
             "/github/repos/acme",
             &names,
-            &place,
+            &judge,
             &PolicySet::default(),
+            false,
         );
         for e in &view.entries {
             let op = if e.kind == EntryKind::Dir {

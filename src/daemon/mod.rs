@@ -119,7 +119,12 @@ pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
             ),
         );
     }
-    let mountpoint = control::canonical_mountpoint(&spec.mountpoint);
+    // Resolve the mountpoint completely (it is not mounted yet), so a symlink into the mirror
+    // is seen for what it is.
+    let mountpoint = spec
+        .mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| control::canonical_mountpoint(&spec.mountpoint));
     match std::fs::metadata(&mountpoint) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {

@@ -737,16 +737,11 @@ impl GuardFs {
             Vec::new()
         };
         let dir_fd = self.dir_fd(&dir_node)?;
-        let place_for = |path: &str, name: &str| -> Place {
-            let p = path.as_bytes();
-            if authz::classify_relay(p).is_some_and(|i| i.needs_target()) {
-                match self.mirror.lookup(dir_fd.as_fd(), OsStr::new(name)) {
-                    Ok((fd, st)) => self.place(p, OsStr::new(name), Some((fd.as_fd(), &st))),
-                    Err(_) => Place::Relay(RelayItem::Record { target: None }),
-                }
-            } else {
-                self.place(p, OsStr::new(name), None)
-            }
+        let judge = FsJudge {
+            fs: self,
+            ctx,
+            dir_fd: dir_fd.as_fd(),
+            scopes: &grants.scopes,
         };
         let denials = session.denials_in(&dir_path);
         let subject = permissions::Subject {
@@ -755,7 +750,18 @@ impl GuardFs {
             now: SystemTime::now(),
             denials: &denials,
         };
-        let view = permissions::compute(subject, &dir_path, &listed, &place_for, &self.policies());
+        let provider_backed = self
+            .opts
+            .backing
+            .is_provider_backed(&format!("{dir_path}/x"));
+        let view = permissions::compute(
+            subject,
+            &dir_path,
+            &listed,
+            &judge,
+            &self.policies(),
+            provider_backed,
+        );
         Ok(permissions::render(&view).into_bytes())
     }
 
@@ -892,6 +898,44 @@ impl GuardFs {
             return Err(Errno::EFBIG);
         }
         Ok(buf)
+    }
+}
+
+/// Rights for `_PERMISSIONS.md`, from the same decisions the operations make: the caller's
+/// decision, then, for a write or delete of a provider-backed file, the writeback gate.
+struct FsJudge<'a> {
+    fs: &'a GuardFs,
+    ctx: &'a Ctx,
+    dir_fd: BorrowedFd<'a>,
+    scopes: &'a crate::scope::ScopeSet,
+}
+
+impl permissions::Judge for FsJudge<'_> {
+    fn right(&self, path: &str, name: &str, kind: EntryKind, op: Op) -> permissions::Right {
+        let p = path.as_bytes();
+        let place = if authz::classify_relay(p).is_some_and(|i| i.needs_target()) {
+            match self.fs.mirror.lookup(self.dir_fd, OsStr::new(name)) {
+                Ok((fd, st)) => self.fs.place(p, OsStr::new(name), Some((fd.as_fd(), &st))),
+                Err(_) => Place::Relay(RelayItem::Record { target: None }),
+            }
+        } else {
+            self.fs.place(p, OsStr::new(name), None)
+        };
+        let d = self.fs.decide(self.ctx, p, &place, op);
+        let right = permissions::right(&d, self.scopes);
+        if right.allowed
+            && kind == EntryKind::File
+            && place == Place::Content
+            && matches!(op, Op::Write | Op::Delete)
+            && let Err((_, why)) = self.fs.writeback_gate(self.ctx, path)
+        {
+            return permissions::Right {
+                allowed: false,
+                scope: None,
+                lacks: Some(why),
+            };
+        }
+        right
     }
 }
 

@@ -45,4 +45,5 @@ pub fn run_json(args: &[&str]) -> (i32, serde_json::Value) {
 }
 
 pub mod http;
+pub mod mount;
 pub mod tokens;
