@@ -8,6 +8,7 @@ pub mod authz;
 pub mod cli;
 pub mod fs;
 pub mod fuse;
+pub mod issuer;
 pub mod permissions;
 pub mod scope;
 pub mod session;

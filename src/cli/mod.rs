@@ -4,6 +4,7 @@
 //! no panic or backtrace reaches a user.
 
 mod check;
+mod issuer;
 mod scopes;
 mod token;
 
@@ -29,6 +30,8 @@ enum Command {
     /// Inspect relayauth access tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Run a local development token issuer (not relayauth; not for production).
+    DevIssuer(issuer::DevIssuerArgs),
 }
 
 /// A command's failure: what to print and which exit code to use.
@@ -71,6 +74,7 @@ pub fn run() -> i32 {
         Command::Check(args) => check::run(args),
         Command::Scopes(cmd) => scopes::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::DevIssuer(args) => issuer::run(args),
     };
     match outcome {
         Ok(code) => code,
