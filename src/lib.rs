@@ -9,6 +9,7 @@ pub mod cli;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod issuer;
 pub mod permissions;
 pub mod relayauth;
 pub mod scope;

@@ -4,6 +4,7 @@
 //! no panic or backtrace reaches a user.
 
 mod check;
+mod issuer;
 mod mount;
 mod scopes;
 mod token;
@@ -36,6 +37,8 @@ enum Command {
     Status(mount::StatusArgs),
     /// Unmount a guarded view.
     Unmount(mount::UnmountArgs),
+    /// Run a local development token issuer (not relayauth; not for production).
+    DevIssuer(issuer::DevIssuerArgs),
 }
 
 /// A command's failure: what to print and which exit code to use.
@@ -81,6 +84,7 @@ pub fn run() -> i32 {
         Command::Mount(args) => mount::run_mount(*args),
         Command::Status(args) => mount::run_status(args),
         Command::Unmount(args) => mount::run_unmount(args),
+        Command::DevIssuer(args) => issuer::run(args),
     };
     match outcome {
         Ok(code) => code,
