@@ -305,8 +305,13 @@ fn editor_style_save_replaces_atomically() {
         "printf '{{\"event\": \"LGTM\"}}' > {reviews}/bad.json.tmp; mv {reviews}/bad.json.tmp {reviews}/bad.json"
     ));
     assert!(!o.status.success());
-    assert!(err(&o).contains("Invalid argument"), "{}", err(&o));
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
     assert!(!m.mirror_at(&format!("{reviews}/bad.json")).exists());
+    let md = std::fs::read_to_string(m.at(&format!("{reviews}/_PERMISSIONS.md"))).unwrap();
+    assert!(
+        md.contains("bad.json") && md.contains("does not match schema"),
+        "{md}"
+    );
 }
 
 #[test]
@@ -397,7 +402,20 @@ fn git_status_on_a_repository_inside_the_mirror() {
     );
     let o = m.sh("cd github/repos/acme/api/code && git -c safe.directory='*' status --porcelain && git -c safe.directory='*' log --oneline | wc -l");
     assert!(o.status.success(), "{}", err(&o));
-    assert_eq!(out(&o).trim(), "1");
+    assert_eq!(out(&o).trim(), "1", "a clean tree, one commit");
+    // _PERMISSIONS.md is still there by name, just not listed inside the working tree.
+    assert!(
+        m.sh("cat github/repos/acme/api/code/_PERMISSIONS.md")
+            .status
+            .success()
+    );
+    let o = m.sh("cd github/repos/acme/api/code && echo change >> main.go; git -c safe.directory='*' status --porcelain");
+    assert!(
+        out(&o).contains("main.go") || err(&o).contains("Permission denied"),
+        "{}{}",
+        out(&o),
+        err(&o)
+    );
     // A reader without write access to .git can still see the tree but git cannot lock the index.
     drop(m);
     let m = TestMount::start(

@@ -83,7 +83,12 @@ fn swapping_a_directory_for_a_symlink_never_escapes() {
             ..MountOpts::default()
         },
     );
+    // Before the race: the real directory is served.
+    assert_eq!(out(&m.sh_as_nobody("cat scratch/dir/f")), "inside");
     // Exchange `dir` and `swap` (a symlink to the outside) atomically, as fast as possible.
+    // Which of the two an agent sees depends on when the kernel (re)looked the name up (its
+    // entry cache holds an answer for up to a second), so the loop may see either; it must
+    // never see the outside through the daemon.
     let stop = Arc::new(AtomicBool::new(false));
     let swapper = {
         let stop = stop.clone();
@@ -119,10 +124,6 @@ fn swapping_a_directory_for_a_symlink_never_escapes() {
     assert!(
         !text.contains(SECRET),
         "outside content leaked under a swap race"
-    );
-    assert!(
-        text.contains("inside"),
-        "the real directory was read at least once"
     );
     let out_dir = m.mirror.parent().unwrap().join("outside");
     let planted: Vec<_> = std::fs::read_dir(&out_dir)

@@ -637,12 +637,50 @@ impl GuardFs {
                 ino: 0,
             });
         }
-        items.push(DirItem {
-            name: PERMISSIONS_FILE.into(),
-            kind: FileType::RegularFile,
-            ino: 0,
-        });
+        // Inside a version-controlled tree the file is readable by name but not listed, so
+        // `git status` stays clean and `git add -A` never commits it.
+        if !self.in_vcs_tree(&dir) {
+            items.push(DirItem {
+                name: PERMISSIONS_FILE.into(),
+                kind: FileType::RegularFile,
+                ino: 0,
+            });
+        }
         Ok(items)
+    }
+
+    /// Whether `dir` is inside a version-controlled working tree (it or an ancestor holds
+    /// `.git`, `.hg`, `.svn` or `.jj`), or inside such a metadata directory.
+    fn in_vcs_tree(&self, dir: &Node) -> bool {
+        let path = dir.path();
+        let in_metadata = path.split(|&b| b == b'/').any(|seg| {
+            crate::writeback::VCS_DIRS
+                .iter()
+                .any(|v| v.as_bytes() == seg)
+        });
+        if in_metadata {
+            return true;
+        }
+        let mut node = self.inodes.get(dir.ino);
+        for _ in 0..256 {
+            let Some(n) = node else {
+                return false;
+            };
+            if let Some(fd) = n.fd() {
+                let found = crate::writeback::VCS_DIRS.iter().any(|v| {
+                    rustix::fs::statat(fd.as_fd(), *v, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok()
+                });
+                if found {
+                    return true;
+                }
+            }
+            if n.ino == super::inode::ROOT {
+                return false;
+            }
+            node = self.inodes.get(n.location().parent);
+        }
+        false
     }
 
     /// The names in `dir` this caller may see, with their kinds (mirror order, then staged new

@@ -47,7 +47,12 @@ pub(crate) struct Staged {
     path: String,
     /// Whether the target existed (replace) or is new (must not appear meanwhile).
     existing: bool,
+    /// Bytes were written since the last commit: the next `close()` commits them.
     dirty: bool,
+    /// Created or truncated on open but not written yet. Committed only when the last
+    /// descriptor goes away: a shell opens, `dup2`s and closes the original descriptor before
+    /// it writes, and that first close must not commit an empty payload.
+    touched: bool,
     failed: Option<Errno>,
 }
 
@@ -213,17 +218,27 @@ impl GuardFs {
         let policy = policies
             .authorize(&grants.scopes, path)
             .map_err(|r| (Errno(r.errno()), r.message().to_owned()))?;
-        let quiet = self.unconfirmed_for(session);
-        if quiet > self.opts.fail_closed_after {
-            return Err((
-                Errno::EACCES,
-                format!(
-                    "relayauth has not confirmed this session for {}s (writebacks need a confirmation within {}s); \
-                     the write is refused until it does",
-                    quiet.as_secs(),
-                    self.opts.fail_closed_after.as_secs()
-                ),
-            ));
+        match session.since_confirmed() {
+            None => {
+                return Err((
+                    Errno::EACCES,
+                    "relayauth has not confirmed this session yet (writebacks need a confirmation); \
+                     the write is refused until it does"
+                        .to_owned(),
+                ));
+            }
+            Some(quiet) if quiet > self.opts.fail_closed_after => {
+                return Err((
+                    Errno::EACCES,
+                    format!(
+                        "relayauth has not confirmed this session for {}s (writebacks need a confirmation within {}s); \
+                         the write is refused until it does",
+                        quiet.as_secs(),
+                        self.opts.fail_closed_after.as_secs()
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
         Ok(Some((policy.id.clone(), policy.provider_action.clone())))
     }
@@ -375,7 +390,8 @@ impl GuardFs {
                             target,
                             path: p,
                             existing: true,
-                            dirty: truncated,
+                            dirty: false,
+                            touched: truncated,
                             failed: None,
                         }))
                     }
@@ -471,7 +487,8 @@ impl GuardFs {
                     target: name.to_owned(),
                     path: path_str,
                     existing: false,
-                    dirty: true,
+                    dirty: false,
+                    touched: true,
                     failed: None,
                 };
                 (Body::Staged(Mutex::new(staged)), node)
@@ -612,7 +629,12 @@ impl GuardFs {
         let h = self.handles.get(fh)?;
         if let Body::Staged(s) = &h.body {
             let mut s = s.lock();
-            return self.commit(&h.node, &h.session, &mut s, pid);
+            if let Some(e) = s.failed {
+                return Err(e);
+            }
+            if s.dirty {
+                return self.commit(&h.node, &h.session, &mut s, pid);
+            }
         }
         Ok(())
     }
@@ -706,7 +728,7 @@ impl GuardFs {
         if let Some(e) = s.failed {
             return Err(e);
         }
-        if !s.dirty {
+        if !s.dirty && !s.touched {
             return Ok(());
         }
         let ctx = session_ctx(session, pid);
@@ -723,6 +745,7 @@ impl GuardFs {
         {
             // Removed or renamed before it was ever committed: nothing to place.
             s.dirty = false;
+            s.touched = false;
             return Ok(());
         }
         let (policy_id, provider_action) = match self.writeback_gate(&ctx, &s.path) {
@@ -797,6 +820,7 @@ impl GuardFs {
             s.existing = true;
         }
         s.dirty = false;
+        s.touched = false;
         self.note_writeback(
             &ctx,
             &s.path,
@@ -841,6 +865,7 @@ impl GuardFs {
             path,
             existing: true,
             dirty: true,
+            touched: false,
             failed: None,
         };
         let result = self.commit(node, &ctx.session, &mut staged, ctx.pid);
@@ -874,6 +899,7 @@ impl GuardFs {
         }
         s.failed = Some(errno);
         s.dirty = false;
+        s.touched = false;
         if !s.existing {
             self.pending.lock().remove(&(s.parent, s.target.clone()));
         }

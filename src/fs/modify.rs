@@ -353,7 +353,9 @@ impl GuardFs {
         if let Err(r) = policies.check_payload(policy, path, &content, &schemas) {
             let ids = (policy.id.as_str(), policy.provider_action.as_str());
             self.note_writeback(ctx, path, "rename", Outcome::Denied, r.message(), Some(ids));
-            return Err(Errno(r.errno()));
+            // EACCES, not EINVAL: `mv` reads EINVAL from rename(2) as "moving a directory
+            // into itself" and would tell the agent something false.
+            return Err(Errno::EACCES);
         }
         let ids = (policy.id.as_str(), policy.provider_action.as_str());
         self.note_writeback(

@@ -140,7 +140,9 @@ impl Issuer {
 
     /// An access token for a fresh identity with `scopes`.
     pub fn token(&self, scopes: &[&str]) -> String {
-        let id = self.identity("agent", scopes);
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.identity(&format!("agent-{n}"), scopes);
         self.mint(&id, 3600)["accessToken"]
             .as_str()
             .expect("accessToken")
