@@ -189,3 +189,55 @@ impl AuditLog {
         (page, next)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(actions: &[&str]) -> AuditLog {
+        let mut log = AuditLog::default();
+        for a in actions {
+            log.record(AuditEntry::new(
+                a,
+                ("agent_1", "org", "ws"),
+                "tokens",
+                true,
+                0,
+            ));
+        }
+        log
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_foreign_text() {
+        assert_eq!(decode_cursor(&encode_cursor(17)), Some(17));
+        assert_eq!(decode_cursor("zzz"), None);
+        assert_eq!(decode_cursor(&b64url_encode(b"other:1")), None);
+        assert_eq!(decode_cursor(""), None);
+    }
+
+    #[test]
+    fn pages_go_newest_first_and_end() {
+        let log = log(&["a", "b", "a", "c", "a"]);
+        let q = |action: Option<&str>, limit, before| AuditQuery {
+            action: action.map(str::to_owned),
+            identity_id: None,
+            limit,
+            before,
+        };
+        let (page, next) = log.query(&q(Some("a"), 2, None));
+        assert_eq!(page.len(), 2);
+        assert!(std::ptr::eq(page[0], &log.entries[4]));
+        let cursor = next.expect("a next page");
+        let (page, next) = log.query(&q(Some("a"), 2, decode_cursor(&cursor)));
+        assert_eq!(page.len(), 1);
+        assert!(std::ptr::eq(page[0], &log.entries[0]));
+        assert_eq!(next, None);
+        let (all, next) = log.query(&q(None, 10, None));
+        assert_eq!((all.len(), next), (5, None));
+        let (exact, next) = log.query(&q(None, 5, None));
+        assert_eq!((exact.len(), next), (5, None), "no empty last page");
+        let (none, _) = log.query(&q(None, 5, Some(usize::MAX)));
+        assert_eq!(none.len(), 5);
+    }
+}

@@ -2,7 +2,7 @@
 //! last time.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,9 +70,17 @@ impl RunningIssuer {
         self.addr
     }
 
-    /// `http://ADDR`.
+    /// `http://ADDR`; for a wildcard listen address (`0.0.0.0`, `[::]`), the loopback address
+    /// of the same family, which is how a client on this machine reaches it.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        format!("http://{addr}")
     }
 
     /// `http://ADDR/.well-known/jwks.json`.

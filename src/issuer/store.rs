@@ -260,3 +260,72 @@ impl Store {
         self.tokens.insert(record.jti.clone(), record);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Map;
+
+    use super::*;
+    use crate::issuer::identities::NewIdentity;
+    use crate::issuer::tokens::SessionSpec;
+
+    fn session(store: &mut Store, identity: &str, parent: Option<&str>) -> String {
+        store
+            .open_session(
+                SessionSpec {
+                    identity_id: identity.into(),
+                    scopes: vec![],
+                    audience: vec!["relayfile".into()],
+                    access_ttl: 60,
+                    refresh_ttl: 60,
+                    parent_token_id: None,
+                    parent_session_id: parent.map(str::to_owned),
+                    not_after: None,
+                },
+                0,
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn revocation_cascades_down_not_up_and_survives_a_snapshot() {
+        let mut store = Store::default();
+        let id = store
+            .create_identity(
+                NewIdentity {
+                    name: "lead".into(),
+                    org_id: "o".into(),
+                    workspace_id: "w".into(),
+                    sponsor_id: "s".into(),
+                    metadata: Map::new(),
+                    ..NewIdentity::default()
+                },
+                0,
+            )
+            .unwrap()
+            .id;
+        let root = session(&mut store, &id, None);
+        let child = session(&mut store, &id, Some(&root));
+        let grand = session(&mut store, &id, Some(&child));
+        let other = session(&mut store, &id, None);
+        assert_eq!(store.revoke_session_tree(&child, "test", 5), 2);
+        assert!(store.session_dead(&child).is_some() && store.session_dead(&grand).is_some());
+        assert!(store.session_dead(&root).is_none() && store.session_dead(&other).is_none());
+        assert_eq!(
+            store.revoke_session_tree(&child, "again", 6),
+            0,
+            "idempotent"
+        );
+
+        let again = Store::from_snapshot(&store.snapshot_json().unwrap()).unwrap();
+        assert!(again.session_dead(&grand).is_some());
+        assert!(again.session_dead(&root).is_none());
+        assert_eq!(again.identities.len(), 1);
+        assert!(
+            Store::from_snapshot(
+                r#"{"version": 9, "identities": [], "sessions": [], "tokens": []}"#
+            )
+            .is_err()
+        );
+    }
+}

@@ -439,3 +439,49 @@ impl Store {
         Ok(pair)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_default_cap_and_refuse_zero() {
+        assert_eq!(access_ttl("x", None).unwrap(), DEFAULT_ACCESS_TTL);
+        assert_eq!(access_ttl("x", Some(60)).unwrap(), 60);
+        assert!(access_ttl("x", Some(0)).is_err());
+        assert!(access_ttl("x", Some(MAX_ACCESS_TTL + 1)).is_err());
+        assert_eq!(refresh_ttl("x", None).unwrap(), DEFAULT_REFRESH_TTL);
+        assert_eq!(refresh_ttl("x", Some(u64::MAX)).unwrap(), MAX_REFRESH_TTL);
+        assert!(refresh_ttl("x", Some(0)).is_err());
+    }
+
+    #[test]
+    fn recorded_refresh_ttl_reads_strings_and_numbers() {
+        let meta = |v: Value| {
+            let mut m = Map::new();
+            m.insert("refreshTokenTtl".into(), v);
+            m
+        };
+        assert_eq!(recorded_refresh_ttl(&meta(json!("7200"))), 7200);
+        assert_eq!(recorded_refresh_ttl(&meta(json!(7200))), 7200);
+        assert_eq!(
+            recorded_refresh_ttl(&meta(json!("999999999"))),
+            MAX_REFRESH_TTL
+        );
+        for junk in [json!("soon"), json!(-1), json!(0), json!(null), json!(1.5)] {
+            assert_eq!(recorded_refresh_ttl(&meta(junk)), DEFAULT_REFRESH_TTL);
+        }
+        assert_eq!(recorded_refresh_ttl(&Map::new()), DEFAULT_REFRESH_TTL);
+    }
+
+    #[test]
+    fn audience_must_name_relayfile() {
+        assert_eq!(check_audience(None).unwrap(), ["relayfile"]);
+        assert!(check_audience(Some(vec!["relayauth".into()])).is_err());
+        assert!(check_audience(Some(vec![])).is_err());
+        assert_eq!(
+            check_audience(Some(vec!["relayfile".into(), "x".into()])).unwrap(),
+            ["relayfile", "x"]
+        );
+    }
+}
