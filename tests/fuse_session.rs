@@ -537,8 +537,9 @@ fn a_bundle_is_refreshed_before_expiry_and_a_rewritten_token_is_picked_up() {
         eventually(Duration::from_secs(20), || status()["session"]["token_id"]
             .as_str()
             .is_some_and(|t| t != first)),
-        "the token was not refreshed: {}",
-        status()
+        "the token was not refreshed: {}\naudit: {:#?}",
+        status(),
+        m.audit_events()
     );
     // Past the first token's expiry the mount is still alive.
     wait_past(

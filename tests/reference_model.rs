@@ -212,7 +212,7 @@ fn segment() -> impl Strategy<Value = String> {
 fn path() -> impl Strategy<Value = String> {
     (
         prop::collection::vec(segment(), 0..5),
-        prop_oneof![8 => Just("/"), 1 => Just(""), 1 => Just(" /")],
+        prop_oneof![8 => Just("/"), 1 => Just(""), 1 => Just(" /"), 1 => Just("//")],
         prop_oneof![8 => Just(""), 1 => Just("/"), 1 => Just(" ")],
     )
         .prop_map(|(segs, lead, trail)| {

@@ -206,6 +206,9 @@ async fn poll_revocation(shared: Arc<Shared>) {
                     s.confirm();
                     warned = false;
                 }
+                // A token that expired while relayauth was being asked is refused there for
+                // that reason: expiry, not revocation, ends such a session.
+                Ok(Status::Revoked(_)) if now_past(g.expires_at) => {}
                 Ok(Status::Revoked(why)) => {
                     if s.revoke(&why) {
                         shared.audit.record(
@@ -231,6 +234,10 @@ async fn poll_revocation(shared: Arc<Shared>) {
             }
         }
     }
+}
+
+fn now_past(t: SystemTime) -> bool {
+    SystemTime::now() >= t
 }
 
 async fn refresh_jwks(shared: Arc<Shared>) {

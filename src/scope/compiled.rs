@@ -170,6 +170,11 @@ impl PathIndex {
                 if self.depth_mask & depth_bit(depth) == 0 {
                     continue;
                 }
+                if i == 1 && path[0] == b'/' {
+                    // `//...`: the root anchor's children start with a single `/`, so the empty
+                    // first segment is nobody's directory.
+                    continue;
+                }
                 let key = if i == 0 { &b"/"[..] } else { &path[..i] };
                 let Some(a) = self.anchors.get(key) else {
                     continue;
@@ -444,6 +449,10 @@ mod tests {
         assert!(allowed(&["relayfile:fs:read:/a/b*"], "fs:read", "/a/bc/d"));
         assert!(!allowed(&["relayfile:fs:read:/a/b*"], "fs:read", "/a/c/b"));
         assert!(!allowed(&["relayfile:fs:read:/a/b*"], "fs:read", "a/b"));
+        // A leading empty segment is not the root's child.
+        assert!(!allowed(&["relayfile:fs:read:/a*"], "fs:read", "//a"));
+        assert!(allowed(&["relayfile:fs:read:/**"], "fs:read", "//a"));
+        assert!(!ScopeSet::new(["relayfile:fs:read:/a", "relayfile:fs:read:/a*"]).visible(b"//a"));
     }
 
     #[test]
