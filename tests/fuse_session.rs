@@ -249,10 +249,9 @@ fn background_mode_reports_the_mount_and_detaches() {
             "--issuer",
             &issuer.iss,
         ])
-        .arg("--token-file")
-        .arg(&token_file)
-        .arg("--audit-log")
-        .arg(dir.path().join("audit.jsonl"))
+        // Relative paths are resolved before the daemon leaves the directory.
+        .args(["--token-file", "t.jwt", "--audit-log", "audit.jsonl"])
+        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(o.status.success(), "{}{}", out(&o), err(&o));

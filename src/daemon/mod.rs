@@ -299,7 +299,35 @@ fn daemon_log(mountpoint: &Path) -> PathBuf {
 }
 
 /// Run `mount`: returns the process exit code.
+/// `p` relative to the current directory made absolute (the daemon changes to `/`).
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_owned())
+    }
+}
+
+/// Every path the daemon reads later, made absolute before it forks and leaves the directory.
+fn absolutize(mut spec: MountSpec) -> MountSpec {
+    spec.credentials = match spec.credentials {
+        CredentialSource::JwtFile(p) => CredentialSource::JwtFile(absolute(&p)),
+        CredentialSource::Bundle(p) => CredentialSource::Bundle(absolute(&p)),
+        other => other,
+    };
+    spec.audit_log = spec.audit_log.as_deref().map(absolute);
+    spec.writeback_policies = spec.writeback_policies.as_deref().map(absolute);
+    spec.jwks = spec.jwks.map(|j| match JwksSource::parse(&j) {
+        Ok(JwksSource::File(p)) => absolute(&p).display().to_string(),
+        _ => j,
+    });
+    spec
+}
+
 pub fn run(spec: MountSpec) -> Result<i32, Failure> {
+    let spec = absolutize(spec);
     let (source, mountpoint) = check_paths(&spec)?;
     let mut reporter = Reporter { pipe: None };
     if !spec.foreground {
@@ -577,6 +605,10 @@ async fn serve(
         ),
     };
 
+    let watch = tasks::watch_setup(
+        spec.credentials.path().map(Path::to_owned),
+        policy_file.clone(),
+    );
     let callers = Arc::new(Callers::new(session.clone(), spec.require_registration));
     let mirror = Mirror::open(&source)
         .or_else(|e| fail(1, format!("cannot open SOURCE {}: {e}", source.display())))?;
@@ -641,7 +673,7 @@ async fn serve(
         }
     };
     reporter.ready(&summary(&shared, &session, &policies, &revocation_note));
-    let handles = tasks::spawn_all(shared.clone(), token, listener, stop_tx.clone());
+    let handles = tasks::spawn_all(shared.clone(), token, listener, watch, stop_tx.clone());
 
     let mut bg = Some(bg);
     let stop = loop {

@@ -94,6 +94,7 @@ pub(crate) fn spawn_all(
     shared: Arc<Shared>,
     token: VerifiedToken,
     listener: UnixListener,
+    watch: Option<FileWatch>,
     stop: Sender<Stop>,
 ) -> Vec<JoinHandle<()>> {
     let mut v = vec![
@@ -110,7 +111,9 @@ pub(crate) fn spawn_all(
             token,
         )));
     }
-    v.push(tokio::spawn(watch_files(shared)));
+    if let Some(watch) = watch {
+        v.push(tokio::spawn(watch_files(shared, watch)));
+    }
     v
 }
 
@@ -315,20 +318,30 @@ async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf, mut token: Verifie
     }
 }
 
-/// Pick up a rewritten credentials file and a changed policy file without a restart.
-async fn watch_files(shared: Arc<Shared>) {
+/// The file watches, set up before the mount goes live so no rewrite is missed.
+pub(crate) struct FileWatch {
+    _watcher: notify::RecommendedWatcher,
+    rx: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+    creds_path: Option<PathBuf>,
+    policy_path: Option<PathBuf>,
+}
+
+/// Watch the credentials file and the policy file (their directories: an atomic rewrite
+/// replaces the file's inode).
+pub(crate) fn watch_setup(
+    creds_path: Option<PathBuf>,
+    policy_path: Option<PathBuf>,
+) -> Option<FileWatch> {
     use notify::{RecursiveMode, Watcher};
-    let creds_path = shared.spec.credentials.path().map(Path::to_owned);
-    let policy_path = shared.policy_file.clone();
     let watched: Vec<PathBuf> = creds_path
         .iter()
         .chain(policy_path.iter())
         .cloned()
         .collect();
     if watched.is_empty() {
-        return;
+        return None;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -340,10 +353,9 @@ async fn watch_files(shared: Arc<Shared>) {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!("cannot watch files for changes: {e}");
-                return;
+                return None;
             }
         };
-    // Watch the directories: an atomic rewrite replaces the file's inode.
     for p in &watched {
         if let Some(dir) = p.parent()
             && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
@@ -351,6 +363,22 @@ async fn watch_files(shared: Arc<Shared>) {
             tracing::warn!("cannot watch {}: {e}", dir.display());
         }
     }
+    Some(FileWatch {
+        _watcher: watcher,
+        rx,
+        creds_path,
+        policy_path,
+    })
+}
+
+/// Pick up a rewritten credentials file and a changed policy file without a restart.
+async fn watch_files(shared: Arc<Shared>, watch: FileWatch) {
+    let FileWatch {
+        _watcher,
+        mut rx,
+        creds_path,
+        policy_path,
+    } = watch;
     let same = |a: &Path, b: &Path| {
         a.file_name() == b.file_name()
             && a.parent().map(|p| p.canonicalize().ok())
@@ -380,7 +408,6 @@ async fn watch_files(shared: Arc<Shared>) {
             }
         }
     }
-    drop(watcher);
 }
 
 async fn reload_credentials(shared: &Shared) {

@@ -481,10 +481,15 @@ impl GuardFs {
             NodeKind::Backed(b) => {
                 let fd = b.read().fd.clone();
                 let st = self.mirror.stat(fd.as_fd())?;
-                let rights = self.rights(ctx, &node.path(), place, &st);
-                Ok(attr::from_stat(node.ino, &st, rights))
+                Ok(self.backed_attr(ctx, node, place, &st))
             }
         }
+    }
+
+    /// The attributes of a mirror object whose stat is at hand.
+    fn backed_attr(&self, ctx: &Ctx, node: &Node, place: &Place, st: &Stat) -> FileAttr {
+        let rights = self.rights(ctx, &node.path(), place, st);
+        attr::from_stat(node.ino, st, rights)
     }
 
     // ------------------------------------------------------------------ lookup and attributes
@@ -549,7 +554,11 @@ impl GuardFs {
             }
             _ => self.inodes.remember(parent, name, path, fd, &st),
         };
-        let attr = self.attr_of(&ctx, &node, &place)?;
+        let attr = match node.kind {
+            // The stat of the object just found is the node's (same key, same object).
+            NodeKind::Backed(_) => self.backed_attr(&ctx, &node, &place, &st),
+            _ => self.attr_of(&ctx, &node, &place)?,
+        };
         let ttl = if matches!(node.kind, NodeKind::Backed(_)) {
             self.ttl()
         } else {
@@ -630,11 +639,11 @@ impl GuardFs {
                 ino: parent_ino,
             },
         ];
-        for (name, kind) in self.visible_children(&ctx, &dir, dir_fd.as_fd())? {
+        for (name, kind, backing_ino) in self.visible_children(&ctx, &dir, dir_fd.as_fd())? {
             items.push(DirItem {
                 name,
                 kind: kind_to_type(kind),
-                ino: 0,
+                ino: backing_ino,
             });
         }
         // Inside a version-controlled tree the file is readable by name but not listed, so
@@ -683,14 +692,14 @@ impl GuardFs {
         false
     }
 
-    /// The names in `dir` this caller may see, with their kinds (mirror order, then staged new
-    /// files).
+    /// The names in `dir` this caller may see, with their kinds and the mirror's inode numbers
+    /// (mirror order, then staged new files).
     pub(crate) fn visible_children(
         &self,
         ctx: &Ctx,
         dir: &Node,
         dir_fd: BorrowedFd<'_>,
-    ) -> FsResult<Vec<(OsString, Kind)>> {
+    ) -> FsResult<Vec<(OsString, Kind, u64)>> {
         let dir_path = dir.path();
         let in_relay = authz::classify_relay(&child_path(&dir_path, OsStr::new("x"))).is_some();
         let mut out = Vec::new();
@@ -722,7 +731,7 @@ impl GuardFs {
                 (Place::Content, kind)
             };
             if self.decide(ctx, &path, &place, Op::See).allowed() {
-                out.push((e.name, kind));
+                out.push((e.name, kind, e.ino));
             }
         }
         let staged: Vec<OsString> = self
@@ -733,12 +742,12 @@ impl GuardFs {
             .map(|(_, n)| n.clone())
             .collect();
         for name in staged {
-            if out.iter().any(|(n, _)| *n == name) {
+            if out.iter().any(|(n, _, _)| *n == name) {
                 continue;
             }
             let path = child_path(&dir_path, &name);
             if self.decide(ctx, &path, &Place::Content, Op::See).allowed() {
-                out.push((name, Kind::File));
+                out.push((name, Kind::File, 0));
             }
         }
         Ok(out)
@@ -761,7 +770,7 @@ impl GuardFs {
             let fd = self.dir_fd(&dir_node)?;
             self.visible_children(ctx, &dir_node, fd.as_fd())?
                 .into_iter()
-                .map(|(name, kind)| Listed {
+                .map(|(name, kind, _)| Listed {
                     name: name.to_string_lossy().into_owned(),
                     kind: match kind {
                         Kind::File => EntryKind::File,

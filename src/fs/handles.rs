@@ -553,44 +553,51 @@ impl GuardFs {
 
     // ------------------------------------------------------------------ I/O
 
+    /// Strict I/O: the session that opened a handle must still be active. Only a
+    /// `_PERMISSIONS.md` snapshot stays readable, since it explains what happened.
     fn live(&self, h: &Handle) -> FsResult<()> {
         match &h.session {
             Some(s) if s.state(SystemTime::now()) == State::Active => Ok(()),
-            Some(_) if matches!(h.body, Body::Bytes(_)) => Ok(()),
+            _ if matches!(h.node.kind, NodeKind::Permissions { .. }) => Ok(()),
             _ => Err(Errno::EACCES),
         }
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; size as usize];
+        let n = self.read_into(fh, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Read into `buf` (the adapter reuses one buffer per thread): the number of bytes read.
+    pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         let h = self.handles.get(fh)?;
         if !h.read {
             return Err(Errno::EBADF);
         }
         self.live(&h)?;
-        let mut buf = vec![0u8; size as usize];
-        let n = match &h.body {
-            Body::File(f) => read_at(f, &mut buf, offset)?,
+        Ok(match &h.body {
+            Body::File(f) => read_at(f, buf, offset)?,
             Body::Staged(s) => {
                 let s = s.lock();
                 match &s.file {
-                    Some(f) => read_at(f, &mut buf, offset)?,
+                    Some(f) => read_at(f, buf, offset)?,
                     None => {
                         let fd = h.node.fd().ok_or(Errno::EIO)?;
                         let f = self.mirror.reopen(fd.as_fd(), OFlags::RDONLY)?;
-                        read_at(&f, &mut buf, offset)?
+                        read_at(&f, buf, offset)?
                     }
                 }
             }
             Body::Bytes(b) => {
                 let start = (offset as usize).min(b.len());
-                let end = (start + size as usize).min(b.len());
+                let end = (start + buf.len()).min(b.len());
                 buf[..end - start].copy_from_slice(&b[start..end]);
                 end - start
             }
             Body::Dir(_) => return Err(Errno::EISDIR),
-        };
-        buf.truncate(n);
-        Ok(buf)
+        })
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {

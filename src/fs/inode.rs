@@ -10,6 +10,12 @@
 //!
 //! Virtual nodes (`_PERMISSIONS.md` of a directory, filtered views under `/.relay`) live in the
 //! same table with their own kinds.
+//!
+//! Node numbers are the mirror's own inode numbers whenever that is unambiguous (same device as
+//! the root, number free), so `st_ino` is stable across cache evictions and remounts: tools that
+//! remember inode numbers, `git`'s index above all, do not see every file as changed. Virtual
+//! nodes, per-path nodes of multiply-linked files and anything that would collide get numbers
+//! from a separate range.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
@@ -125,7 +131,29 @@ enum Key {
 struct Table {
     nodes: FxHashMap<Ino, Arc<Node>>,
     by_key: FxHashMap<Key, Ino>,
+    /// The next synthetic number (the top half of the range, away from real inode numbers).
     next: Ino,
+    /// The device of the mirror root: only its inode numbers are used as node numbers.
+    dev: u64,
+}
+
+const SYNTHETIC: Ino = 1 << 62;
+
+impl Table {
+    /// A node number for `key`: the backing inode number when it is safe, else a synthetic one.
+    fn number_for(&mut self, key: &Key) -> Ino {
+        if let Key::Object(dev, ino) = key
+            && *dev == self.dev
+            && *ino > ROOT
+            && *ino < SYNTHETIC
+            && !self.nodes.contains_key(ino)
+        {
+            return *ino;
+        }
+        let n = self.next;
+        self.next += 1;
+        n
+    }
 }
 
 /// The table. Reads (`get`) take a shared lock; lookups that add nodes take it exclusively.
@@ -173,7 +201,8 @@ impl Inodes {
             table: RwLock::new(Table {
                 nodes,
                 by_key,
-                next: ROOT + 1,
+                next: SYNTHETIC,
+                dev: root.st_dev,
             }),
         }
     }
@@ -220,8 +249,7 @@ impl Inodes {
             }
             return node;
         }
-        let ino_no = t.next;
-        t.next += 1;
+        let ino_no = t.number_for(&key);
         let node = Arc::new(Node {
             ino: ino_no,
             kind: NodeKind::Backed(RwLock::new(Backing {
@@ -280,8 +308,7 @@ impl Inodes {
             node.lookups.fetch_add(1, Ordering::Relaxed);
             return node;
         }
-        let ino = t.next;
-        t.next += 1;
+        let ino = t.number_for(&key);
         let node = Arc::new(Node {
             ino,
             kind: kind(),
