@@ -44,6 +44,20 @@ fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
 
+fn empty(result: Result<(), Errno>, reply: ReplyEmpty) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn entry(result: Result<crate::fs::Entry, Errno>, reply: ReplyEntry) {
+    match result {
+        Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn open_flags(direct_io: bool) -> FopenFlags {
     if direct_io {
         FopenFlags::FOPEN_DIRECT_IO
@@ -69,10 +83,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(&caller(req), parent.0, name) {
-            Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(self.fs.lookup(&caller(req), parent.0, name), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -136,10 +147,10 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mknod(&caller(req), parent.0, name, mode, umask) {
-            Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(
+            self.fs.mknod(&caller(req), parent.0, name, mode, umask),
+            reply,
+        );
     }
 
     fn mkdir(
@@ -151,24 +162,18 @@ impl Filesystem for FuseAdapter {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mkdir(&caller(req), parent.0, name, mode, umask) {
-            Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(
+            self.fs.mkdir(&caller(req), parent.0, name, mode, umask),
+            reply,
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.unlink(&caller(req), parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.unlink(&caller(req), parent.0, name), reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.rmdir(&caller(req), parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.rmdir(&caller(req), parent.0, name), reply);
     }
 
     fn symlink(
@@ -179,10 +184,10 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.fs.symlink(&caller(req), parent.0, link_name, target) {
-            Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(
+            self.fs.symlink(&caller(req), parent.0, link_name, target),
+            reply,
+        );
     }
 
     fn rename(
@@ -195,17 +200,17 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.fs.rename(
-            &caller(req),
-            parent.0,
-            name,
-            newparent.0,
-            newname,
-            flags.bits(),
-        ) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(
+            self.fs.rename(
+                &caller(req),
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                flags.bits(),
+            ),
+            reply,
+        );
     }
 
     fn link(
@@ -216,10 +221,10 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link(&caller(req), ino.0, newparent.0, newname) {
-            Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-            Err(e) => reply.error(errno(e)),
-        }
+        entry(
+            self.fs.link(&caller(req), ino.0, newparent.0, newname),
+            reply,
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -282,10 +287,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0, req.pid()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.flush(fh.0, req.pid()), reply);
     }
 
     fn release(
@@ -298,10 +300,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.release(fh.0, req.pid()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.release(fh.0, req.pid()), reply);
     }
 
     fn fsync(
@@ -312,10 +311,7 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -385,10 +381,10 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.setxattr(&caller(req), ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(
+            self.fs.setxattr(&caller(req), ino.0, name, value, flags),
+            reply,
+        );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -400,17 +396,11 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.fs.removexattr(&caller(req), ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.removexattr(&caller(req), ino.0, name), reply);
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.fs.access(&caller(req), ino.0, mask.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.access(&caller(req), ino.0, mask.bits()), reply);
     }
 
     fn create(
@@ -448,10 +438,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fallocate(fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
     fn copy_file_range(

@@ -131,6 +131,14 @@ impl Ctx {
     }
 }
 
+/// A node the caller may see, with everything needed to decide more about it.
+pub(crate) struct Seen {
+    pub ctx: Ctx,
+    pub node: Arc<Node>,
+    pub place: Place,
+    pub path: Arc<[u8]>,
+}
+
 /// One entry of a directory listing snapshot.
 #[derive(Clone, Debug)]
 pub struct DirItem {
@@ -361,6 +369,23 @@ impl GuardFs {
         );
     }
 
+    /// The node `ino` as this caller sees it: `ENOENT` unless it is visible to them now.
+    pub(crate) fn visible_node(&self, caller: &Caller, ino: Ino) -> FsResult<Seen> {
+        let ctx = self.ctx(caller);
+        let node = self.node(ino)?;
+        let place = self.place_of_node(&node)?;
+        let path = node.path();
+        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Errno::ENOENT);
+        }
+        Ok(Seen {
+            ctx,
+            node,
+            place,
+            path,
+        })
+    }
+
     pub(crate) fn node(&self, ino: Ino) -> FsResult<Arc<Node>> {
         self.inodes.get(ino).ok_or(Errno::ENOENT)
     }
@@ -577,13 +602,12 @@ impl GuardFs {
         ino: Ino,
         fh: Option<u64>,
     ) -> FsResult<(FileAttr, Duration)> {
-        let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
-        let place = self.place_of_node(&node)?;
-        let path = node.path();
-        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
-        }
+        let Seen {
+            ctx,
+            node,
+            place,
+            path,
+        } = self.visible_node(caller, ino)?;
         // An open staged write answers with its staged size.
         if let Some(fh) = fh
             && let Some(st) = self.handles.staged_stat(fh)
@@ -601,12 +625,7 @@ impl GuardFs {
     }
 
     pub fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
-        let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
-        let place = self.place_of_node(&node)?;
-        if !self.decide(&ctx, &node.path(), &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
-        }
+        let node = self.visible_node(caller, ino)?.node;
         let b = node.backing().ok_or(Errno::EINVAL)?;
         if b.kind != Kind::Symlink {
             return Err(Errno::EINVAL);
@@ -841,13 +860,9 @@ impl GuardFs {
     // ------------------------------------------------------------------ access, statfs, xattrs
 
     pub fn access(&self, caller: &Caller, ino: Ino, mask: i32) -> FsResult<()> {
-        let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
-        let place = self.place_of_node(&node)?;
-        let path = node.path();
-        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
-        }
+        let Seen {
+            ctx, node, place, ..
+        } = self.visible_node(caller, ino)?;
         if mask == libc::F_OK {
             return Ok(());
         }
@@ -868,13 +883,12 @@ impl GuardFs {
     }
 
     fn xattr_target(&self, caller: &Caller, ino: Ino, op: Op) -> FsResult<(Arc<Node>, String)> {
-        let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
-        let place = self.place_of_node(&node)?;
-        let path = node.path();
-        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
-        }
+        let Seen {
+            ctx,
+            node,
+            place,
+            path,
+        } = self.visible_node(caller, ino)?;
         let b = node.backing().ok_or(Errno::ENOTSUP)?;
         if b.kind == Kind::Symlink || b.kind == Kind::Special {
             return Err(Errno::ENOTSUP);

@@ -23,7 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use rustix::fs::{OFlags, RenameFlags, Stat};
 
-use super::core::{Caller, Ctx, DirItem, Errno, FsResult, GuardFs};
+use super::core::{Caller, Ctx, DirItem, Errno, FsResult, GuardFs, Seen};
 use super::inode::{Ino, Node, NodeKind};
 use super::mirror::Kind;
 use crate::audit::{Event, Outcome};
@@ -321,13 +321,12 @@ impl GuardFs {
 
     /// Open `ino`; returns the handle and whether to use direct I/O.
     pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<(u64, bool)> {
-        let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
-        let place = self.place_of_node(&node)?;
-        let path = node.path();
-        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
-        }
+        let Seen {
+            ctx,
+            node,
+            place,
+            path,
+        } = self.visible_node(caller, ino)?;
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let read = acc != libc::O_WRONLY;

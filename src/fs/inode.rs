@@ -140,6 +140,32 @@ struct Table {
 const SYNTHETIC: Ino = 1 << 62;
 
 impl Table {
+    /// Add a node for `key` with one kernel reference.
+    fn insert_new(
+        &mut self,
+        key: Key,
+        kind: NodeKind,
+        parent: Ino,
+        name: &OsStr,
+        path: Arc<[u8]>,
+    ) -> Arc<Node> {
+        let ino = self.number_for(&key);
+        let node = Arc::new(Node {
+            ino,
+            kind,
+            key: key.clone(),
+            loc: RwLock::new(Location {
+                parent,
+                name: name.to_owned(),
+                path,
+            }),
+            lookups: AtomicU64::new(1),
+        });
+        self.nodes.insert(ino, node.clone());
+        self.by_key.insert(key, ino);
+        node
+    }
+
     /// A node number for `key`: the backing inode number when it is safe, else a synthetic one.
     fn number_for(&mut self, key: &Key) -> Ino {
         if let Key::Object(dev, ino) = key
@@ -249,26 +275,13 @@ impl Inodes {
             }
             return node;
         }
-        let ino_no = t.number_for(&key);
-        let node = Arc::new(Node {
-            ino: ino_no,
-            kind: NodeKind::Backed(RwLock::new(Backing {
-                fd: Arc::new(fd),
-                kind,
-                dev,
-                ino,
-            })),
-            key: key.clone(),
-            loc: RwLock::new(Location {
-                parent,
-                name: name.to_owned(),
-                path,
-            }),
-            lookups: AtomicU64::new(1),
-        });
-        t.nodes.insert(ino_no, node.clone());
-        t.by_key.insert(key, ino_no);
-        node
+        let kind = NodeKind::Backed(RwLock::new(Backing {
+            fd: Arc::new(fd),
+            kind,
+            dev,
+            ino,
+        }));
+        t.insert_new(key, kind, parent, name, path)
     }
 
     /// The `_PERMISSIONS.md` node of directory `dir` (one per directory), with a reference.
@@ -308,21 +321,7 @@ impl Inodes {
             node.lookups.fetch_add(1, Ordering::Relaxed);
             return node;
         }
-        let ino = t.number_for(&key);
-        let node = Arc::new(Node {
-            ino,
-            kind: kind(),
-            key: key.clone(),
-            loc: RwLock::new(Location {
-                parent,
-                name: name.to_owned(),
-                path,
-            }),
-            lookups: AtomicU64::new(1),
-        });
-        t.nodes.insert(ino, node.clone());
-        t.by_key.insert(key, ino);
-        node
+        t.insert_new(key, kind(), parent, name, path)
     }
 
     /// The node of the mirror object `(dev, ino)`, if one is held.

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use fuser::{FileAttr, TimeOrNow};
 use rustix::fs::{RenameFlags, Timestamps};
 
-use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs};
+use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs, Seen};
 use super::inode::{Ino, child_path};
 use super::mirror::Kind;
 use crate::audit::Outcome;
@@ -186,14 +186,7 @@ impl GuardFs {
         new_parent: Ino,
         new_name: &OsStr,
     ) -> FsResult<Entry> {
-        let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
-        let place = self.place_of_node(&node)?;
-        let path = node.path();
-        let seen = self.decide(&ctx, &path, &place, Op::See);
-        if !seen.allowed() {
-            return Err(Errno::ENOENT);
-        }
+        let ctx = self.visible_node(caller, ino)?.ctx;
         let dir = self.node(new_parent)?;
         let target = child_path(&dir.path(), new_name);
         let d = forbidden(Forbidden::HardLink);
@@ -375,13 +368,12 @@ impl GuardFs {
         ino: Ino,
         set: SetAttr,
     ) -> FsResult<(FileAttr, std::time::Duration)> {
-        let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
-        let place = self.place_of_node(&node)?;
-        let path = node.path();
-        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
-        }
+        let Seen {
+            ctx,
+            node,
+            place,
+            path,
+        } = self.visible_node(caller, ino)?;
         if node.location().name.as_bytes() == PERMISSIONS_FILE.as_bytes()
             || node.backing().is_none()
         {
