@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BsdFileFlags, Config, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Caller, Errno, GuardFs, SetAttr};
@@ -55,6 +55,27 @@ fn entry(result: Result<crate::fs::Entry, Errno>, reply: ReplyEntry) {
     match result {
         Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
         Err(e) => reply.error(errno(e)),
+    }
+}
+
+/// Attributes for a readdirplus entry the kernel is not to cache (node 0: looked up later).
+fn plain_attr(kind: fuser::FileType) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
 }
 
@@ -341,6 +362,58 @@ impl Filesystem for FuseAdapter {
             }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let caller = caller(req);
+        let items = match self.fs.readdir(fh.0, offset) {
+            Ok(items) => items,
+            Err(e) => return reply.error(errno(e)),
+        };
+        for (next, item) in items {
+            // `.` and `..` are never looked up by the kernel; _PERMISSIONS.md is left for a
+            // plain lookup (node 0), so listing a directory does not render it.
+            let plain = item.name == "."
+                || item.name == ".."
+                || item.name == crate::authz::PERMISSIONS_FILE;
+            if plain {
+                let attr = plain_attr(item.kind);
+                if reply.add(
+                    INodeNo(0),
+                    next,
+                    &item.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry returned with attributes counts as a lookup.
+            let Ok(entry) = self.fs.lookup(&caller, ino.0, &item.name) else {
+                continue;
+            };
+            if reply.add(
+                entry.attr.ino,
+                next,
+                &item.name,
+                &entry.ttl,
+                &entry.attr,
+                Generation(0),
+            ) {
+                self.fs.forget(entry.attr.ino.0, 1);
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(
