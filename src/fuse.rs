@@ -79,12 +79,15 @@ fn plain_attr(kind: fuser::FileType) -> fuser::FileAttr {
     }
 }
 
-fn open_flags(direct_io: bool) -> FopenFlags {
-    if direct_io {
-        FopenFlags::FOPEN_DIRECT_IO
-    } else {
-        FopenFlags::empty()
+fn open_flags(o: crate::fs::Opened) -> FopenFlags {
+    let mut flags = FopenFlags::empty();
+    if o.direct_io {
+        flags |= FopenFlags::FOPEN_DIRECT_IO;
     }
+    if !o.flush {
+        flags |= FopenFlags::FOPEN_NOFLUSH;
+    }
+    flags
 }
 
 impl Filesystem for FuseAdapter {
@@ -250,7 +253,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(&caller(req), ino.0, flags.0) {
-            Ok((fh, direct)) => reply.opened(FileHandle(fh), open_flags(direct)),
+            Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -490,12 +493,12 @@ impl Filesystem for FuseAdapter {
             .fs
             .create(&caller(req), parent.0, name, mode, umask, flags)
         {
-            Ok((e, fh, direct)) => reply.created(
+            Ok((e, o)) => reply.created(
                 &e.ttl,
                 &e.attr,
                 Generation(0),
-                FileHandle(fh),
-                open_flags(direct),
+                FileHandle(o.fh),
+                open_flags(o),
             ),
             Err(e) => reply.error(errno(e)),
         }

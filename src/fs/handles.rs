@@ -75,6 +75,16 @@ pub(crate) struct Handle {
     write: bool,
 }
 
+/// An open file as the kernel should treat it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Every read and write goes to the daemon (strict I/O, generated files).
+    pub direct_io: bool,
+    /// `close()` must reach the daemon (a staged writeback commits there).
+    pub flush: bool,
+}
+
 /// The open handles.
 #[derive(Debug, Default)]
 pub struct Handles {
@@ -319,8 +329,8 @@ impl GuardFs {
 
     // ------------------------------------------------------------------ open / create
 
-    /// Open `ino`; returns the handle and whether to use direct I/O.
-    pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<(u64, bool)> {
+    /// Open `ino`.
+    pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<Opened> {
         let Seen {
             ctx,
             node,
@@ -406,7 +416,7 @@ impl GuardFs {
                 }
             }
         };
-        let generated = matches!(body, Body::Bytes(_));
+        let opened = self.opened_flags(&body);
         let fh = self.handles.insert(Handle {
             body,
             node,
@@ -414,7 +424,7 @@ impl GuardFs {
             read,
             write,
         });
-        Ok((fh, self.opts.direct_io || generated))
+        Ok(Opened { fh, ..opened })
     }
 
     /// Create and open a new regular file `name` in `parent`.
@@ -426,7 +436,7 @@ impl GuardFs {
         mode: u32,
         umask: u32,
         flags: i32,
-    ) -> FsResult<(super::core::Entry, u64, bool)> {
+    ) -> FsResult<(super::core::Entry, Opened)> {
         let ctx = self.ctx(caller);
         let dir = self.node(parent)?;
         let dir_fd = self.dir_fd(&dir)?;
@@ -505,6 +515,7 @@ impl GuardFs {
         };
         let attr = self.attr_of(&ctx, &node, &Place::Content)?;
         let acc = flags & libc::O_ACCMODE;
+        let opened = self.opened_flags(&body);
         let fh = self.handles.insert(Handle {
             body,
             node,
@@ -516,7 +527,17 @@ impl GuardFs {
             attr,
             ttl: self.ttl(),
         };
-        Ok((entry, fh, self.opts.direct_io))
+        Ok((entry, Opened { fh, ..opened }))
+    }
+
+    /// How the kernel should treat a handle with this body.
+    fn opened_flags(&self, body: &Body) -> Opened {
+        Opened {
+            fh: 0,
+            direct_io: self.opts.direct_io || matches!(body, Body::Bytes(_)),
+            // Only staged writes act on close(); the others spare the kernel a round trip.
+            flush: matches!(body, Body::Staged(_)),
+        }
     }
 
     pub fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<u64> {

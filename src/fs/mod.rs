@@ -17,6 +17,7 @@ pub mod modify;
 pub mod relay_files;
 
 pub use self::core::{Caller, DirItem, Entry, Errno, FsResult, GuardFs, Options};
+pub use handles::Opened;
 pub use modify::SetAttr;
 
 #[cfg(test)]

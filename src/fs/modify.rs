@@ -211,9 +211,9 @@ impl GuardFs {
             self.note(&ctx, &path, "mknod", &d);
             return Err(Errno::EPERM);
         }
-        let (entry, fh, _) =
+        let (entry, opened) =
             self.create(caller, parent, name, mode & 0o7777, umask, libc::O_WRONLY)?;
-        self.release(fh, caller.pid)?;
+        self.release(opened.fh, caller.pid)?;
         Ok(entry)
     }
 

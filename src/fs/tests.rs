@@ -64,7 +64,7 @@ fn walk(fs: &GuardFs, path: &str) -> Result<u64, Errno> {
 
 fn read_path(fs: &GuardFs, path: &str) -> Result<Vec<u8>, Errno> {
     let ino = walk(fs, path)?;
-    let (fh, _) = fs.open(&ME, ino, libc::O_RDONLY)?;
+    let fh = fs.open(&ME, ino, libc::O_RDONLY)?.fh;
     let mut out = Vec::new();
     loop {
         let chunk = fs.read(fh, out.len() as u64, 65536)?;
@@ -177,7 +177,7 @@ fn writeback_valid_payload_commits_and_invalid_is_quarantined() {
     let fs = guard(&root, session(LEAD), None);
     let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
     let good = br#"{"event": "COMMENT", "body": "Looks good to me."}"#;
-    let (_, fh, _) = fs
+    let (_, opened) = fs
         .create(
             &ME,
             dir,
@@ -187,6 +187,7 @@ fn writeback_valid_payload_commits_and_invalid_is_quarantined() {
             libc::O_WRONLY,
         )
         .unwrap();
+    let fh = opened.fh;
     fs.write(fh, 0, good).unwrap();
     // Not in the mirror until the writer closes it.
     assert!(
@@ -201,7 +202,7 @@ fn writeback_valid_payload_commits_and_invalid_is_quarantined() {
         good
     );
 
-    let (_, fh, _) = fs
+    let (_, opened) = fs
         .create(
             &ME,
             dir,
@@ -211,6 +212,7 @@ fn writeback_valid_payload_commits_and_invalid_is_quarantined() {
             libc::O_WRONLY,
         )
         .unwrap();
+    let fh = opened.fh;
     fs.write(fh, 0, br#"{"event": "LGTM", "body": "x"}"#)
         .unwrap();
     assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Errno::EINVAL);
