@@ -1,6 +1,8 @@
 //! File attributes as the caller sees them: the mirror's stat, with permission bits that
 //! reflect the caller's rights (no `w` where writing is refused) so that `ls -l`, `test -w` and
-//! editors behave as enforcement will.
+//! editors behave as enforcement will. The bits shown never exceed either the mirror's own mode
+//! or the caller's rights: a `chmod 600` in the mirror stays visible (and survives `cp -a` out
+//! of the mount), and a right the token lacks is never suggested by the mode.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,11 +21,17 @@ pub struct Rights {
 }
 
 impl Rights {
-    /// `rwx` bits repeated for user, group and other.
+    /// The `rwx` bits these rights allow, repeated for user, group and other.
     pub fn mode(self) -> u16 {
         let bits =
             (u16::from(self.read) << 2) | (u16::from(self.write) << 1) | u16::from(self.exec);
         (bits << 6) | (bits << 3) | bits
+    }
+
+    /// The mirror's permission bits limited to these rights. Setuid and setgid bits are never
+    /// shown (the mount is `nosuid` and refuses to set them); the sticky bit is kept.
+    pub fn limit(self, st_mode: u32) -> u16 {
+        (st_mode & 0o1777) as u16 & (self.mode() | 0o1000)
     }
 }
 
@@ -57,7 +65,7 @@ pub fn from_stat(ino: Ino, st: &Stat, rights: Rights) -> FileAttr {
     let perm = if kind == Kind::Symlink {
         0o777
     } else {
-        rights.mode()
+        rights.limit(st.st_mode)
     };
     FileAttr {
         ino: INodeNo(ino),
@@ -137,6 +145,32 @@ mod tests {
             }
             .mode(),
             0o666
+        );
+        let rw = Rights {
+            read: true,
+            write: true,
+            exec: false,
+        };
+        assert_eq!(rw.limit(0o100600), 0o600, "a private file stays private");
+        assert_eq!(
+            rw.limit(0o100755),
+            0o644,
+            "no x without the right to execute"
+        );
+        assert_eq!(
+            rw.limit(0o106777),
+            0o666,
+            "setuid and setgid are never shown"
+        );
+        assert_eq!(
+            Rights {
+                read: true,
+                write: false,
+                exec: true
+            }
+            .limit(0o41777),
+            0o1555,
+            "a read-only sticky directory"
         );
         assert_eq!(time(-1, 0), UNIX_EPOCH - Duration::from_secs(1));
     }
