@@ -93,8 +93,8 @@ except OSError as e:
     print("close() failed:", e)
 EOF
 
-say "_PERMISSIONS.md in github/repos/acme/api (first 40 lines)"
-sed -n '1,40p' "$m/github/repos/acme/api/_PERMISSIONS.md"
+say "_PERMISSIONS.md in github/repos/acme/api (without its closing json block)"
+sed '/^```json/,$d' "$m/github/repos/acme/api/_PERMISSIONS.md"
 
 say "status"
 "$bin" status "$m"

@@ -38,8 +38,10 @@ pub struct Right {
     pub allowed: bool,
     /// The scope that grants it.
     pub scope: Option<String>,
-    /// What is missing when refused (`fs:write`), or why.
+    /// The requirement no scope grants, when that is why it is refused (`fs:write`).
     pub lacks: Option<String>,
+    /// Why it is refused, when the reason is not a missing scope.
+    pub why: Option<String>,
 }
 
 /// An entry and the caller's rights on it.
@@ -127,15 +129,18 @@ pub struct View {
     pub recent_denials: Vec<DenialNote>,
 }
 
-/// The caller's right to `op` as a decision says it.
-pub fn right(d: &Decision, scopes: &ScopeSet) -> Right {
+/// The caller's right to `op` on `path` as a decision says it.
+pub fn right(d: &Decision, scopes: &ScopeSet, path: &str) -> Right {
+    let (lacks, why) = match (&d.requirement, &d.reason) {
+        _ if d.allowed() => (None, None),
+        (Some(r), crate::authz::Reason::NoGrant) => (Some(r.to_string()), None),
+        _ => (None, Some(d.describe(scopes, path))),
+    };
     Right {
         allowed: d.allowed(),
         scope: d.matched_scope(scopes).map(str::to_owned),
-        lacks: (!d.allowed()).then(|| match &d.requirement {
-            Some(r) if matches!(d.reason, crate::authz::Reason::NoGrant) => r.to_string(),
-            _ => d.describe(scopes, ""),
-        }),
+        lacks,
+        why,
     }
 }
 
@@ -181,7 +186,7 @@ impl Judge for ScopeJudge<'_> {
         } else {
             authz::decide_inactive(path.as_bytes(), &place, op, self.state.name())
         };
-        right(&d, &self.grants.scopes)
+        right(&d, &self.grants.scopes, path)
     }
 }
 
@@ -350,10 +355,11 @@ pub fn create_claims(scopes: &ScopeSet, dir: &str) -> Vec<CreateClaim> {
 }
 
 fn yes_no(r: &Right) -> String {
-    match (&r.scope, &r.lacks) {
-        (Some(s), _) if r.allowed => format!("yes (`{s}`)"),
+    match (&r.scope, &r.lacks, &r.why) {
+        (Some(s), _, _) if r.allowed => format!("yes (`{s}`)"),
         _ if r.allowed => "yes".to_owned(),
-        (_, Some(l)) => format!("no (needs `{l}`)"),
+        (_, Some(l), _) => format!("no (needs `{l}`)"),
+        (_, _, Some(why)) => format!("no ({why})"),
         _ => "no".to_owned(),
     }
 }

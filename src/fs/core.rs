@@ -983,7 +983,7 @@ impl permissions::Judge for FsJudge<'_> {
             self.fs.place(p, OsStr::new(name), None)
         };
         let d = self.fs.decide(self.ctx, p, &place, op);
-        let right = permissions::right(&d, self.scopes);
+        let right = permissions::right(&d, self.scopes, path);
         if right.allowed
             && kind == EntryKind::File
             && place == Place::Content
@@ -993,7 +993,8 @@ impl permissions::Judge for FsJudge<'_> {
             return permissions::Right {
                 allowed: false,
                 scope: None,
-                lacks: Some(why),
+                lacks: None,
+                why: Some(why),
             };
         }
         right

@@ -163,6 +163,16 @@ fn permissions_file_is_virtual_and_read_only() {
         .unwrap();
     assert!(text.contains("mid-path glob"), "{text}");
     assert!(text.contains("```json"));
+    // A refusal that is not a missing scope gives its reason, not a fake requirement.
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("| metadata.json |"))
+        .unwrap();
+    assert!(
+        row.contains("| no (/github/repos/acme/api/metadata.json is provider-backed"),
+        "{row}"
+    );
+    assert!(!row.contains("needs `/"), "{row}");
     let ino = walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap();
     assert_eq!(
         fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
