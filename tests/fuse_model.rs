@@ -5,22 +5,61 @@
 //! the same result (value or errno) on both sides, and afterwards the mirror underneath must hold
 //! exactly what the native directory holds. Anything the guard gets wrong in the write path
 //! (lost bytes, stale sizes, wrong errno, a handle that stops working) shows up as a difference.
+//!
+//! The second test does the same under a token with mixed rights (an area it manages, one it
+//! only reads, one where it may create but not overwrite, one where it may delete, one it cannot
+//! see). An oracle written from DESIGN section 7's table (which right each operation needs, ENOENT
+//! for what the caller cannot see, EACCES for what it may not do) decides each step on the native
+//! side, which only carries out what the oracle allows. The mount must agree at every step,
+//! including the permission bits it shows, and the mirror must end up identical to the native
+//! tree: a refused operation changes nothing, wherever it happens in a sequence.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::mount::*;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use relayauth_mount::scope::{Requirement, ScopeSet};
 
-const FILES: &[&str] = &["a", "b", "d/x", "d/e/y", "d/e/z"];
-const DIRS: &[&str] = &["d", "d/e", "f"];
 const SLOTS: usize = 2;
+
+/// The names a sequence works on, relative to a side's root.
+struct Layout {
+    files: Vec<String>,
+    dirs: Vec<String>,
+}
+
+impl Layout {
+    fn of(files: &[&str], dirs: &[&str]) -> Layout {
+        Layout {
+            files: files.iter().map(|f| (*f).to_owned()).collect(),
+            dirs: dirs.iter().map(|d| (*d).to_owned()).collect(),
+        }
+    }
+
+    /// The two ends of a rename: files, or directories when `dirs`.
+    fn rename_ends(&self, from: usize, to: usize, dirs: bool) -> (&str, &str) {
+        let names = if dirs { &self.dirs } else { &self.files };
+        (&names[from % names.len()], &names[to % names.len()])
+    }
+
+    fn stat_target(&self, f: usize, dir: bool) -> &str {
+        if dir {
+            &self.dirs[f % self.dirs.len()]
+        } else {
+            &self.files[f]
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -107,17 +146,20 @@ fn data() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..300)
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    let f = 0..FILES.len();
-    let d = 0..DIRS.len();
+/// Operations over `files` file names and `dirs` directory names; without `links`, no directory
+/// renames (see [`ops`] for the rest).
+fn op(files: usize, dirs: usize, links: bool) -> impl Strategy<Value = Op> {
+    let f = 0..files;
+    let d = 0..dirs;
     let slot = 0..SLOTS;
+    let any_name = 0..files.max(dirs);
     prop_oneof![
         4 => (f.clone(), 0u64..5000, data()).prop_map(|(f, off, data)| Op::Write { f, off, data }),
         2 => (f.clone(), data()).prop_map(|(f, data)| Op::Append { f, data }),
         2 => (f.clone(), 0i64..6000).prop_map(|(f, len)| Op::TruncatePath { f, len }),
         3 => f.clone().prop_map(|f| Op::Read { f }),
         2 => (f.clone(), any::<bool>()).prop_map(|(f, dir)| Op::Stat { f, dir }),
-        2 => (0..FILES.len().max(DIRS.len()), 0..FILES.len().max(DIRS.len()), any::<bool>())
+        2 => (any_name.clone(), any_name, any::<bool>().prop_map(move |d| d && links))
             .prop_map(|(from, to, dirs)| Op::Rename { from, to, dirs }),
         1 => (f.clone(), f.clone(), any::<bool>())
             .prop_map(|(from, to, exchange)| Op::RenameFlags { from, to, exchange }),
@@ -137,8 +179,23 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Sequences of operations; without `links`, no symlinks and no rename flags.
+fn ops(files: usize, dirs: usize, links: bool) -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(files, dirs, links), 1..60).prop_map(move |ops| {
+        ops.into_iter()
+            .filter(|o| {
+                links
+                    || !matches!(
+                        o,
+                        Op::Symlink { .. } | Op::ReadLink { .. } | Op::RenameFlags { .. }
+                    )
+            })
+            .collect()
+    })
+}
+
 /// What one step observed: a value, or the errno it failed with.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Seen {
     Done,
     Bytes(Vec<u8>),
@@ -168,8 +225,14 @@ struct Side {
 }
 
 impl Side {
+    /// A side rooted at a new directory `root`.
     fn new(root: PathBuf) -> Side {
         std::fs::create_dir(&root).unwrap();
+        Side::at(root)
+    }
+
+    /// A side rooted at an existing directory.
+    fn at(root: PathBuf) -> Side {
         Side {
             root,
             handles: Default::default(),
@@ -180,8 +243,12 @@ impl Side {
         self.root.join(rel)
     }
 
-    fn apply(&mut self, op: &Op) -> Seen {
-        let file = |f: usize| self.path(FILES[f]);
+    fn exists(&self, rel: &str) -> bool {
+        self.path(rel).symlink_metadata().is_ok()
+    }
+
+    fn apply(&mut self, op: &Op, l: &Layout) -> Seen {
+        let file = |f: usize| self.path(&l.files[f]);
         match op {
             Op::Write { f, off, data } => seen(
                 OpenOptions::new()
@@ -214,11 +281,7 @@ impl Side {
             }
             Op::Read { f } => seen(std::fs::read(file(*f)), Seen::Bytes),
             Op::Stat { f, dir } => {
-                let p = if *dir {
-                    self.path(DIRS[*f % DIRS.len()])
-                } else {
-                    file(*f)
-                };
+                let p = self.path(l.stat_target(*f, *dir));
                 seen(std::fs::symlink_metadata(p), |m| {
                     let t = m.file_type();
                     Seen::Kind {
@@ -235,11 +298,7 @@ impl Side {
                 })
             }
             Op::Rename { from, to, dirs } => {
-                let (a, b) = if *dirs {
-                    (DIRS[from % DIRS.len()], DIRS[to % DIRS.len()])
-                } else {
-                    (FILES[from % FILES.len()], FILES[to % FILES.len()])
-                };
+                let (a, b) = l.rename_ends(*from, *to, *dirs);
                 seen(std::fs::rename(self.path(a), self.path(b)), |_| Seen::Done)
             }
             Op::RenameFlags { from, to, exchange } => {
@@ -268,16 +327,16 @@ impl Side {
                 }
             }
             Op::Symlink { target, link } => seen(
-                std::os::unix::fs::symlink(FILES[*target], file(*link)),
+                std::os::unix::fs::symlink(&l.files[*target], file(*link)),
                 |_| Seen::Done,
             ),
             Op::ReadLink { f } => seen(std::fs::read_link(file(*f)), |t| {
                 Seen::Bytes(t.into_os_string().into_vec())
             }),
             Op::Unlink { f } => seen(std::fs::remove_file(file(*f)), |_| Seen::Done),
-            Op::Mkdir { d } => seen(std::fs::create_dir(self.path(DIRS[*d])), |_| Seen::Done),
-            Op::Rmdir { d } => seen(std::fs::remove_dir(self.path(DIRS[*d])), |_| Seen::Done),
-            Op::List { d } => seen(list(&self.path(DIRS[*d])), Seen::Names),
+            Op::Mkdir { d } => seen(std::fs::create_dir(self.path(&l.dirs[*d])), |_| Seen::Done),
+            Op::Rmdir { d } => seen(std::fs::remove_dir(self.path(&l.dirs[*d])), |_| Seen::Done),
+            Op::List { d } => seen(list(&self.path(&l.dirs[*d])), Seen::Names),
             Op::Open { slot, f, trunc } => {
                 let r = OpenOptions::new()
                     .read(true)
@@ -379,6 +438,76 @@ fn tree(root: &Path) -> Vec<(String, Entry)> {
     out
 }
 
+/// Run generated sequences of operations through `case` with a reproducible seed (7 unless
+/// `RELAYAUTH_MODEL_SEED` says otherwise; `RELAYAUTH_MODEL_CASES` sets how many).
+fn run_sequences(
+    files: usize,
+    dirs: usize,
+    links: bool,
+    case: impl Fn(u32, &[Op]) -> Result<(), TestCaseError>,
+) {
+    let cases = std::env::var("RELAYAUTH_MODEL_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let seed: u64 = std::env::var("RELAYAUTH_MODEL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::from_seed(RngAlgorithm::ChaCha, &key),
+    );
+    let n = AtomicU32::new(0);
+    let result = runner.run(&ops(files, dirs, links), |ops| {
+        case(n.fetch_add(1, Ordering::Relaxed), &ops)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The kind of an operation, for coverage notes.
+fn kind(op: &Op) -> String {
+    let name = format!("{op:?}");
+    name.split([' ', '{']).next().unwrap_or_default().to_owned()
+}
+
+const KINDS: &[&str] = &[
+    "Write",
+    "Append",
+    "TruncatePath",
+    "Read",
+    "Stat",
+    "Rename",
+    "RenameFlags",
+    "Symlink",
+    "ReadLink",
+    "Unlink",
+    "Mkdir",
+    "Rmdir",
+    "List",
+    "Open",
+    "HWrite",
+    "HRead",
+    "HTruncate",
+    "HSize",
+    "HSync",
+    "Close",
+];
+
+fn mismatch(i: usize, op: &Op, want: &Seen, got: &Seen) -> TestCaseError {
+    TestCaseError::fail(format!(
+        "step {i} {op:?}: expected {want:?}, the mount gave {got:?}"
+    ))
+}
+
 #[test]
 fn the_guarded_view_behaves_like_the_filesystem_underneath() {
     if !fuse_available() {
@@ -398,46 +527,20 @@ fn the_guarded_view_behaves_like_the_filesystem_underneath() {
         },
     );
     let native = tempfile::tempdir().unwrap();
-    let cases = std::env::var("RELAYAUTH_MODEL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    // A fixed seed keeps CI reproducible; RELAYAUTH_MODEL_SEED=N explores other sequences.
-    let seed: u64 = std::env::var("RELAYAUTH_MODEL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
-    let mut key = [0u8; 32];
-    key[..8].copy_from_slice(&seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(
-        Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        },
-        TestRng::from_seed(RngAlgorithm::ChaCha, &key),
-    );
-    let n = std::sync::atomic::AtomicU32::new(0);
-    let succeeded = std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let result = runner.run(&prop::collection::vec(op(), 1..60), |ops| {
-        let case = format!(
-            "case-{}",
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
+    let layout = Layout::of(&["a", "b", "d/x", "d/e/y", "d/e/z"], &["d", "d/e", "f"]);
+    let succeeded = Mutex::new(BTreeSet::new());
+    run_sequences(layout.files.len(), layout.dirs.len(), true, |n, ops| {
+        let case = format!("case-{n}");
         let mut plain = Side::new(native.path().join(&case));
         let mut guarded = Side::new(m.at("scratch").join(&case));
         for (i, op) in ops.iter().enumerate() {
-            let want = plain.apply(op);
-            let got = guarded.apply(op);
+            let want = plain.apply(op, &layout);
+            let got = guarded.apply(op, &layout);
             if !matches!(want, Seen::Errno(_) | Seen::NoHandle) {
-                let name = format!("{op:?}");
-                let name = name.split([' ', '{']).next().unwrap_or_default().to_owned();
-                succeeded.lock().unwrap().insert(name);
+                succeeded.lock().unwrap().insert(kind(op));
             }
             if want != got {
-                return Err(TestCaseError::fail(format!(
-                    "step {i} {op:?}: native gave {want:?}, the mount gave {got:?}"
-                )));
+                return Err(mismatch(i, op, &want, &got));
             }
         }
         drop(plain);
@@ -455,36 +558,273 @@ fn the_guarded_view_behaves_like_the_filesystem_underneath() {
         }
         Ok(())
     });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
     // The generated sequences must reach the interesting states, not only fail early.
     let succeeded = succeeded.into_inner().unwrap();
-    let kinds = [
-        "Write",
-        "Append",
-        "TruncatePath",
-        "Read",
-        "Stat",
-        "Rename",
-        "RenameFlags",
-        "Symlink",
-        "ReadLink",
-        "Unlink",
-        "Mkdir",
-        "Rmdir",
-        "List",
-        "Open",
-        "HWrite",
-        "HRead",
-        "HTruncate",
-        "HSize",
-        "HSync",
-        "Close",
-    ];
-    let never: Vec<_> = kinds.iter().filter(|k| !succeeded.contains(**k)).collect();
+    let never: Vec<_> = KINDS.iter().filter(|k| !succeeded.contains(**k)).collect();
     assert!(
         never.is_empty(),
         "these operations never succeeded: {never:?}"
     );
+}
+
+/// Areas with different rights, one set per case: `rw-N`, `ro-N`, ...
+const AREAS: &[&str] = &["rw", "ro", "co", "del", "hid"];
+
+const MIXED: &[&str] = &[
+    "relayfile:fs:manage:/scratch/rw-*",
+    "relayfile:fs:read:/scratch/ro-*",
+    "relayfile:fs:read:/scratch/co-*",
+    "relayfile:fs:create:/scratch/co-*",
+    "relayfile:fs:read:/scratch/del-*",
+    "relayfile:fs:delete:/scratch/del-*",
+];
+
+/// What DESIGN section 7 says each operation needs, decided on the native side's state.
+struct Oracle {
+    scopes: ScopeSet,
+}
+
+fn parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+impl Oracle {
+    fn vpath(rel: &str) -> String {
+        if rel.is_empty() {
+            "/scratch".to_owned()
+        } else {
+            format!("/scratch/{rel}")
+        }
+    }
+
+    fn visible(&self, rel: &str) -> bool {
+        self.scopes.visible(Self::vpath(rel).as_bytes())
+    }
+
+    fn may(&self, req: usize, rel: &str) -> bool {
+        self.scopes
+            .check_known(req, Self::vpath(rel).as_bytes())
+            .is_some()
+    }
+
+    /// The refusal the mount must give for `op`, or `None` when the operation must be carried
+    /// out (and then give what the native filesystem gives).
+    fn refusal(&self, op: &Op, l: &Layout, native: &Side) -> Option<Seen> {
+        let enoent = Some(Seen::Errno(libc::ENOENT));
+        let eacces = Some(Seen::Errno(libc::EACCES));
+        // Existing as far as the caller can tell: a hidden entry is never revealed.
+        let seen_exists = |rel: &str| native.exists(rel) && self.visible(rel);
+        // Creating or opening `rel`: the parent must be visible; what is needed then depends
+        // on whether `rel` exists.
+        let open = |rel: &str, read: bool| {
+            if !self.visible(parent(rel)) {
+                return enoent.clone();
+            }
+            if !native.exists(parent(rel)) {
+                return None;
+            }
+            let allowed = if seen_exists(rel) {
+                self.may(Requirement::FS_WRITE, rel)
+                    && (!read || self.may(Requirement::FS_READ, rel))
+            } else {
+                self.may(Requirement::FS_CREATE, rel)
+            };
+            if allowed { None } else { eacces.clone() }
+        };
+        // An existing entry that needs `req`.
+        let existing = |rel: &str, req: Option<usize>| {
+            if !self.visible(rel) {
+                enoent.clone()
+            } else if !native.exists(rel) {
+                None
+            } else if req.is_some_and(|r| !self.may(r, rel)) {
+                eacces.clone()
+            } else {
+                None
+            }
+        };
+        match op {
+            Op::Read { f } => existing(&l.files[*f], Some(Requirement::FS_READ)),
+            Op::Stat { f, dir } => existing(l.stat_target(*f, *dir), None),
+            Op::List { d } => existing(&l.dirs[*d], None),
+            Op::Write { f, .. } | Op::Append { f, .. } => open(&l.files[*f], false),
+            Op::Open { f, .. } => open(&l.files[*f], true),
+            Op::TruncatePath { f, .. } => existing(&l.files[*f], Some(Requirement::FS_WRITE)),
+            Op::Unlink { f } => existing(&l.files[*f], Some(Requirement::FS_DELETE)),
+            Op::Rmdir { d } => existing(&l.dirs[*d], Some(Requirement::FS_DELETE)),
+            Op::Mkdir { d } => {
+                let d = &l.dirs[*d];
+                if !self.visible(parent(d)) {
+                    enoent
+                } else if !native.exists(parent(d)) || seen_exists(d) {
+                    None
+                } else if !self.may(Requirement::FS_CREATE, d) {
+                    eacces
+                } else {
+                    None
+                }
+            }
+            Op::Rename { from, to, dirs } => {
+                let (a, b) = l.rename_ends(*from, *to, *dirs);
+                if !self.visible(parent(a)) || !self.visible(parent(b)) {
+                    enoent
+                } else if !native.exists(parent(a)) || !native.exists(parent(b)) {
+                    None
+                } else if !seen_exists(a) {
+                    enoent
+                } else if a == b {
+                    None
+                } else if !self.may(Requirement::FS_DELETE, a)
+                    || !self.may(Requirement::FS_CREATE, b)
+                    || seen_exists(b) && !self.may(Requirement::FS_WRITE, b)
+                {
+                    eacces
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The permission bits the mount shows for `rel`: the mirror's, limited by the rights.
+    fn shown(&self, seen: Seen, rel: &str) -> Seen {
+        let Seen::Kind { kind, len, perm } = seen else {
+            return seen;
+        };
+        let mask = match kind {
+            "dir" => {
+                let probe = format!("{rel}/\u{1}");
+                0o555
+                    | if self.may(Requirement::FS_CREATE, &probe) {
+                        0o222
+                    } else {
+                        0
+                    }
+            }
+            "file" => {
+                let read = self.may(Requirement::FS_READ, rel);
+                (if read { 0o444 } else { 0 })
+                    | (if self.may(Requirement::FS_WRITE, rel) {
+                        0o222
+                    } else {
+                        0
+                    })
+                    | (if read && perm & 0o111 != 0 { 0o111 } else { 0 })
+            }
+            _ => 0o777,
+        };
+        Seen::Kind {
+            kind,
+            len,
+            perm: perm & 0o1777 & (mask | 0o1000),
+        }
+    }
+}
+
+#[test]
+fn refused_operations_in_any_sequence_change_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(MIXED),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&|mirror: &Path| std::fs::create_dir(mirror.join("scratch")).unwrap()),
+            ..MountOpts::default()
+        },
+    );
+    let oracle = Oracle {
+        scopes: ScopeSet::new(MIXED),
+    };
+    let native = tempfile::tempdir().unwrap();
+    let files_per_area = ["a", "b", "sub/c", "sub/d"];
+    let outcomes = Mutex::new(BTreeSet::new());
+    run_sequences(
+        AREAS.len() * files_per_area.len(),
+        AREAS.len() * 3,
+        false,
+        |n, ops| {
+            let areas: Vec<String> = AREAS.iter().map(|a| format!("{a}-{n}")).collect();
+            let mut files = Vec::new();
+            let mut dirs = Vec::new();
+            for area in &areas {
+                files.extend(files_per_area.iter().map(|f| format!("{area}/{f}")));
+                dirs.push(format!("{area}/sub"));
+                dirs.push(area.clone());
+                dirs.push(format!("{area}/new"));
+                // The same starting content on both sides, written to the mirror directly.
+                for root in [native.path().to_owned(), m.mirror_at("scratch")] {
+                    std::fs::create_dir_all(root.join(area).join("sub")).unwrap();
+                    std::fs::write(root.join(area).join("a"), format!("{area} a\n")).unwrap();
+                    std::fs::write(root.join(area).join("sub/c"), format!("{area} c\n")).unwrap();
+                }
+            }
+            let layout = Layout { files, dirs };
+            let mut plain = Side::at(native.path().to_owned());
+            let mut guarded = Side::at(m.at("scratch"));
+            for (i, op) in ops.iter().enumerate() {
+                let want = match oracle.refusal(op, &layout, &plain) {
+                    Some(refused) => {
+                        outcomes
+                            .lock()
+                            .unwrap()
+                            .insert(format!("{} refused", kind(op)));
+                        refused
+                    }
+                    None => {
+                        let seen = plain.apply(op, &layout);
+                        if !matches!(seen, Seen::Errno(_) | Seen::NoHandle) {
+                            outcomes
+                                .lock()
+                                .unwrap()
+                                .insert(format!("{} done", kind(op)));
+                        }
+                        match op {
+                            Op::Stat { f, dir } => oracle.shown(seen, layout.stat_target(*f, *dir)),
+                            _ => seen,
+                        }
+                    }
+                };
+                let got = guarded.apply(op, &layout);
+                if want != got {
+                    return Err(mismatch(i, op, &want, &got));
+                }
+            }
+            drop(plain);
+            drop(guarded);
+            for area in &areas {
+                if tree(&m.mirror_at("scratch").join(area)) != tree(&native.path().join(area)) {
+                    return Err(TestCaseError::fail(format!(
+                        "the mirror's {area} differs from the native tree"
+                    )));
+                }
+            }
+            Ok(())
+        },
+    );
+    let outcomes = outcomes.into_inner().unwrap();
+    let mut missing = Vec::new();
+    for kind in [
+        "Write",
+        "Append",
+        "TruncatePath",
+        "Read",
+        "Unlink",
+        "Rename",
+        "Mkdir",
+        "Rmdir",
+        "Open",
+    ] {
+        for outcome in ["done", "refused"] {
+            let key = format!("{kind} {outcome}");
+            if !outcomes.contains(&key) {
+                missing.push(key);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "never reached: {missing:?}");
 }

@@ -630,24 +630,28 @@ impl GuardFs {
             Body::File(f) => Ok(write_at(f, data, offset)? as u32),
             Body::Staged(s) => {
                 let mut s = s.lock();
-                if s.failed.is_some() {
-                    return Err(Errno::EIO);
-                }
-                if s.file.is_none() {
-                    let fd = h.node.fd().ok_or(Errno::EIO)?;
-                    let st = self.mirror.stat(fd.as_fd())?;
-                    let (file, name) = self.stage(st.st_mode & 0o777, Some(fd.as_fd()))?;
-                    s.file = Some(file);
-                    s.name = name;
-                }
-                let f = s.file.as_ref().ok_or(Errno::EIO)?;
-                let n = write_at(f, data, offset)?;
+                let n = write_at(self.staged_file(&h, &mut s)?, data, offset)?;
                 s.dirty = true;
                 Ok(n as u32)
             }
             Body::Bytes(_) => Err(Errno::EACCES),
             Body::Dir(_) => Err(Errno::EISDIR),
         }
+    }
+
+    /// The staging copy behind a writeback handle, made from the mirror's file on first use.
+    fn staged_file<'s>(&self, h: &Handle, s: &'s mut Staged) -> FsResult<&'s File> {
+        if s.failed.is_some() {
+            return Err(Errno::EIO);
+        }
+        if s.file.is_none() {
+            let fd = h.node.fd().ok_or(Errno::EIO)?;
+            let st = self.mirror.stat(fd.as_fd())?;
+            let (file, name) = self.stage(st.st_mode & 0o777, Some(fd.as_fd()))?;
+            s.file = Some(file);
+            s.name = name;
+        }
+        s.file.as_ref().ok_or(Errno::EIO)
     }
 
     /// `close()` of one descriptor: a dirty staged write is validated and committed here, so
@@ -860,21 +864,44 @@ impl GuardFs {
     }
 
     /// `ftruncate` on an open handle: `None` when the handle is not a file.
-    pub(crate) fn truncate_handle(&self, fh: u64, size: u64) -> Option<FsResult<()>> {
+    /// Whether `fh` is a handle of `node` open for writing: such a handle carries the right to
+    /// change the file's size and times (`ftruncate`), as it carries the right to write.
+    pub(crate) fn writes(&self, fh: u64, node: &Arc<Node>) -> bool {
+        self.handles
+            .get(fh)
+            .is_ok_and(|h| h.write && Arc::ptr_eq(&h.node, node))
+    }
+
+    /// Truncate through a handle open for writing (see [`GuardFs::writes`]); `None` when `fh` is
+    /// not one.
+    pub(crate) fn truncate_handle(
+        &self,
+        fh: u64,
+        node: &Arc<Node>,
+        size: u64,
+    ) -> Option<FsResult<()>> {
         let h = self.handles.get(fh).ok()?;
-        match &h.body {
-            Body::File(f) => Some(f.set_len(size).map_err(Errno::from)),
+        if !h.write || !Arc::ptr_eq(&h.node, node) {
+            return None;
+        }
+        if let Err(e) = self.live(&h) {
+            return Some(Err(e));
+        }
+        Some(match &h.body {
+            Body::File(f) => f.set_len(size).map_err(Errno::from),
             Body::Staged(s) => {
                 let mut s = s.lock();
-                if s.file.is_none() {
-                    return Some(Err(Errno::EIO));
+                let r = self
+                    .staged_file(&h, &mut s)
+                    .and_then(|f| f.set_len(size).map_err(Errno::from));
+                if r.is_ok() {
+                    s.dirty = true;
                 }
-                let r = s.file.as_ref().map(|f| f.set_len(size));
-                s.dirty = true;
-                Some(r.unwrap_or(Ok(())).map_err(Errno::from))
+                r
             }
-            _ => None,
-        }
+            Body::Bytes(_) => Err(Errno::EACCES),
+            Body::Dir(_) => Err(Errno::EISDIR),
+        })
     }
 
     /// Truncate a provider-backed file by path: stage, truncate, validate, commit.

@@ -398,8 +398,12 @@ impl GuardFs {
             self.note(&ctx, &path, "setattr", &d);
             return Err(Errno::EPERM);
         }
-        let changes =
-            set.mode.is_some() || set.size.is_some() || set.atime.is_some() || set.mtime.is_some();
+        // `ftruncate` on a descriptor open for writing is authorized by that descriptor, like
+        // its writes (a file created where the caller may create but not overwrite can still be
+        // sized by the one who created it); everything else is decided on the path.
+        let by_handle = set.fh.is_some_and(|fh| self.writes(fh, &node));
+        let changes = set.mode.is_some()
+            || !by_handle && (set.size.is_some() || set.atime.is_some() || set.mtime.is_some());
         if changes {
             let d = self.decide(&ctx, &path, &place, Op::Write);
             self.note(&ctx, &path, "setattr", &d);
@@ -436,7 +440,7 @@ impl GuardFs {
         size: u64,
     ) -> FsResult<()> {
         if let Some(fh) = fh
-            && let Some(done) = self.truncate_handle(fh, size)
+            && let Some(done) = self.truncate_handle(fh, node, size)
         {
             return done;
         }

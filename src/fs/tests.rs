@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::core::{Caller, Errno, GuardFs, Options};
 use super::inode::ROOT;
 use super::mirror::Mirror;
+use super::modify::SetAttr;
 use crate::audit::AuditLog;
 use crate::session::testing::session;
 use crate::session::{Callers, Session};
@@ -346,4 +347,106 @@ fn fuse_smoke() {
         .unwrap();
     println!("{}", String::from_utf8_lossy(&find.stdout).lines().count());
     bg.umount_and_join().unwrap();
+}
+
+#[test]
+fn ftruncate_rides_on_the_handle_that_may_write() {
+    let (_d, root) = fixture_copy();
+    std::fs::create_dir_all(root.join("scratch/drop")).unwrap();
+    let s = session(&[
+        "relayfile:fs:read:/scratch/**",
+        "relayfile:fs:create:/scratch/drop/*",
+    ]);
+    s.confirm();
+    let fs = GuardFs::new(
+        Mirror::open(&root).unwrap(),
+        Arc::new(Callers::new(s, false)),
+        PolicySet::default(),
+        None,
+        Options {
+            backing: crate::writeback::Backing {
+                local_roots: vec!["scratch".to_owned()],
+            },
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let dir = walk(&fs, "/scratch/drop").unwrap();
+    let (entry, opened) = fs
+        .create(&ME, dir, OsStr::new("new.bin"), 0o644, 0o022, libc::O_RDWR)
+        .unwrap();
+    let ino = entry.attr.ino.0;
+    fs.write(opened.fh, 0, b"hello").unwrap();
+    // The creator may size its own file through its descriptor (cp does this for sparse files)...
+    let by_handle = SetAttr {
+        size: Some(4096),
+        mtime: Some(fuser::TimeOrNow::Now),
+        fh: Some(opened.fh),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, by_handle).unwrap().0.size, 4096);
+    // ... but not by path, nor change its mode: overwriting needs fs:write.
+    let by_path = SetAttr {
+        size: Some(0),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, by_path).unwrap_err(), Errno::EACCES);
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        fh: Some(opened.fh),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, chmod).unwrap_err(), Errno::EACCES);
+    fs.release(opened.fh, ME.pid).unwrap();
+    assert_eq!(
+        std::fs::metadata(root.join("scratch/drop/new.bin"))
+            .unwrap()
+            .len(),
+        4096
+    );
+    // A read-only handle of the same file carries no such right.
+    let ro = fs.open(&ME, ino, libc::O_RDONLY).unwrap();
+    let by_ro = SetAttr {
+        size: Some(0),
+        fh: Some(ro.fh),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, by_ro).unwrap_err(), Errno::EACCES);
+    fs.release(ro.fh, ME.pid).unwrap();
+}
+
+#[test]
+fn ftruncate_of_a_writeback_before_any_write_is_staged_and_validated() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let path = "github/repos/acme/api/pulls/42/reviews/draft-lead-review.json";
+    let ino = walk(&fs, &format!("/{path}")).unwrap();
+    let before = std::fs::read(root.join(path)).unwrap();
+    // Emptying then rewriting through one descriptor: the truncation is staged, not applied
+    // to the mirror, and the result is validated at close.
+    let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
+    let truncate = SetAttr {
+        size: Some(0),
+        fh: Some(fh),
+        ..SetAttr::default()
+    };
+    fs.setattr(&ME, ino, truncate).unwrap();
+    assert_eq!(std::fs::read(root.join(path)).unwrap(), before);
+    let good = br#"{"event": "APPROVE", "body": "Eviction landed."}"#;
+    fs.write(fh, 0, good).unwrap();
+    fs.flush(fh, ME.pid).unwrap();
+    fs.release(fh, ME.pid).unwrap();
+    assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
+    // Emptying alone leaves an invalid payload: refused at close, the mirror keeps the last
+    // good version.
+    let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
+    let truncate = SetAttr {
+        size: Some(0),
+        fh: Some(fh),
+        ..SetAttr::default()
+    };
+    fs.setattr(&ME, ino, truncate).unwrap();
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Errno::EINVAL);
+    let _ = fs.release(fh, ME.pid);
+    assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
 }
