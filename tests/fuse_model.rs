@@ -134,6 +134,11 @@ enum Op {
     HSize {
         slot: usize,
     },
+    HFallocate {
+        slot: usize,
+        off: u64,
+        len: u64,
+    },
     HSync {
         slot: usize,
     },
@@ -174,6 +179,8 @@ fn op(files: usize, dirs: usize, links: bool) -> impl Strategy<Value = Op> {
         2 => (slot.clone(), 0u64..6000, 0usize..2000).prop_map(|(slot, off, len)| Op::HRead { slot, off, len }),
         1 => (slot.clone(), 0u64..6000).prop_map(|(slot, len)| Op::HTruncate { slot, len }),
         1 => slot.clone().prop_map(|slot| Op::HSize { slot }),
+        1 => (slot.clone(), 0u64..6000, 1u64..3000)
+            .prop_map(|(slot, off, len)| Op::HFallocate { slot, off, len }),
         1 => slot.clone().prop_map(|slot| Op::HSync { slot }),
         1 => slot.prop_map(|slot| Op::Close { slot }),
     ]
@@ -378,6 +385,13 @@ impl Side {
                 self.with(*slot, |h| seen(h.set_len(*len), |_| Seen::Done))
             }
             Op::HSize { slot } => self.with(*slot, |h| seen(h.metadata(), |m| Seen::Len(m.len()))),
+            Op::HFallocate { slot, off, len } => self.with(*slot, |h| {
+                seen(
+                    rustix::fs::fallocate(h, rustix::fs::FallocateFlags::empty(), *off, *len)
+                        .map_err(std::io::Error::from),
+                    |_| Seen::Done,
+                )
+            }),
             Op::HSync { slot } => self.with(*slot, |h| seen(h.sync_all(), |_| Seen::Done)),
             Op::Close { slot } => match self.handles[*slot].take() {
                 Some(_) => Seen::Done,
@@ -745,7 +759,7 @@ fn refused_operations_in_any_sequence_change_nothing() {
     let outcomes = Mutex::new(BTreeSet::new());
     run_sequences(
         AREAS.len() * files_per_area.len(),
-        AREAS.len() * 3,
+        AREAS.len() * 4,
         false,
         |n, ops| {
             let areas: Vec<String> = AREAS.iter().map(|a| format!("{a}-{n}")).collect();
@@ -756,9 +770,11 @@ fn refused_operations_in_any_sequence_change_nothing() {
                 dirs.push(format!("{area}/sub"));
                 dirs.push(area.clone());
                 dirs.push(format!("{area}/new"));
+                dirs.push(format!("{area}/empty"));
                 // The same starting content on both sides, written to the mirror directly.
                 for root in [native.path().to_owned(), m.mirror_at("scratch")] {
                     std::fs::create_dir_all(root.join(area).join("sub")).unwrap();
+                    std::fs::create_dir(root.join(area).join("empty")).unwrap();
                     std::fs::write(root.join(area).join("a"), format!("{area} a\n")).unwrap();
                     std::fs::write(root.join(area).join("sub/c"), format!("{area} c\n")).unwrap();
                 }

@@ -722,8 +722,7 @@ impl GuardFs {
             Body::File(f) => Ok(rustix::fs::fallocate(f, flags, offset, length)?),
             Body::Staged(s) => {
                 let mut s = s.lock();
-                let f = s.file.as_ref().ok_or(Errno::EIO)?;
-                rustix::fs::fallocate(f, flags, offset, length)?;
+                rustix::fs::fallocate(self.staged_file(&h, &mut s)?, flags, offset, length)?;
                 s.dirty = true;
                 Ok(())
             }

@@ -449,4 +449,10 @@ fn ftruncate_of_a_writeback_before_any_write_is_staged_and_validated() {
     assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Errno::EINVAL);
     let _ = fs.release(fh, ME.pid);
     assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
+    // Preallocating before the first write is staged the same way.
+    let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
+    fs.fallocate(fh, 0, 8, 0).unwrap();
+    fs.flush(fh, ME.pid).unwrap();
+    fs.release(fh, ME.pid).unwrap();
+    assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
 }
