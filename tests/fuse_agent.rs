@@ -438,6 +438,7 @@ fn many_processes_at_once() {
     }
     let issuer = Issuer::start();
     let m = lead_mount(&issuer);
+    // All eight start before any is waited for, so they really run at the same time.
     let children: Vec<_> = (0..8)
         .map(|i| {
             Command::new("bash")
@@ -450,9 +451,15 @@ fn many_processes_at_once() {
                     ! echo x > github/repos/acme/web/metadata.json 2>/dev/null"
                 ))
                 .current_dir(&m.mnt)
-                .output()
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
                 .unwrap()
         })
+        .collect();
+    let children: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
         .collect();
     for (i, o) in children.iter().enumerate() {
         assert!(o.status.success(), "process {i}: {}", err(o));

@@ -6,7 +6,9 @@
 //! exactly what the native directory holds. Anything the guard gets wrong in the write path
 //! (lost bytes, stale sizes, wrong errno, a handle that stops working) shows up as a difference.
 //!
-//! The second test does the same under a token with mixed rights (an area it manages, one it
+//! A variant runs six such sequences at once, each in its own directory of one mount.
+//!
+//! The last test does the same under a token with mixed rights (an area it manages, one it
 //! only reads, one where it may create but not overwrite, one where it may delete, one it cannot
 //! see). An oracle written from DESIGN section 7's table (which right each operation needs, ENOENT
 //! for what the caller cannot see, EACCES for what it may not do) decides each step on the native
@@ -460,6 +462,17 @@ fn run_sequences(
     links: bool,
     case: impl Fn(u32, &[Op]) -> Result<(), TestCaseError>,
 ) {
+    run_sequences_from(0, files, dirs, links, case)
+}
+
+/// [`run_sequences`] with the seed moved by `offset`, so parallel runners differ.
+fn run_sequences_from(
+    offset: u64,
+    files: usize,
+    dirs: usize,
+    links: bool,
+    case: impl Fn(u32, &[Op]) -> Result<(), TestCaseError>,
+) {
     let cases = std::env::var("RELAYAUTH_MODEL_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -467,7 +480,8 @@ fn run_sequences(
     let seed: u64 = std::env::var("RELAYAUTH_MODEL_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+        .unwrap_or(7u64)
+        .wrapping_add(offset);
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     let mut runner = TestRunner::new_with_rng(
@@ -522,14 +536,51 @@ fn mismatch(i: usize, op: &Op, want: &Seen, got: &Seen) -> TestCaseError {
     ))
 }
 
-#[test]
-fn the_guarded_view_behaves_like_the_filesystem_underneath() {
-    if !fuse_available() {
-        return;
+fn plain_layout() -> Layout {
+    Layout::of(&["a", "b", "d/x", "d/e/y", "d/e/z"], &["d", "d/e", "f"])
+}
+
+/// One sequence in a new directory `case`, natively under `native` and in the mount's scratch
+/// area; both must agree step by step and end with the same tree (in the mirror too).
+fn compare_plain(
+    m: &TestMount,
+    native: &Path,
+    case: &str,
+    layout: &Layout,
+    ops: &[Op],
+    succeeded: &Mutex<BTreeSet<String>>,
+) -> Result<(), TestCaseError> {
+    let mut plain = Side::new(native.join(case));
+    let mut guarded = Side::new(m.at("scratch").join(case));
+    for (i, op) in ops.iter().enumerate() {
+        let want = plain.apply(op, layout);
+        let got = guarded.apply(op, layout);
+        if !matches!(want, Seen::Errno(_) | Seen::NoHandle) {
+            succeeded.lock().unwrap().insert(kind(op));
+        }
+        if want != got {
+            return Err(mismatch(i, op, &want, &got));
+        }
     }
-    let issuer = Issuer::start();
-    let m = TestMount::start(
-        &issuer,
+    drop(plain);
+    drop(guarded);
+    let want = tree(&native.join(case));
+    if tree(&m.mirror_at("scratch").join(case)) != want {
+        return Err(TestCaseError::fail(
+            "the mirror differs from the native tree",
+        ));
+    }
+    if tree(&m.at("scratch").join(case)) != want {
+        return Err(TestCaseError::fail(
+            "the guarded view differs from the native tree",
+        ));
+    }
+    Ok(())
+}
+
+fn manage_scratch(issuer: &Issuer) -> TestMount {
+    TestMount::start(
+        issuer,
         &issuer.token(&[
             "relayfile:fs:read:/github/**",
             "relayfile:fs:manage:/scratch/**",
@@ -539,38 +590,28 @@ fn the_guarded_view_behaves_like_the_filesystem_underneath() {
             prepare: Some(&|mirror: &Path| std::fs::create_dir(mirror.join("scratch")).unwrap()),
             ..MountOpts::default()
         },
-    );
+    )
+}
+
+#[test]
+fn the_guarded_view_behaves_like_the_filesystem_underneath() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = manage_scratch(&issuer);
     let native = tempfile::tempdir().unwrap();
-    let layout = Layout::of(&["a", "b", "d/x", "d/e/y", "d/e/z"], &["d", "d/e", "f"]);
+    let layout = plain_layout();
     let succeeded = Mutex::new(BTreeSet::new());
     run_sequences(layout.files.len(), layout.dirs.len(), true, |n, ops| {
-        let case = format!("case-{n}");
-        let mut plain = Side::new(native.path().join(&case));
-        let mut guarded = Side::new(m.at("scratch").join(&case));
-        for (i, op) in ops.iter().enumerate() {
-            let want = plain.apply(op, &layout);
-            let got = guarded.apply(op, &layout);
-            if !matches!(want, Seen::Errno(_) | Seen::NoHandle) {
-                succeeded.lock().unwrap().insert(kind(op));
-            }
-            if want != got {
-                return Err(mismatch(i, op, &want, &got));
-            }
-        }
-        drop(plain);
-        drop(guarded);
-        let want = tree(&native.path().join(&case));
-        if tree(&m.mirror_at("scratch").join(&case)) != want {
-            return Err(TestCaseError::fail(
-                "the mirror differs from the native tree",
-            ));
-        }
-        if tree(&m.at("scratch").join(&case)) != want {
-            return Err(TestCaseError::fail(
-                "the guarded view differs from the native tree",
-            ));
-        }
-        Ok(())
+        compare_plain(
+            &m,
+            native.path(),
+            &format!("case-{n}"),
+            &layout,
+            ops,
+            &succeeded,
+        )
     });
     // The generated sequences must reach the interesting states, not only fail early.
     let succeeded = succeeded.into_inner().unwrap();
@@ -843,4 +884,35 @@ fn refused_operations_in_any_sequence_change_nothing() {
         }
     }
     assert!(missing.is_empty(), "never reached: {missing:?}");
+}
+
+#[test]
+fn sequences_running_side_by_side_do_not_disturb_each_other() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = manage_scratch(&issuer);
+    let native = tempfile::tempdir().unwrap();
+    let layout = plain_layout();
+    let succeeded = Mutex::new(BTreeSet::new());
+    // Six workers at once over the same mount (one directory each, different sequences):
+    // the shared inode table, handle table and worker threads must keep every one exact.
+    std::thread::scope(|scope| {
+        for worker in 0..6u64 {
+            let (m, native, layout, succeeded) = (&m, native.path(), &layout, &succeeded);
+            scope.spawn(move || {
+                run_sequences_from(
+                    1000 + worker,
+                    layout.files.len(),
+                    layout.dirs.len(),
+                    true,
+                    |n, ops| {
+                        let case = format!("w{worker}-case-{n}");
+                        compare_plain(m, native, &case, layout, ops, succeeded)
+                    },
+                );
+            });
+        }
+    });
 }
