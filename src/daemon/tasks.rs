@@ -342,11 +342,19 @@ pub(crate) fn watch_setup(
         return None;
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+    // The watches are on whole directories; only events for the watched files' names go on
+    // (an audit log or daemon log next to the token would otherwise wake the task per write).
+    let names: Vec<std::ffi::OsString> = watched
+        .iter()
+        .filter_map(|p| p.file_name().map(ToOwned::to_owned))
+        .collect();
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
                 for p in ev.paths {
-                    let _ = tx.send(p);
+                    if p.file_name().is_some_and(|n| names.iter().any(|w| w == n)) {
+                        let _ = tx.send(p);
+                    }
                 }
             }
         }) {
