@@ -578,6 +578,29 @@ fn compare_plain(
     Ok(())
 }
 
+/// A mount whose token manages `/scratch`, a native directory to compare with, and the record
+/// of which operations succeeded.
+struct Rig {
+    _issuer: Issuer,
+    m: TestMount,
+    native: tempfile::TempDir,
+    layout: Layout,
+    succeeded: Mutex<BTreeSet<String>>,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let issuer = Issuer::start();
+        Rig {
+            m: manage_scratch(&issuer),
+            _issuer: issuer,
+            native: tempfile::tempdir().unwrap(),
+            layout: plain_layout(),
+            succeeded: Mutex::new(BTreeSet::new()),
+        }
+    }
+}
+
 fn manage_scratch(issuer: &Issuer) -> TestMount {
     TestMount::start(
         issuer,
@@ -598,11 +621,13 @@ fn the_guarded_view_behaves_like_the_filesystem_underneath() {
     if !fuse_available() {
         return;
     }
-    let issuer = Issuer::start();
-    let m = manage_scratch(&issuer);
-    let native = tempfile::tempdir().unwrap();
-    let layout = plain_layout();
-    let succeeded = Mutex::new(BTreeSet::new());
+    let Rig {
+        _issuer,
+        m,
+        native,
+        layout,
+        succeeded,
+    } = Rig::start();
     run_sequences(layout.files.len(), layout.dirs.len(), true, |n, ops| {
         compare_plain(
             &m,
@@ -891,11 +916,13 @@ fn sequences_running_side_by_side_do_not_disturb_each_other() {
     if !fuse_available() {
         return;
     }
-    let issuer = Issuer::start();
-    let m = manage_scratch(&issuer);
-    let native = tempfile::tempdir().unwrap();
-    let layout = plain_layout();
-    let succeeded = Mutex::new(BTreeSet::new());
+    let Rig {
+        _issuer,
+        m,
+        native,
+        layout,
+        succeeded,
+    } = Rig::start();
     // Six workers at once over the same mount (one directory each, different sequences):
     // the shared inode table, handle table and worker threads must keep every one exact.
     std::thread::scope(|scope| {

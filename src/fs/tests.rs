@@ -349,6 +349,15 @@ fn fuse_smoke() {
     bg.umount_and_join().unwrap();
 }
 
+/// A change of size alone, through `fh` when given.
+fn resize(size: u64, fh: Option<u64>) -> SetAttr {
+    SetAttr {
+        size: Some(size),
+        fh,
+        ..SetAttr::default()
+    }
+}
+
 #[test]
 fn ftruncate_rides_on_the_handle_that_may_write() {
     let (_d, root) = fixture_copy();
@@ -386,11 +395,10 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
     };
     assert_eq!(fs.setattr(&ME, ino, by_handle).unwrap().0.size, 4096);
     // ... but not by path, nor change its mode: overwriting needs fs:write.
-    let by_path = SetAttr {
-        size: Some(0),
-        ..SetAttr::default()
-    };
-    assert_eq!(fs.setattr(&ME, ino, by_path).unwrap_err(), Errno::EACCES);
+    assert_eq!(
+        fs.setattr(&ME, ino, resize(0, None)).unwrap_err(),
+        Errno::EACCES
+    );
     let chmod = SetAttr {
         mode: Some(0o600),
         fh: Some(opened.fh),
@@ -406,12 +414,10 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
     );
     // A read-only handle of the same file carries no such right.
     let ro = fs.open(&ME, ino, libc::O_RDONLY).unwrap();
-    let by_ro = SetAttr {
-        size: Some(0),
-        fh: Some(ro.fh),
-        ..SetAttr::default()
-    };
-    assert_eq!(fs.setattr(&ME, ino, by_ro).unwrap_err(), Errno::EACCES);
+    assert_eq!(
+        fs.setattr(&ME, ino, resize(0, Some(ro.fh))).unwrap_err(),
+        Errno::EACCES
+    );
     fs.release(ro.fh, ME.pid).unwrap();
 }
 
@@ -425,12 +431,7 @@ fn ftruncate_of_a_writeback_before_any_write_is_staged_and_validated() {
     // Emptying then rewriting through one descriptor: the truncation is staged, not applied
     // to the mirror, and the result is validated at close.
     let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
-    let truncate = SetAttr {
-        size: Some(0),
-        fh: Some(fh),
-        ..SetAttr::default()
-    };
-    fs.setattr(&ME, ino, truncate).unwrap();
+    fs.setattr(&ME, ino, resize(0, Some(fh))).unwrap();
     assert_eq!(std::fs::read(root.join(path)).unwrap(), before);
     let good = br#"{"event": "APPROVE", "body": "Eviction landed."}"#;
     fs.write(fh, 0, good).unwrap();
@@ -440,12 +441,7 @@ fn ftruncate_of_a_writeback_before_any_write_is_staged_and_validated() {
     // Emptying alone leaves an invalid payload: refused at close, the mirror keeps the last
     // good version.
     let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
-    let truncate = SetAttr {
-        size: Some(0),
-        fh: Some(fh),
-        ..SetAttr::default()
-    };
-    fs.setattr(&ME, ino, truncate).unwrap();
+    fs.setattr(&ME, ino, resize(0, Some(fh))).unwrap();
     assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Errno::EINVAL);
     let _ = fs.release(fh, ME.pid);
     assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
