@@ -862,13 +862,13 @@ impl GuardFs {
         Ok(())
     }
 
-    /// `ftruncate` on an open handle: `None` when the handle is not a file.
-    /// Whether `fh` is a handle of `node` open for writing: such a handle carries the right to
-    /// change the file's size and times (`ftruncate`), as it carries the right to write.
+    /// Whether `fh` is a live handle of `node` open for writing: such a handle carries the
+    /// right to change the file's size and times (`ftruncate`), as it carries the right to
+    /// write. A handle of a session that is no longer active carries nothing.
     pub(crate) fn writes(&self, fh: u64, node: &Arc<Node>) -> bool {
         self.handles
             .get(fh)
-            .is_ok_and(|h| h.write && Arc::ptr_eq(&h.node, node))
+            .is_ok_and(|h| h.write && Arc::ptr_eq(&h.node, node) && self.live(&h).is_ok())
     }
 
     /// Truncate through a handle open for writing (see [`GuardFs::writes`]); `None` when `fh` is

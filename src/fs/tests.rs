@@ -369,7 +369,7 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
     s.confirm();
     let fs = GuardFs::new(
         Mirror::open(&root).unwrap(),
-        Arc::new(Callers::new(s, false)),
+        Arc::new(Callers::new(s.clone(), false)),
         PolicySet::default(),
         None,
         Options {
@@ -419,6 +419,32 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
         Errno::EACCES
     );
     fs.release(ro.fh, ME.pid).unwrap();
+    // Nor does a writable handle once the session has ended.
+    let (entry, again) = fs
+        .create(
+            &ME,
+            dir,
+            OsStr::new("other.bin"),
+            0o644,
+            0o022,
+            libc::O_RDWR,
+        )
+        .unwrap();
+    fs.write(again.fh, 0, b"kept").unwrap();
+    s.revoke("test");
+    let other = entry.attr.ino.0;
+    assert!(fs.setattr(&ME, other, resize(0, Some(again.fh))).is_err());
+    let touch = SetAttr {
+        mtime: Some(fuser::TimeOrNow::Now),
+        fh: Some(again.fh),
+        ..SetAttr::default()
+    };
+    assert!(fs.setattr(&ME, other, touch).is_err());
+    assert_eq!(
+        std::fs::read(root.join("scratch/drop/other.bin")).unwrap(),
+        b"kept"
+    );
+    let _ = fs.release(again.fh, ME.pid);
 }
 
 #[test]
