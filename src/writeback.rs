@@ -44,27 +44,31 @@ pub struct Backing {
 }
 
 impl Backing {
-    /// Whether a write to the regular file at `path` is a writeback.
+    /// Whether a write to the regular file at `path` is a writeback: it lies in a provider
+    /// area (below the top level) and its name is not an editor temporary.
     pub fn is_provider_backed(&self, path: &str) -> bool {
-        let mut segments = path.trim_start_matches('/').split('/');
-        let Some(top) = segments.next() else {
-            return false;
-        };
-        let rest: Vec<&str> = segments.collect();
-        if top.is_empty()
-            || rest.is_empty()
-            || RESERVED_ROOTS.contains(&top)
-            || self.local_roots.iter().any(|r| r == top)
-        {
-            return false;
+        match path.rsplit_once('/') {
+            Some((dir, name)) => {
+                !dir.trim_start_matches('/').is_empty()
+                    && !VCS_DIRS.contains(&name)
+                    && self.is_provider_area(dir)
+                    && !is_temp_name(name)
+            }
+            None => false,
         }
-        if std::iter::once(top)
-            .chain(rest.iter().copied())
-            .any(|s| VCS_DIRS.contains(&s))
-        {
-            return false;
-        }
-        !rest.last().is_some_and(|name| is_temp_name(name))
+    }
+
+    /// Whether files directly in the directory `dir` would be pushed to a provider: `dir` is
+    /// under a provider's top-level directory (not a reserved or local root) and inside no
+    /// version-control metadata.
+    pub fn is_provider_area(&self, dir: &str) -> bool {
+        let mut segments = dir.trim_start_matches('/').split('/');
+        let top = segments.next().unwrap_or_default();
+        !top.is_empty()
+            && !RESERVED_ROOTS.contains(&top)
+            && !self.local_roots.iter().any(|r| r == top)
+            && !VCS_DIRS.contains(&top)
+            && !segments.any(|s| VCS_DIRS.contains(&s))
     }
 }
 
@@ -555,6 +559,14 @@ mod tests {
         assert!(!b.is_provider_backed("/github/a/x.json~"));
         assert!(!b.is_provider_backed("/github/a/x.writer-tmp-1"));
         assert!(!b.is_provider_backed("/node_modules/a/b"));
+        assert!(!b.is_provider_backed("/github/.git"));
+        assert!(!b.is_provider_backed("/.git/x"));
+        assert!(b.is_provider_area("/github"));
+        assert!(b.is_provider_area("/github/repos/acme"));
+        assert!(!b.is_provider_area("/"));
+        assert!(!b.is_provider_area("/scratch/a"));
+        assert!(!b.is_provider_area("/github/repo/.git"));
+        assert!(!b.is_provider_area("/.relay"));
     }
 
     #[test]

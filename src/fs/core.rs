@@ -816,10 +816,7 @@ impl GuardFs {
             now: SystemTime::now(),
             denials: &denials,
         };
-        let provider_backed = self
-            .opts
-            .backing
-            .is_provider_backed(&format!("{dir_path}/x"));
+        let provider_backed = self.opts.backing.is_provider_area(&dir_path);
         let view = permissions::compute(
             subject,
             &dir_path,

@@ -301,7 +301,11 @@ impl GuardFs {
     }
 
     /// A new staging file, optionally holding a copy of `from`.
-    fn stage(&self, mode: u32, from: Option<BorrowedFd<'_>>) -> FsResult<(File, OsString)> {
+    pub(crate) fn stage(
+        &self,
+        mode: u32,
+        from: Option<BorrowedFd<'_>>,
+    ) -> FsResult<(File, OsString)> {
         let name = OsString::from(format!(
             "{}-{}",
             std::process::id(),

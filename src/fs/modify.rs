@@ -3,17 +3,18 @@
 //! Each is decided before the mirror is touched, audited once, and, where it changes a
 //! provider-backed file, also passes the writeback gate (policy, scope, freshness). A rename
 //! needs delete on the source and create on the destination (plus write when the destination
-//! exists); a file renamed onto a provider path is validated as the payload it becomes. A
-//! directory renamed into or out of a provider area answers `EXDEV`, so tools fall back to
+//! exists); a file renamed onto a provider path is validated as the payload it becomes (a
+//! private copy is validated and placed, so no descriptor open on the source can change it
+//! afterwards), and an exchange touching a provider area is refused. A directory renamed into or out of a provider area answers `EXDEV`, so tools fall back to
 //! copying file by file, each write checked on its own.
 
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, TimeOrNow};
-use rustix::fs::{RenameFlags, Timestamps};
+use rustix::fs::{RenameFlags, Stat, Timestamps};
 
 use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs, Seen};
 use super::inode::{Ino, child_path};
@@ -278,12 +279,20 @@ impl GuardFs {
         if let Some(d) = &last {
             self.note(&ctx, &src_path, "rename", d);
         }
-        let (_, src_st) = src_found.map_err(Errno::from)?;
+        let (src_file, src_st) = src_found.map_err(Errno::from)?;
         let src_kind = Kind::of(&src_st);
         let src_str = String::from_utf8_lossy(&src_path).into_owned();
         let dst_str = String::from_utf8_lossy(&dst_path).into_owned();
         let backing = &self.opts.backing;
-        let provider_area = |p: &str| backing.is_provider_backed(&format!("{p}/x"));
+        let area = |p: &str| backing.is_provider_area(p.rsplit_once('/').map_or("", |(d, _)| d));
+        if exchange && (area(&src_str) || area(&dst_str)) {
+            // Each side would land at the other's path unvalidated, and descriptors open on
+            // either would keep writing there: an exchange cannot be a writeback.
+            let why = "an exchange cannot be validated as a writeback; rename each file instead";
+            self.note_writeback(&ctx, &dst_str, "rename", Outcome::Denied, why, None);
+            return Err(Errno::EACCES);
+        }
+        let provider_area = |p: &str| backing.is_provider_area(p);
         if src_kind == Kind::Dir && (provider_area(&src_str) || provider_area(&dst_str)) {
             let (dfd, _) = self.mirror.lookup(src_fd.as_fd(), name)?;
             if !self.mirror.list(dfd.as_fd())?.is_empty() {
@@ -291,20 +300,19 @@ impl GuardFs {
             }
         }
         if src_kind == Kind::File {
-            let mut gates = vec![src_str.clone(), dst_str.clone()];
-            if exchange {
-                gates.dedup();
-            }
-            for p in &gates {
+            for p in [&src_str, &dst_str] {
                 if let Err((e, why)) = self.writeback_gate(&ctx, p) {
                     self.note_writeback(&ctx, p, "rename", Outcome::Denied, &why, None);
                     return Err(e);
                 }
             }
-            // The file becomes the payload at its new path: validate it as such.
             if backing.is_provider_backed(&dst_str) {
-                let (sfd, _) = self.mirror.lookup(src_fd.as_fd(), name)?;
-                self.validate_as(&ctx, &dst_str, sfd.as_fd(), new_parent)?;
+                return self.rename_into_writeback(
+                    &ctx,
+                    (&src_fd, name, src_file, &src_st),
+                    (new_parent, &dst_fd, new_name, &dst_str),
+                    flags.contains(RenameFlags::NOREPLACE),
+                );
             }
         }
         let mut rflags = RenameFlags::empty();
@@ -325,6 +333,56 @@ impl GuardFs {
             && let Some(ino) = self.inodes.find(st.st_dev, st.st_ino)
         {
             self.inodes.moved(ino, parent, name, src_path);
+        }
+        Ok(())
+    }
+
+    /// A file renamed onto a provider path becomes a writeback payload. The bytes placed there
+    /// are a private copy, validated before it is renamed into place; the source is then
+    /// removed. Renaming the file itself would let a descriptor still open on it (a temporary
+    /// file written in place) keep writing to the provider path after validation.
+    fn rename_into_writeback(
+        &self,
+        ctx: &Ctx,
+        (src_dir, name, src_file, src_st): (&OwnedFd, &OsStr, OwnedFd, &Stat),
+        (new_parent, dst_dir, new_name, dst_path): (Ino, &OwnedFd, &OsStr, &str),
+        noreplace: bool,
+    ) -> FsResult<()> {
+        let (copy, staged) = self.stage(src_st.st_mode & 0o777, Some(src_file.as_fd()))?;
+        let placed = (|| {
+            self.validate_as(ctx, dst_path, copy.as_fd(), new_parent)?;
+            copy.sync_all()?;
+            let flags = if noreplace {
+                RenameFlags::NOREPLACE
+            } else {
+                RenameFlags::empty()
+            };
+            self.mirror.rename(
+                self.staging.as_fd(),
+                &staged,
+                dst_dir.as_fd(),
+                new_name,
+                flags,
+            )?;
+            Ok(())
+        })();
+        if let Err(e) = placed {
+            let _ = self.mirror.unlink(self.staging.as_fd(), &staged);
+            return Err(e);
+        }
+        match self.mirror.unlink(src_dir.as_fd(), name) {
+            Ok(()) => {}
+            // Removed meanwhile by someone else: the rename's effect is complete.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // The node the kernel now shows at the new name is backed by the copy.
+        if let Some(ino) = self.inodes.find(src_st.st_dev, src_st.st_ino) {
+            let path_fd = self.mirror.path_of(copy.as_fd())?;
+            let st = self.mirror.stat(path_fd.as_fd())?;
+            self.inodes.replace_backing(ino, path_fd, &st);
+            self.inodes
+                .moved(ino, new_parent, new_name, dst_path.as_bytes().into());
         }
         Ok(())
     }

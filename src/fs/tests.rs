@@ -478,3 +478,78 @@ fn ftruncate_of_a_writeback_before_any_write_is_staged_and_validated() {
     fs.release(fh, ME.pid).unwrap();
     assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
 }
+
+#[test]
+fn a_descriptor_open_on_a_renamed_temp_file_cannot_change_the_writeback() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
+    let reviews = root.join("github/repos/acme/api/pulls/42/reviews");
+    // An editor-style temporary is written in place (not a writeback until renamed).
+    let (_, tmp) = fs
+        .create(&ME, dir, OsStr::new("late.json.tmp"), 0o644, 0o022, libc::O_RDWR)
+        .unwrap();
+    let good = br#"{"event": "COMMENT", "body": "Validated."}"#;
+    fs.write(tmp.fh, 0, good).unwrap();
+    fs.rename(&ME, dir, OsStr::new("late.json.tmp"), dir, OsStr::new("late.json"), 0)
+        .unwrap();
+    assert_eq!(std::fs::read(reviews.join("late.json")).unwrap(), good);
+    assert!(!reviews.join("late.json.tmp").exists());
+    // The descriptor from before the rename still writes, but not to the provider path.
+    let _ = fs.write(tmp.fh, 0, b"not json at all, and much longer than before");
+    let late = walk(&fs, "/github/repos/acme/api/pulls/42/reviews/late.json").unwrap();
+    let _ = fs.setattr(&ME, late, resize(3, Some(tmp.fh)));
+    let _ = fs.release(tmp.fh, ME.pid);
+    assert_eq!(std::fs::read(reviews.join("late.json")).unwrap(), good);
+    // The guarded view reads what the mirror holds.
+    assert_eq!(
+        read_path(&fs, "/github/repos/acme/api/pulls/42/reviews/late.json").unwrap(),
+        good
+    );
+}
+
+#[test]
+fn an_exchange_in_a_provider_area_is_refused() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
+    let reviews = root.join("github/repos/acme/api/pulls/42/reviews");
+    let (_, tmp) = fs
+        .create(&ME, dir, OsStr::new("x.json.tmp"), 0o644, 0o022, libc::O_WRONLY)
+        .unwrap();
+    fs.write(tmp.fh, 0, b"not json").unwrap();
+    fs.release(tmp.fh, ME.pid).unwrap();
+    let before = snapshot_dir(&reviews);
+    // Either way round, one side's bytes would land at the provider path unvalidated.
+    for (a, b) in [
+        ("x.json.tmp", "draft-lead-review.json"),
+        ("draft-lead-review.json", "x.json.tmp"),
+    ] {
+        assert_eq!(
+            fs.rename(
+                &ME,
+                dir,
+                OsStr::new(a),
+                dir,
+                OsStr::new(b),
+                libc::RENAME_EXCHANGE
+            )
+            .unwrap_err(),
+            Errno::EACCES,
+            "{a} <-> {b}"
+        );
+        assert_eq!(snapshot_dir(&reviews), before);
+    }
+}
+
+fn snapshot_dir(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
