@@ -240,6 +240,7 @@ impl AuditLog {
                     self.thread.unpark();
                 }
                 if let Err(e) = tx.send(Msg::Event(Box::new(event))) {
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
                     if let Msg::Event(ev) = e.0 {
                         self.append_directly(&ev);
                     }

@@ -83,7 +83,7 @@ impl RevocationClient {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        let client = crate::token::jwks::http_client(timeout)?;
+        let client = crate::token::jwks::secret_client(timeout)?;
         if strategy == Strategy::Introspect && api_key.is_none() {
             return Err("--revocation introspect needs an API key (--relayauth-api-key or RELAYAUTH_API_KEY)".to_owned());
         }

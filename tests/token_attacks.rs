@@ -641,6 +641,32 @@ fn string_exp() {
 }
 
 #[test]
+fn exp_in_milliseconds() {
+    // Valid for "a long time" to a naive parser; past the year 9999 to anyone who formats it.
+    let ms = (now_secs() + 3600) * 1000;
+    let e = assert_code(
+        &ed().sign(&with(claims(), "exp", json!(ms))).unwrap(),
+        InvalidToken,
+    );
+    assert!(e.message.contains("milliseconds"), "{e}");
+    assert_code(
+        &ed().sign(&with(claims(), "iat", json!(ms))).unwrap(),
+        InvalidToken,
+    );
+    assert_code(
+        &ed().sign(&with(claims(), "nbf", json!(ms))).unwrap(),
+        InvalidToken,
+    );
+    // The last second of 9999 is still a date.
+    let last = with(claims(), "exp", json!(253_402_300_799u64));
+    assert!(
+        verifier()
+            .verify(&ed().sign(&last).unwrap(), std::time::SystemTime::now())
+            .is_ok()
+    );
+}
+
+#[test]
 fn missing_exp() {
     let e = assert_code(&ed().sign(&without(claims(), "exp")).unwrap(), InvalidToken);
     assert!(e.message.contains("exp"), "{e}");

@@ -330,6 +330,23 @@ async fn assert_no_retry_after(reply: fn() -> Reply, options: RefreshOptions) {
 }
 
 #[tokio::test]
+async fn a_refresh_token_never_follows_a_redirect() {
+    let elsewhere = Server::start(|_| Reply::Json(200, "{}".into())).await;
+    let target = elsewhere.url("/v1/tokens/refresh");
+    let server = Server::start(move |_| Reply::Redirect(307, target.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_bundle(dir.path(), &server.url(""), &due_token());
+    let verifier = shared_verifier();
+    let e = refresher(&path, &verifier).refresh().await.unwrap_err();
+    assert_eq!(server.hits(), 1);
+    assert_eq!(
+        elsewhere.hits(),
+        0,
+        "the refresh token went to another host: {e}"
+    );
+}
+
+#[tokio::test]
 async fn a_connection_dropped_after_sending_is_not_retried() {
     assert_no_retry_after(|| Reply::Drop, RefreshOptions::default()).await;
 }

@@ -14,7 +14,8 @@ use crate::token::credentials::CredentialSource;
 fn duration(text: &str) -> Result<Duration, String> {
     if let Ok(secs) = text.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
+            return Duration::try_from_secs_f64(secs)
+                .map_err(|e| format!("{text:?} is too long a duration: {e}"));
         }
     }
     humantime::parse_duration(text)
@@ -255,5 +256,18 @@ pub fn run_unmount(args: UnmountArgs) -> Outcome {
             code: 1,
             message: e,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("1.5").unwrap().as_millis(), 1500);
+        assert_eq!(duration("500ms").unwrap().as_millis(), 500);
+        assert!(duration("1e20").unwrap_err().contains("too long"));
+        assert!(duration("soon").unwrap_err().contains("not a duration"));
     }
 }

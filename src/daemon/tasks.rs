@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
@@ -136,8 +136,14 @@ async fn signals(stop: Sender<Stop>) {
 async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender<Stop>) {
     let me = rustix::process::getuid().as_raw();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: do not spin, try again shortly.
+                tracing::warn!("control socket: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let allowed = stream
             .peer_cred()
@@ -147,7 +153,8 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            let mut reader = BufReader::new(read);
+            // One request line, bounded: nobody makes the daemon buffer without limit.
+            let mut reader = BufReader::new(read).take(64 * 1024);
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }

@@ -807,8 +807,22 @@ impl GuardFs {
                 Some((&policy_id, &provider_action)),
             );
         }
-        let policies = self.policies();
-        if let Some(policy) = policies.policies().iter().find(|p| p.id == policy_id) {
+        if !policy_id.is_empty() {
+            let policies = self.policies();
+            // Policies reloaded since the gate and this one gone: fail closed.
+            let Some(policy) = policies.policies().iter().find(|p| p.id == policy_id) else {
+                let why = format!(
+                    "writeback policy {policy_id} was removed while {} was open",
+                    s.path
+                );
+                return self.quarantine(
+                    &ctx,
+                    s,
+                    Errno::EACCES,
+                    &why,
+                    Some((&policy_id, &provider_action)),
+                );
+            };
             let parent = self.inodes.get(s.parent);
             let schemas = MirrorSchemas { fs: self, parent };
             if let Err(r) = policies.check_payload(policy, &s.path, &content, &schemas) {

@@ -487,12 +487,26 @@ fn a_descriptor_open_on_a_renamed_temp_file_cannot_change_the_writeback() {
     let reviews = root.join("github/repos/acme/api/pulls/42/reviews");
     // An editor-style temporary is written in place (not a writeback until renamed).
     let (_, tmp) = fs
-        .create(&ME, dir, OsStr::new("late.json.tmp"), 0o644, 0o022, libc::O_RDWR)
+        .create(
+            &ME,
+            dir,
+            OsStr::new("late.json.tmp"),
+            0o644,
+            0o022,
+            libc::O_RDWR,
+        )
         .unwrap();
     let good = br#"{"event": "COMMENT", "body": "Validated."}"#;
     fs.write(tmp.fh, 0, good).unwrap();
-    fs.rename(&ME, dir, OsStr::new("late.json.tmp"), dir, OsStr::new("late.json"), 0)
-        .unwrap();
+    fs.rename(
+        &ME,
+        dir,
+        OsStr::new("late.json.tmp"),
+        dir,
+        OsStr::new("late.json"),
+        0,
+    )
+    .unwrap();
     assert_eq!(std::fs::read(reviews.join("late.json")).unwrap(), good);
     assert!(!reviews.join("late.json.tmp").exists());
     // The descriptor from before the rename still writes, but not to the provider path.
@@ -515,7 +529,14 @@ fn an_exchange_in_a_provider_area_is_refused() {
     let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
     let reviews = root.join("github/repos/acme/api/pulls/42/reviews");
     let (_, tmp) = fs
-        .create(&ME, dir, OsStr::new("x.json.tmp"), 0o644, 0o022, libc::O_WRONLY)
+        .create(
+            &ME,
+            dir,
+            OsStr::new("x.json.tmp"),
+            0o644,
+            0o022,
+            libc::O_WRONLY,
+        )
         .unwrap();
     fs.write(tmp.fh, 0, b"not json").unwrap();
     fs.release(tmp.fh, ME.pid).unwrap();

@@ -79,15 +79,12 @@ impl Callers {
         out
     }
 
-    /// How many sessions may be acting in the mount (kernel caches are shared by all callers,
-    /// so the filesystem turns them off when this exceeds one).
+    /// How many views of the mount callers may have (kernel caches are shared by all callers,
+    /// so the filesystem turns them off when this exceeds one). Unregistered callers have one
+    /// view besides the registered sessions: the mount session's, or, when registration is
+    /// required, the empty one, which a cached entry of a registered session must not reach.
     pub fn session_count(&self) -> usize {
-        let registered = self.registered.read().len();
-        if self.require_registration {
-            registered
-        } else {
-            1 + registered
-        }
+        1 + self.registered.read().len()
     }
 
     /// The session `pid` acts under, or `None` when it may see nothing.
@@ -154,5 +151,7 @@ mod tests {
             child,
         );
         assert!(callers.resolve(me).is_none());
+        // One registered session plus the empty view of everyone else: two views, no caching.
+        assert_eq!(callers.session_count(), 2);
     }
 }

@@ -752,8 +752,8 @@ async fn read_file(path: &std::path::Path, max: usize) -> Result<String, JwksErr
     String::from_utf8(bytes).map_err(|_| err("the file is not UTF-8 text".into()))
 }
 
-/// An HTTP client for key and token endpoints: rustls, a timeout, and no redirect that would
-/// leave https.
+/// An HTTP client for key endpoints: rustls, a timeout, and no redirect that would leave
+/// https. A JWKS carries no secret, so following a redirect is harmless.
 pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
@@ -766,6 +766,19 @@ pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> 
             attempt.follow()
         }
     });
+    build_client(timeout, policy)
+}
+
+/// An HTTP client for requests that carry a secret (a refresh token, an API key, a bearer
+/// token): redirects are not followed, so the secret only ever goes to the configured host.
+pub(crate) fn secret_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    build_client(timeout, reqwest::redirect::Policy::none())
+}
+
+fn build_client(
+    timeout: Duration,
+    policy: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)

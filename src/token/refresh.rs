@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use super::b64url_encode;
 use super::credentials::{Bundle, CredentialError, CredentialSource, Credentials};
 use super::error::TokenError;
-use super::jwks::{describe_http_error, http_client, is_loopback};
+use super::jwks::{describe_http_error, is_loopback, secret_client};
 use super::verify::{VerifiedToken, Verifier};
 
 /// Whether a token is due for refresh at `now`: 80% of its lifetime (`iat` to `exp`) has passed.
@@ -218,7 +218,7 @@ impl Refresher {
         verifier: Arc<Verifier>,
         options: RefreshOptions,
     ) -> Result<Refresher, RefreshError> {
-        let client = http_client(options.timeout).map_err(RefreshError::BadEndpoint)?;
+        let client = secret_client(options.timeout).map_err(RefreshError::BadEndpoint)?;
         Ok(Refresher {
             bundle: bundle.into(),
             verifier,

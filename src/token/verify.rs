@@ -48,6 +48,8 @@ pub const RELAYFILE_AUDIENCE: &str = "relayfile";
 pub const MAX_TOKEN_BYTES: usize = 64 * 1024;
 /// The longest sponsor chain accepted.
 pub const MAX_SPONSOR_CHAIN: usize = 10;
+/// The last second of the year 9999 (UTC): the latest time a claim may name.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 /// Prefixes relayauth puts on JWT access tokens.
 const JWT_PREFIXES: [&str; 3] = ["relay_ag_", "relay_pa_", "relay_id_"];
 
@@ -449,6 +451,19 @@ impl Verifier {
             ));
         }
 
+        // Times past the year 9999 are not dates anyone means (often milliseconds where seconds
+        // belong), and no RFC 3339 rendering downstream could show them.
+        for (name, value) in [("exp", Some(c.exp)), ("iat", Some(c.iat)), ("nbf", c.nbf)] {
+            if value.is_some_and(|v| v > MAX_NUMERIC_DATE) {
+                return Err(refuse(
+                    TokenErrorCode::InvalidToken,
+                    format!(
+                        "the token's {name} ({}) lies after the year 9999; NumericDate claims are seconds since 1970, not milliseconds",
+                        value.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         let leeway = cfg.leeway;
         let exp = from_unix(c.exp);
         let expired = exp.checked_add(leeway).is_none_or(|limit| now >= limit);

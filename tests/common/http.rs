@@ -33,6 +33,8 @@ pub enum Reply {
     After(Duration, Box<Reply>),
     /// Close the connection without answering (after reading the whole request).
     Drop,
+    /// Answer with this redirect status and `Location`.
+    Redirect(u16, String),
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
@@ -132,6 +134,14 @@ async fn serve(
                 reply = *next;
             }
             Reply::Drop => return Ok(()),
+            Reply::Redirect(status, location) => {
+                let text = format!(
+                    "HTTP/1.1 {status} X\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(text.as_bytes()).await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
             Reply::Json(status, body) => {
                 let text = format!(
                     "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
