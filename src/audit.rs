@@ -162,11 +162,6 @@ impl Event {
         self.metadata.insert(key.to_owned(), value.into());
         self
     }
-
-    pub fn request_id(mut self, id: String) -> Event {
-        self.request_id = id;
-        self
-    }
 }
 
 enum Msg {

@@ -596,6 +596,3 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
             .map_err(io::Error::from),
     }
 }
-
-/// How long the kernel may cache an entry while one session acts (re-exported for docs).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(1);

@@ -255,7 +255,7 @@ pub fn compute(
             workspace: grants.actor.workspace_id.clone(),
             token_id: grants.actor.token_id.clone(),
             session_id: grants.actor.session_id.clone(),
-            expires_at: humantime::format_rfc3339_seconds(expires).to_string(),
+            expires_at: crate::token::time::format_rfc3339(expires),
             state: state.name().to_owned(),
             state_detail: describe_state(state, expires, now),
         },
@@ -268,7 +268,7 @@ pub fn compute(
         recent_denials: denials
             .iter()
             .map(|d| DenialNote {
-                at: humantime::format_rfc3339_seconds(d.at).to_string(),
+                at: crate::token::time::format_rfc3339(d.at),
                 path: d.path.clone(),
                 operation: d.operation.clone(),
                 reason: d.reason.clone(),

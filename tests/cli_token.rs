@@ -183,6 +183,22 @@ fn check_token_env() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["allowed"], true);
 
+    // `--token-env` alone reads RELAYAUTH_TOKEN.
+    let out: Output = bin()
+        .args([
+            "check",
+            "--token-env",
+            "--jwks",
+            f.jwks(),
+            "--workspace",
+            WORKSPACE,
+        ])
+        .args(["--require", "fs:read", "--path", PATH, "--json"])
+        .env("RELAYAUTH_TOKEN", &jwt)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
     let out = bin()
         .args([
             "check",

@@ -161,6 +161,16 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The refusal of a structurally forbidden operation (EPERM for everyone).
+    pub fn forbidden(f: Forbidden) -> Decision {
+        Decision::new(
+            Verdict::Forbidden,
+            Op::Forbidden(f),
+            None,
+            Reason::Forbidden(f),
+        )
+    }
+
     pub fn allowed(&self) -> bool {
         self.verdict == Verdict::Allow
     }
@@ -235,17 +245,19 @@ pub fn decide(scopes: &ScopeSet, path: &[u8], place: &Place, op: Op) -> Decision
 }
 
 fn decide_content(scopes: &ScopeSet, path: &[u8], op: Op) -> Decision {
-    // A new path does not exist yet, so it need not be visible; everything else must be.
-    if op != Op::Create && !scopes.visible(path) {
-        return Decision::new(Verdict::Hidden, op, None, Reason::NotVisible);
-    }
-    if let Op::Forbidden(f) = op {
-        return Decision::new(Verdict::Forbidden, op, None, Reason::Forbidden(f));
-    }
     let Some(index) = op.requirement_index() else {
-        return Decision::new(Verdict::Allow, op, None, Reason::Visible);
+        // `See` and the structurally refused operations: visibility first.
+        if !scopes.visible(path) {
+            return Decision::new(Verdict::Hidden, op, None, Reason::NotVisible);
+        }
+        return match op {
+            Op::Forbidden(f) => Decision::new(Verdict::Forbidden, op, None, Reason::Forbidden(f)),
+            _ => Decision::new(Verdict::Allow, op, None, Reason::Visible),
+        };
     };
     let requirement = Requirement::known(index);
+    // A grant for the requirement makes the path visible too (the visibility index holds every
+    // fs grant), so an allowed decision needs one index walk.
     match scopes.check_known(index, path) {
         Some(m) => Decision::new(
             Verdict::Allow,
@@ -256,6 +268,10 @@ fn decide_content(scopes: &ScopeSet, path: &[u8], op: Op) -> Decision {
                 via: m.via,
             },
         ),
+        // A new path does not exist yet, so it need not be visible; everything else must be.
+        None if op != Op::Create && !scopes.visible(path) => {
+            Decision::new(Verdict::Hidden, op, None, Reason::NotVisible)
+        }
         None => Decision::new(Verdict::Deny, op, Some(requirement), Reason::NoGrant),
     }
 }

@@ -41,8 +41,9 @@ pub struct MountArgs {
     /// relayfile's delegated credentials bundle (JSON); refreshed before expiry.
     #[arg(long, value_name = "BUNDLE")]
     credentials: Option<PathBuf>,
-    /// An environment variable holding the access token (e.g. RELAYAUTH_TOKEN).
-    #[arg(long, value_name = "VAR")]
+    /// An environment variable holding the access token (`--token-env` alone: RELAYAUTH_TOKEN).
+    #[arg(long = "token-env", value_name = "VAR", num_args = 0..=1,
+          default_missing_value = crate::token::credentials::DEFAULT_TOKEN_ENV)]
     token_env: Option<String>,
     /// relayauth's base URL (revocation checks, refresh, default JWKS).
     #[arg(long, value_name = "URL", env = "RELAYAUTH_URL")]

@@ -25,8 +25,9 @@ pub struct TokenArgs {
     /// A file holding the access token (a JWT, optionally relay_ag_-prefixed).
     #[arg(long = "token-file", value_name = "F")]
     pub token_file: Option<PathBuf>,
-    /// An environment variable holding the access token (e.g. RELAYAUTH_TOKEN).
-    #[arg(long = "token-env", value_name = "VAR")]
+    /// An environment variable holding the access token (`--token-env` alone: RELAYAUTH_TOKEN).
+    #[arg(long = "token-env", value_name = "VAR", num_args = 0..=1,
+          default_missing_value = crate::token::credentials::DEFAULT_TOKEN_ENV)]
     pub token_env: Option<String>,
     /// relayfile's delegated credentials bundle (JSON with accessToken).
     #[arg(long = "credentials", value_name = "BUNDLE")]

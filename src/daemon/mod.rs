@@ -437,7 +437,7 @@ fn summary(shared: &Shared, session: &Session, policies: &PolicySet, revocation:
         "  token {}, session {}, expires {} (in {left})\n",
         a.token_id,
         a.session_id,
-        humantime::format_rfc3339_seconds(g.expires_at)
+        crate::token::time::format_rfc3339(g.expires_at)
     ));
     s.push_str("  scopes:\n");
     for scope in g.scopes.scopes() {
@@ -754,7 +754,7 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
                 "workspace": g.actor.workspace_id,
                 "token_id": g.actor.token_id,
                 "session_id": g.actor.session_id,
-                "expires_at": humantime::format_rfc3339_seconds(g.expires_at).to_string(),
+                "expires_at": crate::token::time::format_rfc3339(g.expires_at),
                 "expires_in_secs": g.expires_at.duration_since(now).map(|d| d.as_secs()).unwrap_or(0),
                 "state": state.name(),
                 "state_detail": state.describe(),

@@ -54,6 +54,14 @@ impl Errno {
     pub const EFBIG: Errno = Errno(libc::EFBIG);
 }
 
+/// The errno a refusing decision answers with (`Ok` when it allows).
+pub(crate) fn errno_of(d: &crate::authz::Decision) -> FsResult<()> {
+    match d.verdict.errno() {
+        Some(e) => Err(Errno(e)),
+        None => Ok(()),
+    }
+}
+
 impl From<io::Error> for Errno {
     fn from(e: io::Error) -> Errno {
         Errno(e.raw_os_error().unwrap_or(libc::EIO))
@@ -236,10 +244,6 @@ impl GuardFs {
             quarantine,
             started: Instant::now(),
         })
-    }
-
-    pub fn callers(&self) -> &Arc<Callers> {
-        &self.callers
     }
 
     pub fn stats(&self) -> &Stats {
@@ -899,9 +903,7 @@ impl GuardFs {
         if op == Op::Write {
             self.note(&ctx, &path, "setxattr", &d);
         }
-        if let Some(e) = d.verdict.errno() {
-            return Err(Errno(e));
-        }
+        errno_of(&d)?;
         let proc = self.mirror.proc_path(b.fd.as_fd());
         Ok((node, proc))
     }

@@ -116,15 +116,6 @@ impl Handles {
         let s = s.lock();
         rustix::fs::fstat(s.file.as_ref()?).ok()
     }
-
-    /// How many handles are open.
-    pub fn len(&self) -> usize {
-        self.table.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Schemas looked up inside the mirror through descriptors: `/.relay/schemas/<ref>.json`, else
@@ -349,16 +340,12 @@ impl GuardFs {
             if !write || !d.allowed() {
                 self.note(&ctx, &path, "open", &d);
             }
-            if let Some(e) = d.verdict.errno() {
-                return Err(Errno(e));
-            }
+            super::core::errno_of(&d)?;
         }
         if write {
             let d = self.decide(&ctx, &path, &place, Op::Write);
             self.note(&ctx, &path, "open", &d);
-            if let Some(e) = d.verdict.errno() {
-                return Err(Errno(e));
-            }
+            super::core::errno_of(&d)?;
         }
         let body = match &node.kind {
             NodeKind::Permissions { .. } => Body::Bytes(self.render_permissions(&ctx, &node)?),
@@ -447,20 +434,13 @@ impl GuardFs {
         let path = super::inode::child_path(&dir.path(), name);
         let place = self.place(&path, name, None);
         if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-            let d = crate::authz::Decision::new(
-                crate::authz::Verdict::Forbidden,
-                Op::Forbidden(crate::authz::Forbidden::SetId),
-                None,
-                crate::authz::Reason::Forbidden(crate::authz::Forbidden::SetId),
-            );
+            let d = crate::authz::Decision::forbidden(crate::authz::Forbidden::SetId);
             self.note(&ctx, &path, "create", &d);
             return Err(Errno::EPERM);
         }
         let d = self.decide(&ctx, &path, &place, Op::Create);
         self.note(&ctx, &path, "create", &d);
-        if let Some(e) = d.verdict.errno() {
-            return Err(Errno(e));
-        }
+        super::core::errno_of(&d)?;
         if place != Place::Content {
             return Err(Errno::EACCES);
         }

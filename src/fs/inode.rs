@@ -106,13 +106,6 @@ impl Node {
         }
     }
 
-    pub fn mirror_kind(&self) -> Option<Kind> {
-        match &self.kind {
-            NodeKind::Backed(b) => Some(b.read().kind),
-            NodeKind::RelayView { .. } | NodeKind::Permissions { .. } => Some(Kind::File),
-        }
-    }
-
     pub fn is_dir(&self) -> bool {
         matches!(&self.kind, NodeKind::Backed(b) if b.read().kind == Kind::Dir)
     }
@@ -400,15 +393,6 @@ impl Inodes {
             ino: stat.st_ino,
         };
         t.by_key.insert(Key::Object(stat.st_dev, stat.st_ino), ino);
-    }
-
-    /// How many nodes are held (for status and tests).
-    pub fn len(&self) -> usize {
-        self.table.read().nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -59,7 +59,6 @@ pub struct Entry {
 pub struct Mirror {
     root: OwnedFd,
     proc_fd: OwnedFd,
-    dev: u64,
 }
 
 impl Mirror {
@@ -70,22 +69,16 @@ impl Mirror {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        let dev = rustix::fs::fstat(&root)?.st_dev;
         let proc_fd = rustix::fs::open(
             "/proc/self/fd",
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Mirror { root, proc_fd, dev })
+        Ok(Mirror { root, proc_fd })
     }
 
     pub fn root(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
-    }
-
-    /// The device of the mirror root (objects on other devices are mount points inside it).
-    pub fn dev(&self) -> u64 {
-        self.dev
     }
 
     /// A fresh `O_PATH` descriptor for the root, with its stat.

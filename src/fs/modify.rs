@@ -9,34 +9,18 @@
 //! copying file by file, each write checked on its own.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, TimeOrNow};
 use rustix::fs::{RenameFlags, Stat, Timestamps};
 
-use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs, Seen};
+use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs, Seen, errno_of};
 use super::inode::{Ino, child_path};
 use super::mirror::Kind;
 use crate::audit::Outcome;
-use crate::authz::{Decision, Forbidden, Op, PERMISSIONS_FILE, Place, Reason, Verdict};
-
-fn forbidden(f: Forbidden) -> Decision {
-    Decision::new(
-        Verdict::Forbidden,
-        Op::Forbidden(f),
-        None,
-        Reason::Forbidden(f),
-    )
-}
-
-fn errno_of(d: &Decision) -> FsResult<()> {
-    match d.verdict.errno() {
-        Some(e) => Err(Errno(e)),
-        None => Ok(()),
-    }
-}
+use crate::authz::{Decision, Forbidden, Op, PERMISSIONS_FILE, Place};
 
 fn timespec(t: TimeOrNow) -> rustix::fs::Timespec {
     match t {
@@ -71,6 +55,15 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+/// A name in a directory, decided: the directory's descriptor, the name's path and place, and
+/// (for a change to an existing name) what the mirror holds there.
+struct Child {
+    dir_fd: std::sync::Arc<OwnedFd>,
+    path: std::sync::Arc<[u8]>,
+    place: Place,
+    found: Option<Stat>,
+}
+
 impl GuardFs {
     /// Decide, audit and refuse a change to a new or existing name in `parent`.
     fn decide_child(
@@ -80,23 +73,50 @@ impl GuardFs {
         name: &OsStr,
         op: Op,
         operation: &str,
-    ) -> FsResult<(Vec<u8>, Place)> {
+    ) -> FsResult<Child> {
         let dir = self.node(parent)?;
-        self.dir_fd(&dir)?;
-        let path = child_path(&dir.path(), name).to_vec();
-        let place = if op == Op::Create {
-            self.place(&path, name, None)
+        let fd = self.dir_fd(&dir)?;
+        let path = child_path(&dir.path(), name);
+        let (place, found) = if op == Op::Create {
+            (self.place(&path, name, None), None)
         } else {
-            let fd = self.dir_fd(&dir)?;
             match self.mirror.lookup(fd.as_fd(), name) {
-                Ok((f, st)) => self.place(&path, name, Some((f.as_fd(), &st))),
-                Err(_) => self.place(&path, name, None),
+                Ok((f, st)) => (self.place(&path, name, Some((f.as_fd(), &st))), Some(st)),
+                Err(_) => (self.place(&path, name, None), None),
             }
         };
         let d = self.decide(ctx, &path, &place, op);
         self.note(ctx, &path, operation, &d);
         errno_of(&d)?;
-        Ok((path, place))
+        Ok(Child {
+            dir_fd: fd,
+            path,
+            place,
+            found,
+        })
+    }
+
+    /// A new directory or symlink named `name` in `parent`, made by `make` once allowed.
+    fn make_child(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &OsStr,
+        operation: &str,
+        make: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<(OwnedFd, Stat)>,
+    ) -> FsResult<Entry> {
+        let ctx = self.ctx(caller);
+        let child = self.decide_child(&ctx, parent, name, Op::Create, operation)?;
+        if child.place != Place::Content {
+            return Err(Errno::EACCES);
+        }
+        let (nfd, st) = make(child.dir_fd.as_fd())?;
+        let node = self.inodes.remember(parent, name, child.path, nfd, &st);
+        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
+        Ok(Entry {
+            attr,
+            ttl: self.ttl(),
+        })
     }
 
     pub fn mkdir(
@@ -107,19 +127,8 @@ impl GuardFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Entry> {
-        let ctx = self.ctx(caller);
-        let (path, place) = self.decide_child(&ctx, parent, name, Op::Create, "mkdir")?;
-        if place != Place::Content {
-            return Err(Errno::EACCES);
-        }
-        let dir = self.node(parent)?;
-        let fd = self.dir_fd(&dir)?;
-        let (nfd, st) = self.mirror.mkdir(fd.as_fd(), name, mode & !umask & 0o777)?;
-        let node = self.inodes.remember(parent, name, path.into(), nfd, &st);
-        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
-        Ok(Entry {
-            attr,
-            ttl: self.ttl(),
+        self.make_child(caller, parent, name, "mkdir", |fd| {
+            self.mirror.mkdir(fd, name, mode & !umask & 0o777)
         })
     }
 
@@ -130,25 +139,14 @@ impl GuardFs {
         name: &OsStr,
         target: &std::path::Path,
     ) -> FsResult<Entry> {
-        let ctx = self.ctx(caller);
-        let (path, place) = self.decide_child(&ctx, parent, name, Op::Create, "symlink")?;
-        if place != Place::Content {
-            return Err(Errno::EACCES);
-        }
-        let dir = self.node(parent)?;
-        let fd = self.dir_fd(&dir)?;
-        let (nfd, st) = self.mirror.symlink(fd.as_fd(), name, target)?;
-        let node = self.inodes.remember(parent, name, path.into(), nfd, &st);
-        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
-        Ok(Entry {
-            attr,
-            ttl: self.ttl(),
+        self.make_child(caller, parent, name, "symlink", |fd| {
+            self.mirror.symlink(fd, name, target)
         })
     }
 
     pub fn unlink(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
         let ctx = self.ctx(caller);
-        let (path, _) = self.decide_child(&ctx, parent, name, Op::Delete, "unlink")?;
+        let child = self.decide_child(&ctx, parent, name, Op::Delete, "unlink")?;
         // A staged new file that was never committed only has to be forgotten.
         if self
             .pending
@@ -158,25 +156,21 @@ impl GuardFs {
         {
             return Ok(());
         }
-        let path_str = String::from_utf8_lossy(&path).into_owned();
-        let dir = self.node(parent)?;
-        let fd = self.dir_fd(&dir)?;
-        let (_, st) = self.mirror.lookup(fd.as_fd(), name)?;
-        if Kind::of(&st) == Kind::File
-            && let Err((e, why)) = self.writeback_gate(&ctx, &path_str)
-        {
-            self.note_writeback(&ctx, &path_str, "unlink", Outcome::Denied, &why, None);
-            return Err(e);
+        let st = child.found.ok_or(Errno::ENOENT)?;
+        if Kind::of(&st) == Kind::File {
+            let path = String::from_utf8_lossy(&child.path);
+            if let Err((e, why)) = self.writeback_gate(&ctx, &path) {
+                self.note_writeback(&ctx, &path, "unlink", Outcome::Denied, &why, None);
+                return Err(e);
+            }
         }
-        Ok(self.mirror.unlink(fd.as_fd(), name)?)
+        Ok(self.mirror.unlink(child.dir_fd.as_fd(), name)?)
     }
 
     pub fn rmdir(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
         let ctx = self.ctx(caller);
-        self.decide_child(&ctx, parent, name, Op::Delete, "rmdir")?;
-        let dir = self.node(parent)?;
-        let fd = self.dir_fd(&dir)?;
-        Ok(self.mirror.rmdir(fd.as_fd(), name)?)
+        let child = self.decide_child(&ctx, parent, name, Op::Delete, "rmdir")?;
+        Ok(self.mirror.rmdir(child.dir_fd.as_fd(), name)?)
     }
 
     /// Hard links are refused for everyone (after visibility: a hidden path stays hidden).
@@ -190,7 +184,7 @@ impl GuardFs {
         let ctx = self.visible_node(caller, ino)?.ctx;
         let dir = self.node(new_parent)?;
         let target = child_path(&dir.path(), new_name);
-        let d = forbidden(Forbidden::HardLink);
+        let d = Decision::forbidden(Forbidden::HardLink);
         self.note(&ctx, &target, "link", &d);
         Err(Errno::EPERM)
     }
@@ -208,7 +202,7 @@ impl GuardFs {
             let ctx = self.ctx(caller);
             let dir = self.node(parent)?;
             let path = child_path(&dir.path(), name);
-            let d = forbidden(Forbidden::DeviceNode);
+            let d = Decision::forbidden(Forbidden::DeviceNode);
             self.note(&ctx, &path, "mknod", &d);
             return Err(Errno::EPERM);
         }
@@ -445,14 +439,14 @@ impl GuardFs {
         let chown =
             set.uid.is_some_and(|u| u != st.st_uid) || set.gid.is_some_and(|g| g != st.st_gid);
         if chown {
-            let d = forbidden(Forbidden::Chown);
+            let d = Decision::forbidden(Forbidden::Chown);
             self.note(&ctx, &path, "setattr", &d);
             return Err(Errno::EPERM);
         }
         if let Some(mode) = set.mode
             && mode & (libc::S_ISUID | libc::S_ISGID) != 0
         {
-            let d = forbidden(Forbidden::SetId);
+            let d = Decision::forbidden(Forbidden::SetId);
             self.note(&ctx, &path, "setattr", &d);
             return Err(Errno::EPERM);
         }

@@ -7,6 +7,7 @@
 //! A known family with an action it does not know grants nothing. Unknown families (say
 //! `search`) are matched generically: the same action, `*`, or `manage` for `read`/`write`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A known scope family.
@@ -100,8 +101,9 @@ pub const KNOWN_REQUIREMENTS: [(Family, &str); 14] = [
 /// What a decision is about: `resource:action`, e.g. `fs:read` or `ops:replay`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Requirement {
-    resource: Box<str>,
-    action: Box<str>,
+    /// Borrowed for the known requirements, so deciding one allocates nothing.
+    resource: Cow<'static, str>,
+    action: Cow<'static, str>,
     /// Index into [`KNOWN_REQUIREMENTS`] when this is a known family's known action.
     known: Option<u8>,
 }
@@ -159,8 +161,8 @@ impl Requirement {
             .position(|(f, a)| f.name() == resource && *a == action)
             .map(|i| i as u8);
         Ok(Requirement {
-            resource: resource.into(),
-            action: action.into(),
+            resource: Cow::Owned(resource.to_owned()),
+            action: Cow::Owned(action.to_owned()),
             known,
         })
     }
@@ -169,8 +171,8 @@ impl Requirement {
     pub fn known(index: usize) -> Requirement {
         let (family, action) = KNOWN_REQUIREMENTS[index];
         Requirement {
-            resource: family.name().into(),
-            action: action.into(),
+            resource: Cow::Borrowed(family.name()),
+            action: Cow::Borrowed(action),
             known: Some(index as u8),
         }
     }

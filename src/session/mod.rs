@@ -43,10 +43,10 @@ impl State {
             State::Active => "active".to_owned(),
             State::Revoked { at, reason } => format!(
                 "revoked at {} ({reason})",
-                humantime::format_rfc3339_seconds(*at)
+                crate::token::time::format_rfc3339(*at)
             ),
             State::Expired { at } => {
-                format!("expired at {}", humantime::format_rfc3339_seconds(*at))
+                format!("expired at {}", crate::token::time::format_rfc3339(*at))
             }
         }
     }

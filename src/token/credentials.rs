@@ -20,7 +20,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value};
 
 use super::refresh::TokenPair;
-use super::time::{format_rfc3339, parse_rfc3339};
+use super::time::format_rfc3339;
 
 /// The environment variable a token is read from by default.
 pub const DEFAULT_TOKEN_ENV: &str = "RELAYAUTH_TOKEN";
@@ -332,11 +332,6 @@ impl Bundle {
 
     pub fn refresh_token_expires_at(&self) -> Option<&str> {
         self.first(&["refreshTokenExpiresAt", "relayfileRefreshTokenExpiresAt"])
-    }
-
-    /// `refreshTokenExpiresAt` as a time, when it is a valid RFC 3339 date.
-    pub fn refresh_token_expiry(&self) -> Option<SystemTime> {
-        self.refresh_token_expires_at().and_then(parse_rfc3339)
     }
 
     pub fn relayauth_url(&self) -> Option<&str> {

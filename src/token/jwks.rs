@@ -323,14 +323,6 @@ impl KeyKind {
             KeyKind::Ed25519 => Algorithm::EdDSA,
         }
     }
-
-    /// `RS256` or `EdDSA`, as in a JOSE header.
-    pub fn alg_name(self) -> &'static str {
-        match self {
-            KeyKind::Rsa { .. } => "RS256",
-            KeyKind::Ed25519 => "EdDSA",
-        }
-    }
 }
 
 impl fmt::Display for KeyKind {

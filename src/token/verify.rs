@@ -177,10 +177,6 @@ impl VerifiedToken {
         from_unix(self.claims.iat)
     }
 
-    pub fn not_before(&self) -> Option<SystemTime> {
-        self.claims.nbf.map(from_unix)
-    }
-
     /// Whether the token has expired at `now`, without leeway: local enforcement ends at `exp`.
     pub fn is_expired(&self, now: SystemTime) -> bool {
         now >= self.expires_at()
