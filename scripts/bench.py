@@ -30,11 +30,11 @@ def sh(cmd, **kw):
 
 
 def drop_caches():
+    os.sync()
     try:
-        os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    except OSError:
-        pass
+    except OSError as e:
+        raise SystemExit(f"cannot drop the page cache ({e}); run the benchmarks as root")
 
 
 def timed(cmd, cwd=None):

@@ -82,16 +82,19 @@ printf '{"event": "COMMENT", "body": "Looks good; please add a test for the evic
 ls -l "$work/mirror/github/repos/acme/api/pulls/42/reviews/demo-review.json"
 
 say "an invalid writeback is refused at close() and never reaches the mirror"
-python3 - "$m/github/repos/acme/api/pulls/42/reviews/bad-review.json" <<'EOF' || true
+python3 - "$m/github/repos/acme/api/pulls/42/reviews/bad-review.json" <<'EOF'
 import sys
 f = open(sys.argv[1], "w")
 f.write('{"event": "LGTM"}')
 try:
     f.close()
-    print("UNEXPECTED: accepted")
 except OSError as e:
     print("close() failed:", e)
+else:
+    sys.exit("UNEXPECTED: the invalid review was accepted")
 EOF
+[ ! -e "$work/mirror/github/repos/acme/api/pulls/42/reviews/bad-review.json" ] \
+  || { echo "UNEXPECTED: the invalid review reached the mirror" >&2; exit 1; }
 
 say "_PERMISSIONS.md in github/repos/acme/api (without its closing json block)"
 sed '/^```json/,$d' "$m/github/repos/acme/api/_PERMISSIONS.md"

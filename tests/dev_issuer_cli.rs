@@ -267,7 +267,7 @@ fn generated_key_seed_eddsa_and_tokens_the_mount_cli_accepts() {
     assert_eq!((code, &v["allowed"]), (0, &json!(true)), "{v}");
     let (code, v) = check("/github/repos/other/README.md", "fs:write");
     assert_eq!((code, &v["allowed"]), (1, &json!(false)), "{v}");
-    let (code, _, err) = run(&[
+    let (code, out, err) = run(&[
         "check",
         "--token-file",
         token_file.to_str().unwrap(),
@@ -281,9 +281,11 @@ fn generated_key_seed_eddsa_and_tokens_the_mount_cli_accepts() {
         "/github",
         "--json",
     ]);
+    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
     assert_eq!(
-        code, 1,
-        "the default issuer is not the development one: {err}"
+        (code, &v["error_code"]),
+        (1, &json!("wrong_issuer")),
+        "the default issuer is not the development one: {out}{err}"
     );
 
     let (status, err) = proc.stop(libc::SIGINT);

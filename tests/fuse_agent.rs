@@ -409,13 +409,14 @@ fn git_status_on_a_repository_inside_the_mirror() {
             .status
             .success()
     );
+    // main.go is provider content no writeback policy covers: the edit is refused, the tree
+    // stays clean, the mirror keeps its bytes.
+    let main_go = m.mirror_at("github/repos/acme/api/code/main.go");
+    let before = std::fs::read(&main_go).unwrap();
     let o = m.sh("cd github/repos/acme/api/code && echo change >> main.go; git -c safe.directory='*' status --porcelain");
-    assert!(
-        out(&o).contains("main.go") || err(&o).contains("Permission denied"),
-        "{}{}",
-        out(&o),
-        err(&o)
-    );
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
+    assert!(!out(&o).contains("main.go"), "{}", out(&o));
+    assert_eq!(std::fs::read(&main_go).unwrap(), before);
     // A reader without write access to .git can still see the tree but git cannot lock the index.
     drop(m);
     let m = TestMount::start(
@@ -499,6 +500,8 @@ fn permissions_file_agrees_with_enforcement() {
     }
     let issuer = Issuer::start();
     let m = lead_mount(&issuer);
+    let before = snapshot(&m.mirror);
+    let mut checked = 0;
     for dir in [
         "",
         "github/repos/acme",
@@ -514,7 +517,10 @@ fn permissions_file_agrees_with_enforcement() {
             .and_then(|t| t.split("\n```").next())
             .expect("json block");
         let view: Value = serde_json::from_str(json).unwrap();
-        for e in view["entries"].as_array().unwrap() {
+        let entries = view["entries"].as_array().unwrap();
+        assert!(!entries.is_empty(), "no entries listed in /{dir}");
+        for e in entries {
+            checked += 1;
             let path = m.at(e["path"].as_str().unwrap());
             match e["type"].as_str().unwrap() {
                 "file" => {
@@ -543,10 +549,15 @@ fn permissions_file_agrees_with_enforcement() {
                         path.display()
                     );
                 }
-                _ => {}
+                other => panic!("unexpected entry type {other:?} for {}", path.display()),
             }
         }
     }
+    assert!(checked > 10, "only {checked} claims checked");
+    assert!(
+        snapshot(&m.mirror) == before,
+        "opening files to test the claims changed the mirror"
+    );
     assert!(
         std::fs::read_to_string(m.at("_PERMISSIONS.md"))
             .unwrap()
