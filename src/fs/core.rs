@@ -837,6 +837,7 @@ impl GuardFs {
         let NodeKind::RelayView { fd, view } = &node.kind else {
             return Err(Errno::EINVAL);
         };
+        let fd = fd.read().clone();
         let raw = relay_files::read_runtime_file(&self.mirror, fd.as_fd());
         let Some(grants) = &ctx.grants else {
             return Ok(Vec::new());
@@ -883,7 +884,7 @@ impl GuardFs {
         Ok(self.mirror.statvfs()?)
     }
 
-    fn xattr_target(&self, caller: &Caller, ino: Ino, op: Op) -> FsResult<(Arc<Node>, String)> {
+    fn xattr_target(&self, caller: &Caller, ino: Ino, op: Op, operation: &str) -> FsResult<String> {
         let Seen {
             ctx,
             node,
@@ -901,15 +902,14 @@ impl GuardFs {
         };
         let d = self.decide(&ctx, &path, &place, op);
         if op == Op::Write {
-            self.note(&ctx, &path, "setxattr", &d);
+            self.note(&ctx, &path, operation, &d);
         }
         errno_of(&d)?;
-        let proc = self.mirror.proc_path(b.fd.as_fd());
-        Ok((node, proc))
+        Ok(self.mirror.proc_path(b.fd.as_fd()))
     }
 
     pub fn getxattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
-        let (_node, proc) = self.xattr_target(caller, ino, Op::Read)?;
+        let proc = self.xattr_target(caller, ino, Op::Read, "getxattr")?;
         let mut buf = vec![0u8; 64 * 1024];
         let n = rustix::fs::getxattr(proc.as_str(), name, &mut buf[..])?;
         buf.truncate(n);
@@ -917,7 +917,7 @@ impl GuardFs {
     }
 
     pub fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
-        let (_node, proc) = self.xattr_target(caller, ino, Op::Read)?;
+        let proc = self.xattr_target(caller, ino, Op::Read, "listxattr")?;
         let mut buf = vec![0u8; 64 * 1024];
         let n = rustix::fs::listxattr(proc.as_str(), &mut buf[..])?;
         buf.truncate(n);
@@ -935,7 +935,7 @@ impl GuardFs {
         if !name.as_bytes().starts_with(b"user.") {
             return Err(Errno::EPERM);
         }
-        let (_node, proc) = self.xattr_target(caller, ino, Op::Write)?;
+        let proc = self.xattr_target(caller, ino, Op::Write, "setxattr")?;
         let flags = rustix::fs::XattrFlags::from_bits_truncate(flags as u32);
         Ok(rustix::fs::setxattr(proc.as_str(), name, value, flags)?)
     }
@@ -944,7 +944,7 @@ impl GuardFs {
         if !name.as_bytes().starts_with(b"user.") {
             return Err(Errno::EPERM);
         }
-        let (_node, proc) = self.xattr_target(caller, ino, Op::Write)?;
+        let proc = self.xattr_target(caller, ino, Op::Write, "removexattr")?;
         Ok(rustix::fs::removexattr(proc.as_str(), name)?)
     }
 

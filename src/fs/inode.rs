@@ -49,8 +49,12 @@ pub enum NodeKind {
     Backed(RwLock<Backing>),
     /// The generated `_PERMISSIONS.md` of the directory `dir`.
     Permissions { dir: Ino },
-    /// A generated, filtered view of a file under `/.relay` (its backing object is `fd`).
-    RelayView { fd: Arc<OwnedFd>, view: RelayView },
+    /// A generated, filtered view of a file under `/.relay` (its backing object is `fd`, the
+    /// file last found at that name: relayfile replaces these files by rename).
+    RelayView {
+        fd: RwLock<Arc<OwnedFd>>,
+        view: RelayView,
+    },
 }
 
 /// The `/.relay` files whose content is filtered per caller.
@@ -93,7 +97,7 @@ impl Node {
     pub fn fd(&self) -> Option<Arc<OwnedFd>> {
         match &self.kind {
             NodeKind::Backed(b) => Some(b.read().fd.clone()),
-            NodeKind::RelayView { fd, .. } => Some(fd.clone()),
+            NodeKind::RelayView { fd, .. } => Some(fd.read().clone()),
             NodeKind::Permissions { .. } => None,
         }
     }
@@ -293,12 +297,18 @@ impl Inodes {
         view: RelayView,
         fd: OwnedFd,
     ) -> Arc<Node> {
-        self.virtual_node(Key::View(parent, view as u8), parent, name, path, || {
+        let fd = Arc::new(fd);
+        let node = self.virtual_node(Key::View(parent, view as u8), parent, name, path, || {
             NodeKind::RelayView {
-                fd: Arc::new(fd),
+                fd: RwLock::new(fd.clone()),
                 view,
             }
-        })
+        });
+        // A node already held follows the file now at that name.
+        if let NodeKind::RelayView { fd: current, .. } = &node.kind {
+            *current.write() = fd;
+        }
+        node
     }
 
     fn virtual_node(

@@ -96,19 +96,28 @@ impl GuardFs {
         })
     }
 
-    /// A new directory or symlink named `name` in `parent`, made by `make` once allowed.
+    /// A new directory or symlink (`kind`) named `name` in `parent`, made by `make` once
+    /// allowed.
     fn make_child(
         &self,
         caller: &Caller,
         parent: Ino,
         name: &OsStr,
-        operation: &str,
+        kind: Kind,
         make: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<(OwnedFd, Stat)>,
     ) -> FsResult<Entry> {
+        let operation = if kind == Kind::Symlink {
+            "symlink"
+        } else {
+            "mkdir"
+        };
         let ctx = self.ctx(caller);
         let child = self.decide_child(&ctx, parent, name, Op::Create, operation)?;
         if child.place != Place::Content {
             return Err(Errno::EACCES);
+        }
+        if kind == Kind::Symlink {
+            self.refuse_provider_symlink(&ctx, &child.path, operation)?;
         }
         let (nfd, st) = make(child.dir_fd.as_fd())?;
         let node = self.inodes.remember(parent, name, child.path, nfd, &st);
@@ -127,7 +136,7 @@ impl GuardFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Entry> {
-        self.make_child(caller, parent, name, "mkdir", |fd| {
+        self.make_child(caller, parent, name, Kind::Dir, |fd| {
             self.mirror.mkdir(fd, name, mode & !umask & 0o777)
         })
     }
@@ -139,9 +148,21 @@ impl GuardFs {
         name: &OsStr,
         target: &std::path::Path,
     ) -> FsResult<Entry> {
-        self.make_child(caller, parent, name, "symlink", |fd| {
+        self.make_child(caller, parent, name, Kind::Symlink, |fd| {
             self.mirror.symlink(fd, name, target)
         })
+    }
+
+    /// A symbolic link is never provider content: at a provider path it could make relayfile
+    /// push whatever it points to, past every policy and schema.
+    fn refuse_provider_symlink(&self, ctx: &Ctx, path: &[u8], operation: &str) -> FsResult<()> {
+        let path = String::from_utf8_lossy(path);
+        if !self.opts.backing.is_provider_backed(&path) {
+            return Ok(());
+        }
+        let why = "a symbolic link cannot be a writeback; write the content itself";
+        self.note_writeback(ctx, &path, operation, Outcome::Denied, why, None);
+        Err(Errno::EACCES)
     }
 
     pub fn unlink(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
@@ -292,6 +313,9 @@ impl GuardFs {
             if !self.mirror.list(dfd.as_fd())?.is_empty() {
                 return Err(Errno::EXDEV);
             }
+        }
+        if src_kind == Kind::Symlink {
+            self.refuse_provider_symlink(&ctx, &dst_path, "rename")?;
         }
         if src_kind == Kind::File {
             for p in [&src_str, &dst_str] {

@@ -606,3 +606,60 @@ fn snapshot_dir(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
     out.sort();
     out
 }
+
+#[test]
+fn a_replaced_state_file_is_served_fresh() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let before = read_path(&fs, "/.relay/state.json").unwrap();
+    assert!(String::from_utf8_lossy(&before).contains("writeback-needs-attention"));
+    // relayfile rewrites its state by writing a new file and renaming it over the old one.
+    let state = root.join(".relay/state.json");
+    let text = std::fs::read_to_string(&state)
+        .unwrap()
+        .replace("writeback-needs-attention", "ready");
+    std::fs::write(root.join(".relay/state.json.new"), text).unwrap();
+    std::fs::rename(root.join(".relay/state.json.new"), &state).unwrap();
+    let after = read_path(&fs, "/.relay/state.json").unwrap();
+    let fresh = read_path(&guard(&root, session(LEAD), None), "/.relay/state.json").unwrap();
+    assert_eq!(after, fresh);
+    assert!(String::from_utf8_lossy(&after).contains("\"ready\""));
+}
+
+#[test]
+fn symlinks_are_never_provider_content() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
+    let reviews = root.join("github/repos/acme/api/pulls/42/reviews");
+    let before = snapshot_dir(&reviews);
+    // A link named like a review would make relayfile push whatever it points to.
+    assert_eq!(
+        fs.symlink(&ME, dir, OsStr::new("leak.json"), Path::new("/etc/passwd"))
+            .unwrap_err(),
+        Errno::EACCES
+    );
+    // Nor may one be renamed there from a name relayfile ignores.
+    fs.symlink(
+        &ME,
+        dir,
+        OsStr::new("leak.json.tmp"),
+        Path::new("/etc/passwd"),
+    )
+    .unwrap();
+    assert_eq!(
+        fs.rename(
+            &ME,
+            dir,
+            OsStr::new("leak.json.tmp"),
+            dir,
+            OsStr::new("leak.json"),
+            0
+        )
+        .unwrap_err(),
+        Errno::EACCES
+    );
+    assert!(!reviews.join("leak.json").exists() && !reviews.join("leak.json").is_symlink());
+    std::fs::remove_file(reviews.join("leak.json.tmp")).unwrap();
+    assert_eq!(snapshot_dir(&reviews), before);
+}
