@@ -353,16 +353,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(items) => {
-                for (next, item) in items {
-                    let ino = if item.ino == 0 { u64::MAX } else { item.ino };
-                    if reply.add(INodeNo(ino), next, item.kind, &item.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed = self.fs.readdir(fh.0, offset, |next, item| {
+            let ino = if item.ino == 0 { u64::MAX } else { item.ino };
+            reply.add(INodeNo(ino), next, item.kind, &item.name)
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -376,11 +372,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectoryPlus,
     ) {
         let caller = caller(req);
-        let items = match self.fs.readdir(fh.0, offset) {
-            Ok(items) => items,
-            Err(e) => return reply.error(errno(e)),
-        };
-        for (next, item) in items {
+        let listed = self.fs.readdir(fh.0, offset, |next, item| {
             // `.` and `..` are never looked up by the kernel; _PERMISSIONS.md is left for a
             // plain lookup (node 0), so listing a directory does not render it.
             let plain = item.name == "."
@@ -388,35 +380,36 @@ impl Filesystem for FuseAdapter {
                 || item.name == crate::authz::PERMISSIONS_FILE;
             if plain {
                 let attr = plain_attr(item.kind);
-                if reply.add(
+                return reply.add(
                     INodeNo(0),
                     next,
                     &item.name,
                     &Duration::ZERO,
                     &attr,
                     Generation(0),
-                ) {
-                    break;
-                }
-                continue;
+                );
             }
             // Each entry returned with attributes counts as a lookup.
             let Ok(entry) = self.fs.lookup(&caller, ino.0, &item.name) else {
-                continue;
+                return false;
             };
-            if reply.add(
+            let full = reply.add(
                 entry.attr.ino,
                 next,
                 &item.name,
                 &entry.ttl,
                 &entry.attr,
                 Generation(0),
-            ) {
+            );
+            if full {
                 self.fs.forget(entry.attr.ino.0, 1);
-                break;
             }
+            full
+        });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(e)),
         }
-        reply.ok();
     }
 
     fn releasedir(

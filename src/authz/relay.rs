@@ -77,7 +77,10 @@ pub fn classify_relay(path: &[u8]) -> Option<RelayItem> {
         Some((d, n)) => (d, n),
         None => ("", rest),
     };
-    if rest == GUARD_DIR || rest.starts_with(&format!("{GUARD_DIR}/")) {
+    if rest
+        .strip_prefix(GUARD_DIR)
+        .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+    {
         return Some(RelayItem::Guard);
     }
     let item = match (dir, name) {

@@ -537,18 +537,25 @@ impl GuardFs {
         }))
     }
 
-    /// Entries of an open directory from `offset` (an index; each entry's offset is the next).
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirItem)>> {
+    /// Hand the entries of an open directory from `offset` (an index; each entry's offset is
+    /// the next) to `add`, until it answers that the reply is full. Nothing is copied: a large
+    /// directory is read in many calls, each starting where the last stopped.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirItem) -> bool,
+    ) -> FsResult<()> {
         let h = self.handles.get(fh)?;
         let Body::Dir(items) = &h.body else {
             return Err(Errno::ENOTDIR);
         };
-        Ok(items
-            .iter()
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, item)| (i as u64 + 1, item.clone()))
-            .collect())
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            if add(i as u64 + 1, item) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {

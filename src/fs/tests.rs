@@ -304,6 +304,12 @@ fn fuse_smoke() {
     let (d, root) = fixture_copy();
     let mnt = d.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
+    // A directory far larger than one reply, so listing takes many resumed calls.
+    let many = root.join("slack/channels/c456-eng/many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..3000 {
+        std::fs::write(many.join(format!("message-{i:05}.json")), b"{}").unwrap();
+    }
     let fs = Arc::new(guard(&root, session(LEAD), None));
     let cfg = crate::fuse::MountConfig {
         threads: 4,
@@ -318,6 +324,18 @@ fn fuse_smoke() {
     top.sort();
     assert!(top.contains(&"_PERMISSIONS.md".to_owned()), "{top:?}");
     assert!(top.contains(&"github".to_owned()), "{top:?}");
+    let mut listed: Vec<String> = std::fs::read_dir(mnt.join("slack/channels/c456-eng/many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    let mut want: Vec<String> = (0..3000).map(|i| format!("message-{i:05}.json")).collect();
+    want.push("_PERMISSIONS.md".to_owned());
+    want.sort();
+    assert_eq!(
+        listed, want,
+        "every entry once, across resumed readdir calls"
+    );
     let cat = std::fs::read_to_string(mnt.join("github/repos/acme/api/_PERMISSIONS.md")).unwrap();
     assert!(
         cat.starts_with("# Permissions in /github/repos/acme/api"),
