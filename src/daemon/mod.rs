@@ -673,7 +673,7 @@ async fn serve(
         }
     };
     reporter.ready(&summary(&shared, &session, &policies, &revocation_note));
-    let handles = tasks::spawn_all(shared.clone(), token, listener, watch, stop_tx.clone());
+    let handles = tasks::spawn_all(shared.clone(), listener, watch, stop_tx.clone());
 
     let mut bg = Some(bg);
     let stop = loop {

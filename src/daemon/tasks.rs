@@ -19,8 +19,7 @@ use super::{Shared, Stop, control, status_json};
 use crate::audit::{Event, Outcome};
 use crate::relayauth::Status;
 use crate::token::credentials::CredentialSource;
-use crate::token::refresh::{RefreshOptions, Refresher, should_refresh};
-use crate::token::verify::VerifiedToken;
+use crate::token::refresh::{RefreshOptions, Refresher, refresh_due};
 use crate::writeback::PolicySet;
 
 /// The FUSE connection number of the mount at `mountpoint` (for aborting it).
@@ -92,7 +91,6 @@ pub(crate) fn bind_control(mountpoint: &Path) -> std::io::Result<UnixListener> {
 /// Start every background task; the handles are aborted at teardown.
 pub(crate) fn spawn_all(
     shared: Arc<Shared>,
-    token: VerifiedToken,
     listener: UnixListener,
     watch: Option<FileWatch>,
     stop: Sender<Stop>,
@@ -105,11 +103,7 @@ pub(crate) fn spawn_all(
         tokio::spawn(refresh_jwks(shared.clone())),
     ];
     if let CredentialSource::Bundle(path) = &shared.spec.credentials {
-        v.push(tokio::spawn(refresh_bundle(
-            shared.clone(),
-            path.clone(),
-            token,
-        )));
+        v.push(tokio::spawn(refresh_bundle(shared.clone(), path.clone())));
     }
     if let Some(watch) = watch {
         v.push(tokio::spawn(watch_files(shared, watch)));
@@ -260,7 +254,9 @@ async fn refresh_jwks(shared: Arc<Shared>) {
 }
 
 /// Refresh the bundle's pair when 80% of the access token's life has passed.
-async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf, mut token: VerifiedToken) {
+/// Refresh the mount's bundle once 80% of the current token's lifetime has passed. The
+/// current token is the session's (a rewritten bundle picked up by the file watch counts).
+async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf) {
     let session = shared.callers.mount_session().clone();
     let options = RefreshOptions {
         relayauth_url: shared.spec.relayauth_url.clone(),
@@ -280,7 +276,8 @@ async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf, mut token: Verifie
         if !session.is_active(SystemTime::now()) {
             return;
         }
-        if !should_refresh(&token, SystemTime::now()) {
+        let current = session.grants();
+        if !refresh_due(current.issued_at, current.expires_at, SystemTime::now()) {
             continue;
         }
         match refresher.refresh().await {
@@ -298,9 +295,8 @@ async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf, mut token: Verifie
                     } else {
                         "adopted a pair another process rotated"
                     })
-                    .meta("previousTokenId", token.token_id().to_owned()),
+                    .meta("previousTokenId", current.actor.token_id.clone()),
                 );
-                token = r.token;
             }
             Err(e) if e.is_terminal() => {
                 let why = format!("refresh rejected: {e}");

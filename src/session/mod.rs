@@ -66,6 +66,7 @@ pub struct Grants {
     pub actor: Actor,
     pub scopes: Arc<ScopeSet>,
     pub expires_at: SystemTime,
+    pub issued_at: SystemTime,
     /// The raw token (with any prefix), for calls back to relayauth.
     pub raw: Arc<str>,
     pub parent_token_id: Option<String>,
@@ -195,6 +196,7 @@ fn grants_of(token: &crate::token::VerifiedToken) -> Grants {
         },
         scopes: token.scopes().clone(),
         expires_at: token.expires_at(),
+        issued_at: token.issued_at(),
         raw: Arc::from(token.raw()),
         parent_token_id: token.parent_token_id().map(str::to_owned),
     }
@@ -219,6 +221,7 @@ pub(crate) mod testing {
             },
             scopes: Arc::new(ScopeSet::new(scopes)),
             expires_at: SystemTime::now() + Duration::from_secs(3600),
+            issued_at: SystemTime::now(),
             raw: Arc::from("test"),
             parent_token_id: None,
         }))

@@ -42,8 +42,12 @@ use super::verify::{VerifiedToken, Verifier};
 
 /// Whether a token is due for refresh at `now`: 80% of its lifetime (`iat` to `exp`) has passed.
 pub fn should_refresh(token: &VerifiedToken, now: SystemTime) -> bool {
-    let iat = token.issued_at();
-    let Ok(lifetime) = token.expires_at().duration_since(iat) else {
+    refresh_due(token.issued_at(), token.expires_at(), now)
+}
+
+/// [`should_refresh`] for a token known by its issue and expiry times.
+pub fn refresh_due(iat: SystemTime, exp: SystemTime, now: SystemTime) -> bool {
+    let Ok(lifetime) = exp.duration_since(iat) else {
         return true;
     };
     match iat.checked_add(lifetime.mul_f64(0.8)) {
