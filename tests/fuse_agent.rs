@@ -194,6 +194,28 @@ attempt('mkfifo', lambda: os.mkfifo('github/repos/acme/api/issues/7/fifo'))
 }
 
 #[test]
+fn test_r_and_test_w_answer_from_the_token_for_any_user() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = lead_mount(&issuer);
+    // The mirror's files belong to root with mode 0644; the agent runs as nobody. What it may
+    // do comes from its token, and `test` (access(2)) says exactly that.
+    let o = m.sh_as_nobody(
+        "for f in scratch/notes.txt github/repos/acme/web/metadata.json _PERMISSIONS.md; do
+           printf '%s' \"$f\"; test -r \"$f\" && printf ' r'; test -w \"$f\" && printf ' w'; echo
+         done",
+    );
+    assert_eq!(
+        out(&o),
+        "scratch/notes.txt r w\ngithub/repos/acme/web/metadata.json r\n_PERMISSIONS.md r\n",
+        "{}",
+        err(&o)
+    );
+}
+
+#[test]
 fn local_area_works_with_everyday_tools() {
     if !fuse_available() {
         return;

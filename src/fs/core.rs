@@ -861,23 +861,35 @@ impl GuardFs {
 
     // ------------------------------------------------------------------ access, statfs, xattrs
 
+    /// `access(2)` answers from the caller's rights (the decisions), not from the mode bits:
+    /// those also carry the mirror's own mode, whose owner may not be the caller.
     pub fn access(&self, caller: &Caller, ino: Ino, mask: i32) -> FsResult<()> {
         let Seen {
-            ctx, node, place, ..
+            ctx,
+            node,
+            place,
+            path,
         } = self.visible_node(caller, ino)?;
         if mask == libc::F_OK {
             return Ok(());
         }
-        let attr = self.attr_of(&ctx, &node, &place)?;
-        let perm = u32::from(attr.perm);
-        let want = ((mask & libc::R_OK != 0) as u32 * 0o4)
-            | ((mask & libc::W_OK != 0) as u32 * 0o2)
-            | ((mask & libc::X_OK != 0) as u32);
-        if perm & want == want {
-            Ok(())
-        } else {
-            Err(Errno::EACCES)
-        }
+        let rights = match &node.kind {
+            NodeKind::Backed(b) => {
+                let fd = b.read().fd.clone();
+                let st = self.mirror.stat(fd.as_fd())?;
+                self.rights(&ctx, &path, &place, &st)
+            }
+            // Generated files are read-only for everyone who can see them.
+            NodeKind::Permissions { .. } | NodeKind::RelayView { .. } => Rights {
+                read: true,
+                write: false,
+                exec: false,
+            },
+        };
+        let refused = (mask & libc::R_OK != 0 && !rights.read)
+            || (mask & libc::W_OK != 0 && !rights.write)
+            || (mask & libc::X_OK != 0 && !rights.exec);
+        if refused { Err(Errno::EACCES) } else { Ok(()) }
     }
 
     pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {

@@ -681,3 +681,44 @@ fn symlinks_are_never_provider_content() {
     std::fs::remove_file(reviews.join("leak.json.tmp")).unwrap();
     assert_eq!(snapshot_dir(&reviews), before);
 }
+
+#[test]
+fn access_answers_from_the_rights_not_the_mirror_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, root) = fixture_copy();
+    std::fs::create_dir_all(root.join("scratch")).unwrap();
+    // The mirror's own bits say the opposite of what the token says.
+    std::fs::write(root.join("scratch/locked.txt"), b"x").unwrap();
+    std::fs::set_permissions(
+        root.join("scratch/locked.txt"),
+        std::fs::Permissions::from_mode(0o444),
+    )
+    .unwrap();
+    let meta = root.join("github/repos/acme/web/pulls/18/metadata.json");
+    std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let s = session(&["relayfile:fs:read:*", "relayfile:fs:write:/scratch/**"]);
+    s.confirm();
+    let fs = GuardFs::new(
+        Mirror::open(&root).unwrap(),
+        Arc::new(Callers::new(s, false)),
+        PolicySet::default(),
+        None,
+        Options {
+            backing: crate::writeback::Backing {
+                local_roots: vec!["scratch".to_owned()],
+            },
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let locked = walk(&fs, "/scratch/locked.txt").unwrap();
+    assert_eq!(fs.access(&ME, locked, libc::W_OK), Ok(()));
+    assert_eq!(fs.access(&ME, locked, libc::R_OK | libc::W_OK), Ok(()));
+    assert_eq!(fs.access(&ME, locked, libc::X_OK), Err(Errno::EACCES));
+    let meta = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
+    assert_eq!(fs.access(&ME, meta, libc::R_OK), Ok(()));
+    assert_eq!(fs.access(&ME, meta, libc::W_OK), Err(Errno::EACCES));
+    let notice = walk(&fs, "/scratch/_PERMISSIONS.md").unwrap();
+    assert_eq!(fs.access(&ME, notice, libc::R_OK), Ok(()));
+    assert_eq!(fs.access(&ME, notice, libc::W_OK), Err(Errno::EACCES));
+}
