@@ -722,3 +722,31 @@ fn access_answers_from_the_rights_not_the_mirror_mode() {
     assert_eq!(fs.access(&ME, notice, libc::R_OK), Ok(()));
     assert_eq!(fs.access(&ME, notice, libc::W_OK), Err(Errno::EACCES));
 }
+
+#[test]
+fn a_non_empty_directory_moves_in_or_out_of_a_provider_area_file_by_file() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let issues = walk(&fs, "/github/repos/acme/api/issues").unwrap();
+    // EXDEV makes `mv` copy file by file, each write checked, instead of moving a tree of
+    // provider files past validation.
+    assert_eq!(
+        fs.rename(&ME, issues, OsStr::new("7"), issues, OsStr::new("70"), 0)
+            .unwrap_err(),
+        Errno::EXDEV
+    );
+    assert!(root.join("github/repos/acme/api/issues/7").is_dir());
+    // An empty directory has nothing to validate and moves.
+    fs.mkdir(&ME, issues, OsStr::new("empty"), 0o755, 0o022)
+        .unwrap();
+    fs.rename(
+        &ME,
+        issues,
+        OsStr::new("empty"),
+        issues,
+        OsStr::new("moved"),
+        0,
+    )
+    .unwrap();
+    assert!(root.join("github/repos/acme/api/issues/moved").is_dir());
+}
