@@ -335,6 +335,19 @@ impl PolicySet {
                 )));
             };
             p.requirement = Some(req);
+            // relayfile's adapters write `""` for "no schema"; anything else must be a plain
+            // name, refused here rather than at the first close().
+            p.payload_schema_ref = match p.payload_schema_ref.take() {
+                Some(r) if r.is_empty() => None,
+                Some(r) if !plain_schema_ref(&r) => {
+                    return Err(invalid(format!(
+                        "policy {}: payloadSchemaRef {:?} must be a plain schema name (letters, digits, \
+                         '.', '-' and '_', not starting with '.'), or empty for no schema",
+                        p.id, r
+                    )));
+                }
+                other => other,
+            };
             policies.push(p);
         }
         Ok(PolicySet { policies })
@@ -415,15 +428,21 @@ impl PolicySet {
             return Ok(());
         };
         let schema = schemas.load(schema_ref, path).map_err(Refusal::Payload)?;
-        let validator = jsonschema::validator_for(&schema).map_err(|e| {
+        let validator = compile_schema(&schema).map_err(|e| {
+            // The builder's message can quote the schema; it goes to the operator's log only.
+            tracing::warn!("schema {schema_ref} of policy {} cannot be used: {e}", policy.id);
             Refusal::Payload(format!(
-                "schema {schema_ref} is not a valid JSON Schema: {e}"
+                "schema {schema_ref} of policy {} is not a usable JSON Schema (it may refer to \
+                 another document, which is never fetched); the write is refused until it is fixed",
+                policy.id
             ))
         })?;
+        // Messages name the place in the payload and the rule it breaks, never a value: neither
+        // the payload's nor the schema's (which the writer may not be allowed to read).
         let errors: Vec<String> = validator
             .iter_errors(&value)
             .take(5)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .map(|e| describe_violation(&e))
             .collect();
         if errors.is_empty() {
             Ok(())
@@ -437,6 +456,23 @@ impl PolicySet {
     }
 }
 
+/// Compile a payload schema. External references are never resolved: no file, no network, so
+/// a schema cannot make the daemon read anything (or block on a FIFO) on a writer's behalf; the
+/// JSON Schema meta-schemas are built in.
+pub fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .offline()
+        .build(schema)
+        .map_err(|e| e.to_string())
+}
+
+/// One schema violation without any value in it: where it is and which keyword it breaks.
+fn describe_violation(e: &jsonschema::ValidationError<'_>) -> String {
+    let at = e.instance_path().to_string();
+    let at = if at.is_empty() { "/".to_owned() } else { at };
+    format!("{at} does not satisfy \"{}\"", e.kind().keyword())
+}
+
 /// Where JSON Schemas named by `payloadSchemaRef` come from.
 pub trait SchemaSource {
     /// The schema `schema_ref` for a write to `path`: `<mirror>/.relay/schemas/<ref>.json`, else
@@ -444,12 +480,15 @@ pub trait SchemaSource {
     fn load(&self, schema_ref: &str, path: &str) -> Result<Value, String>;
 }
 
-/// Whether a schema reference is a plain name (no path tricks).
+/// Whether a schema reference is a plain name (no path tricks): ASCII letters, digits, `.`,
+/// `-` and `_`, not starting with `.`, at most 200 bytes.
 pub fn plain_schema_ref(schema_ref: &str) -> bool {
     !schema_ref.is_empty()
-        && !schema_ref.contains('/')
+        && schema_ref.len() <= 200
         && !schema_ref.starts_with('.')
-        && !schema_ref.contains('\0')
+        && schema_ref
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 /// Schemas read from one directory (for tests and `--writeback-policies` without a mirror).
@@ -606,4 +645,90 @@ mod tests {
             .unwrap_err();
         assert!(e.message().contains("not found"));
     }
+
+    fn one_policy(schema_ref: &str) -> String {
+        format!(
+            r#"{{"version": 1, "policies": [{{"id": "p", "pathPattern": "/github/**", "provider": "github",
+                "providerAction": "a", "relayfileScope": "relayfile:fs:write", "payloadSchemaRef": {}}}]}}"#,
+            serde_json::Value::String(schema_ref.to_owned())
+        )
+    }
+
+    #[test]
+    fn an_empty_schema_ref_means_no_schema_and_a_bad_one_is_refused_at_load() {
+        let set = PolicySet::parse(&one_policy(""), Path::new("p.json")).unwrap();
+        assert_eq!(set.policies()[0].payload_schema_ref, None);
+        let schemas = DirSchemas(PathBuf::from("/nonexistent"));
+        assert!(
+            set.check_payload(&set.policies()[0], "/github/a.json", b"{}", &schemas)
+                .is_ok()
+        );
+        for bad in ["../x", "a/b", ".hidden", "x y", "file:///etc/passwd", "a\u{1}"] {
+            let e = PolicySet::parse(&one_policy(bad), Path::new("p.json"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("payloadSchemaRef"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn schemas_never_resolve_external_references() {
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), r#"{"enum": ["SECRET-VALUE-FROM-A-FILE"]}"#).unwrap();
+        let url = format!("file://{}", secret.path().display());
+        for schema in [
+            serde_json::json!({"$ref": url}),
+            serde_json::json!({"properties": {"body": {"$ref": url}}}),
+            serde_json::json!({"$ref": "file:///dev/zero"}),
+            serde_json::json!({"$ref": "https://example.com/schema.json"}),
+        ] {
+            assert!(compile_schema(&schema).is_err(), "{schema}");
+        }
+        // A reference inside the document itself still works.
+        let local = serde_json::json!({
+            "$defs": {"body": {"type": "string"}},
+            "properties": {"body": {"$ref": "#/$defs/body"}}
+        });
+        let v = compile_schema(&local).unwrap();
+        assert!(v.is_valid(&serde_json::json!({"body": "x"})));
+        assert!(!v.is_valid(&serde_json::json!({"body": 1})));
+    }
+
+    #[test]
+    fn refusals_quote_neither_the_payload_nor_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s.json"),
+            r#"{"type": "object", "properties": {"kind": {"enum": ["SCHEMA-ONLY-VALUE"]},
+                "body": {"type": "string", "pattern": "^SCHEMA-PATTERN$"}}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("bad.json"),
+            r#"{"$ref": "file:///etc/passwd"}"#,
+        )
+        .unwrap();
+        let set = PolicySet::parse(&one_policy("s"), Path::new("p.json")).unwrap();
+        let schemas = DirSchemas(dir.path().to_owned());
+        let e = set
+            .check_payload(
+                &set.policies()[0],
+                "/github/a.json",
+                br#"{"kind": "PAYLOAD-VALUE", "body": "PAYLOAD-BODY"}"#,
+                &schemas,
+            )
+            .unwrap_err();
+        let m = e.message();
+        assert_eq!(e.errno(), libc::EINVAL);
+        assert!(m.contains("/kind") && m.contains("enum"), "{m}");
+        for leaked in ["SCHEMA-ONLY-VALUE", "SCHEMA-PATTERN", "PAYLOAD-VALUE", "PAYLOAD-BODY"] {
+            assert!(!m.contains(leaked), "{leaked} quoted in: {m}");
+        }
+        let set = PolicySet::parse(&one_policy("bad"), Path::new("p.json")).unwrap();
+        let e = set
+            .check_payload(&set.policies()[0], "/github/a.json", b"{}", &schemas)
+            .unwrap_err();
+        assert!(!e.message().contains("passwd"), "{}", e.message());
+    }
+
 }

@@ -316,6 +316,20 @@ impl GuardFs {
         }
     }
 
+    /// Whether some active session of this mount may write, replace or delete the ordinary
+    /// content path `path`.
+    pub(crate) fn changeable_by_any_session(&self, path: &[u8]) -> bool {
+        let now = SystemTime::now();
+        self.callers.sessions().iter().any(|s| {
+            s.is_active(now) && {
+                let scopes = &s.grants().scopes;
+                [Op::Write, Op::Create, Op::Delete]
+                    .into_iter()
+                    .any(|op| authz::decide(scopes, path, &Place::Content, op).allowed())
+            }
+        })
+    }
+
     /// Count, remember and audit a decision on an audited operation.
     pub(crate) fn note(&self, ctx: &Ctx, path: &[u8], operation: &str, d: &Decision) {
         let allowed = d.allowed();

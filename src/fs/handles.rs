@@ -141,17 +141,32 @@ impl SchemaSource for MirrorSchemas<'_> {
                 .ok()?;
             (Kind::of(&st) == Kind::File).then_some(f)
         })();
+        // A schema beside the file counts only when no session of this mount may change it:
+        // otherwise a payload that is also a permissive schema could replace it.
+        let mut writable_sibling = false;
         let beside = || {
-            let dir = self.parent.as_ref()?.fd()?;
-            let (f, st) = m
-                .lookup(
-                    dir.as_fd(),
-                    OsStr::new(&format!("{schema_ref}.schema.json")),
-                )
-                .ok()?;
-            (Kind::of(&st) == Kind::File).then_some(f)
+            let parent = self.parent.as_ref()?;
+            let dir = parent.fd()?;
+            let name = format!("{schema_ref}.schema.json");
+            let (f, st) = m.lookup(dir.as_fd(), OsStr::new(&name)).ok()?;
+            if Kind::of(&st) != Kind::File {
+                return None;
+            }
+            let path = super::inode::child_path(&parent.path(), OsStr::new(&name));
+            if self.fs.changeable_by_any_session(&path) {
+                writable_sibling = true;
+                return None;
+            }
+            Some(f)
         };
         let Some(fd) = from_relay.or_else(beside) else {
+            if writable_sibling {
+                return Err(format!(
+                    "schema {schema_ref} is not in /.relay/schemas, and the {schema_ref}.schema.json beside \
+                     the file does not count because an agent of this mount may change it; the write is \
+                     refused until the schema is in /.relay/schemas/{schema_ref}.json"
+                ));
+            }
             return Err(format!(
                 "schema {schema_ref} was not found in /.relay/schemas/{schema_ref}.json nor beside the file \
                  as {schema_ref}.schema.json; the write is refused until it exists"
