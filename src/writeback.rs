@@ -241,14 +241,17 @@ impl Policy {
     }
 }
 
+/// The SHA-256 of a policy file's bytes.
+pub type Digest = Vec<u8>;
+
+/// The largest policy file read.
+const MAX_POLICY_FILE: u64 = 4 << 20;
+
 /// Why the policy file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("writeback policies {path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("writeback policies {path}: cannot read: {message}")]
+    Read { path: PathBuf, message: String },
     #[error("writeback policies {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -354,12 +357,39 @@ impl PolicySet {
     }
 
     /// Load a policy file.
+    /// Load a policy file: a regular file of at most 4 MiB (a FIFO or a device at the path is
+    /// refused at once rather than read).
     pub fn load(path: &Path) -> Result<PolicySet, PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        PolicySet::load_versioned(path)
+            .map(|(set, _)| set)
+            .map_err(|(e, _)| e)
+    }
+
+    /// [`PolicySet::load`], with the SHA-256 of the bytes it was parsed from (so a watcher can
+    /// tell a real change from a rewrite with the same content). A read error carries no
+    /// digest; a parse error carries the digest of what failed to parse.
+    pub fn load_versioned(
+        path: &Path,
+    ) -> Result<(PolicySet, Digest), (PolicyError, Option<Digest>)> {
+        let read_error = |message: String| PolicyError::Read {
             path: path.to_owned(),
-            source,
+            message,
+        };
+        let bytes = crate::files::read_regular(path, MAX_POLICY_FILE)
+            .map_err(|e| (read_error(e.to_string()), None))?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec();
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            (
+                read_error("it is not UTF-8 text".into()),
+                Some(digest.clone()),
+            )
         })?;
-        PolicySet::parse(&text, path)
+        match PolicySet::parse(text, path) {
+            Ok(set) => Ok((set, digest)),
+            Err(e) => Err((e, Some(digest))),
+        }
     }
 
     pub fn policies(&self) -> &[Policy] {
@@ -430,7 +460,10 @@ impl PolicySet {
         let schema = schemas.load(schema_ref, path).map_err(Refusal::Payload)?;
         let validator = compile_schema(&schema).map_err(|e| {
             // The builder's message can quote the schema; it goes to the operator's log only.
-            tracing::warn!("schema {schema_ref} of policy {} cannot be used: {e}", policy.id);
+            tracing::warn!(
+                "schema {schema_ref} of policy {} cannot be used: {e}",
+                policy.id
+            );
             Refusal::Payload(format!(
                 "schema {schema_ref} of policy {} is not a usable JSON Schema (it may refer to \
                  another document, which is never fetched); the write is refused until it is fixed",
@@ -663,7 +696,14 @@ mod tests {
             set.check_payload(&set.policies()[0], "/github/a.json", b"{}", &schemas)
                 .is_ok()
         );
-        for bad in ["../x", "a/b", ".hidden", "x y", "file:///etc/passwd", "a\u{1}"] {
+        for bad in [
+            "../x",
+            "a/b",
+            ".hidden",
+            "x y",
+            "file:///etc/passwd",
+            "a\u{1}",
+        ] {
             let e = PolicySet::parse(&one_policy(bad), Path::new("p.json"))
                 .unwrap_err()
                 .to_string();
@@ -721,7 +761,12 @@ mod tests {
         let m = e.message();
         assert_eq!(e.errno(), libc::EINVAL);
         assert!(m.contains("/kind") && m.contains("enum"), "{m}");
-        for leaked in ["SCHEMA-ONLY-VALUE", "SCHEMA-PATTERN", "PAYLOAD-VALUE", "PAYLOAD-BODY"] {
+        for leaked in [
+            "SCHEMA-ONLY-VALUE",
+            "SCHEMA-PATTERN",
+            "PAYLOAD-VALUE",
+            "PAYLOAD-BODY",
+        ] {
             assert!(!m.contains(leaked), "{leaked} quoted in: {m}");
         }
         let set = PolicySet::parse(&one_policy("bad"), Path::new("p.json")).unwrap();
@@ -730,5 +775,4 @@ mod tests {
             .unwrap_err();
         assert!(!e.message().contains("passwd"), "{}", e.message());
     }
-
 }

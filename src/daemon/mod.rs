@@ -525,14 +525,17 @@ async fn serve(
             default.is_file().then_some(default)
         }
     };
-    let policies = match &policy_file {
-        Some(p) => PolicySet::load(p).or_else(|e| {
-            fail(
-                1,
-                format!("{e}; fix the file or point --writeback-policies at a good one"),
-            )
-        })?,
-        None => PolicySet::default(),
+    let (policies, policy_digest) = match &policy_file {
+        Some(p) => match PolicySet::load_versioned(p) {
+            Ok((set, digest)) => (set, Some(digest)),
+            Err((e, _)) => {
+                return fail(
+                    1,
+                    format!("{e}; fix the file or point --writeback-policies at a good one"),
+                );
+            }
+        },
+        None => (PolicySet::default(), None),
     };
 
     let audit_path = match spec.audit_log.clone().or_else(AuditLog::default_path) {
@@ -608,6 +611,7 @@ async fn serve(
     let watch = tasks::watch_setup(
         spec.credentials.path().map(Path::to_owned),
         policy_file.clone(),
+        policy_digest,
     );
     let callers = Arc::new(Callers::new(session.clone(), spec.require_registration));
     let mirror = Mirror::open(&source)

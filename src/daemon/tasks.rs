@@ -282,21 +282,15 @@ async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf) {
         }
         match refresher.refresh().await {
             Ok(r) => {
-                session.replace_token(&r.token);
-                shared.audit.record(
-                    Event::new(
-                        "token.refreshed",
-                        Outcome::Allowed,
-                        &session.grants().actor,
-                        "refresh",
-                    )
-                    .reason(if r.network {
-                        "rotated at relayauth"
-                    } else {
-                        "adopted a pair another process rotated"
-                    })
-                    .meta("previousTokenId", current.actor.token_id.clone()),
-                );
+                // A pair rotated at relayauth just now is relayauth's answer; a pair found in
+                // the bundle (another process rotated it, or someone rewrote the file) is
+                // checked like any rewritten token.
+                let (origin, why) = if r.network {
+                    (Origin::Relayauth, "rotated at relayauth")
+                } else {
+                    (Origin::File, "adopted a pair another process rotated")
+                };
+                adopt(&shared, &r.token, origin, "refresh", why).await;
             }
             Err(e) if e.is_terminal() => {
                 let why = format!("refresh rejected: {e}");
@@ -327,6 +321,8 @@ pub(crate) struct FileWatch {
     rx: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
     creds_path: Option<PathBuf>,
     policy_path: Option<PathBuf>,
+    /// The SHA-256 of the policy bytes in force.
+    policy_digest: Option<Vec<u8>>,
 }
 
 /// Watch the credentials file and the policy file (their directories: an atomic rewrite
@@ -334,6 +330,7 @@ pub(crate) struct FileWatch {
 pub(crate) fn watch_setup(
     creds_path: Option<PathBuf>,
     policy_path: Option<PathBuf>,
+    policy_digest: Option<Vec<u8>>,
 ) -> Option<FileWatch> {
     use notify::{RecursiveMode, Watcher};
     let watched: Vec<PathBuf> = creds_path
@@ -353,7 +350,9 @@ pub(crate) fn watch_setup(
         .collect();
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
+            if let Ok(ev) = res
+                && changes_content(&ev.kind)
+            {
                 for p in ev.paths {
                     if p.file_name().is_some_and(|n| names.iter().any(|w| w == n)) {
                         let _ = tx.send(p);
@@ -379,7 +378,22 @@ pub(crate) fn watch_setup(
         rx,
         creds_path,
         policy_path,
+        policy_digest,
     })
+}
+
+/// Whether an inotify event can mean new content: a file created, renamed into place, removed,
+/// or closed after writing. Opening, reading and closing a file read-only (which the daemon's
+/// own reload does) are not changes, so reading a watched file never triggers a reload.
+fn changes_content(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 /// Pick up a rewritten credentials file and a changed policy file without a restart.
@@ -389,70 +403,232 @@ async fn watch_files(shared: Arc<Shared>, watch: FileWatch) {
         mut rx,
         creds_path,
         policy_path,
+        mut policy_digest,
     } = watch;
     let same = |a: &Path, b: &Path| {
         a.file_name() == b.file_name()
             && a.parent().map(|p| p.canonicalize().ok())
                 == b.parent().map(|p| p.canonicalize().ok())
     };
-    while let Some(changed) = rx.recv().await {
+    // A rewritten token relayauth could not be asked about yet is tried again.
+    let mut creds_retry = false;
+    loop {
+        let changed = if creds_retry {
+            match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(p)) => vec![p],
+                Ok(None) => return,
+                Err(_) => Vec::new(),
+            }
+        } else {
+            match rx.recv().await {
+                Some(p) => vec![p],
+                None => return,
+            }
+        };
         // Let a burst of events settle.
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let mut paths = vec![changed];
+        let mut paths = changed;
         while let Ok(p) = rx.try_recv() {
             paths.push(p);
         }
         if let Some(cp) = &creds_path
-            && paths.iter().any(|p| same(p, cp))
+            && (creds_retry || paths.iter().any(|p| same(p, cp)))
         {
-            reload_credentials(&shared).await;
+            creds_retry = !reload_credentials(&shared).await;
         }
         if let Some(pp) = &policy_path
             && paths.iter().any(|p| same(p, pp))
         {
-            match PolicySet::load(pp) {
-                Ok(set) => {
+            let path = pp.clone();
+            let loaded = crate::files::blocking(crate::files::READ_TIMEOUT, move || {
+                PolicySet::load_versioned(&path)
+            })
+            .await;
+            match loaded {
+                // The bytes in force were rewritten unchanged, or the file flipped back to them.
+                Ok(Ok((_, d))) | Ok(Err((_, Some(d)))) if policy_digest.as_ref() == Some(&d) => {}
+                Ok(Ok((set, d))) => {
                     shared.fs.set_policies(set);
+                    policy_digest = Some(d);
                     tracing::warn!("writeback policies reloaded from {}", pp.display());
                 }
-                Err(e) => tracing::warn!("{e}; keeping the last good writeback policies"),
+                Ok(Err((e, _))) => {
+                    tracing::warn!("{e}; keeping the last good writeback policies")
+                }
+                Err(e) => tracing::warn!(
+                    "writeback policies {}: cannot read: {e}; keeping the last good writeback policies",
+                    pp.display()
+                ),
             }
         }
     }
 }
 
-async fn reload_credentials(shared: &Shared) {
+/// Pick up a rewritten token or bundle file. Returns `false` when it should be tried again
+/// later (relayauth could not be asked).
+async fn reload_credentials(shared: &Shared) -> bool {
     let session = shared.callers.mount_session().clone();
     if !session.is_active(SystemTime::now()) {
-        return;
+        return true;
     }
-    let creds = match shared.spec.credentials.read() {
+    let creds = match shared.spec.credentials.read_async().await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(
                 "the credentials changed but cannot be read ({e}); keeping the current token"
             );
-            return;
+            return true;
         }
     };
+    if *creds.access_token == *session.grants().raw {
+        return true;
+    }
     match shared.verifier.verify_fresh(&creds.access_token).await {
         Ok(token) if token.token_id() != session.grants().actor.token_id => {
-            session.replace_token(&token);
-            shared.audit.record(
-                Event::new(
-                    "token.refreshed",
-                    Outcome::Allowed,
-                    &session.grants().actor,
-                    "reload",
-                )
-                .reason("picked up a rewritten credentials file"),
-            );
+            adopt(
+                shared,
+                &token,
+                Origin::File,
+                "reload",
+                "picked up a rewritten credentials file",
+            )
+            .await
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(
-            "the rewritten credentials hold a token that does not verify ({}: {}); keeping the current one",
-            e.code.as_str(),
-            e.message
-        ),
+        Ok(_) => true,
+        Err(e) => {
+            let why = format!(
+                "the rewritten credentials hold a token that does not verify ({}: {}); keeping the current one",
+                e.code.as_str(),
+                e.message
+            );
+            refuse_token(shared, None, "reload", &why);
+            true
+        }
     }
+}
+
+/// Where a new token for the mount's session came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// relayauth's refresh endpoint issued it in answer to this daemon's refresh token.
+    Relayauth,
+    /// It was read from a file someone rewrote.
+    File,
+}
+
+/// Make `token` the mount session's token, or refuse it (audited and logged, the current
+/// token kept). Only a token of the same identity, org and workspace that has not expired is
+/// adopted, and one read from a file only after relayauth confirms it is not revoked: whoever
+/// can write the token file must not be able to swap in another agent's broader token, a
+/// revoked one, or one that expires the session. Returns `false` when relayauth could not be
+/// asked, so the caller may try again.
+pub(crate) async fn adopt(
+    shared: &Shared,
+    token: &crate::token::VerifiedToken,
+    origin: Origin,
+    operation: &str,
+    why: &str,
+) -> bool {
+    let session = shared.callers.mount_session().clone();
+    let current = session.grants();
+    let a = &current.actor;
+    let refusal = if token.subject() != a.identity_id {
+        Some(format!(
+            "the new token is for {}, not for {} (the mount's agent)",
+            token.subject(),
+            a.identity_id
+        ))
+    } else if token.org() != a.org_id || token.workspace() != a.workspace_id {
+        Some(format!(
+            "the new token is for org {} workspace {}, not the mount's org {} workspace {}",
+            token.org(),
+            token.workspace(),
+            a.org_id,
+            a.workspace_id
+        ))
+    } else if token.is_expired(SystemTime::now()) {
+        Some("the new token has already expired".to_owned())
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        refuse_token(
+            shared,
+            Some(token),
+            operation,
+            &format!("{refusal}; keeping the current token"),
+        );
+        return true;
+    }
+    if origin == Origin::File {
+        let Some(client) = &shared.revocation else {
+            refuse_token(
+                shared,
+                Some(token),
+                operation,
+                "revocation cannot be checked without a relayauth URL, so a rewritten token is not \
+                 adopted; restart the mount with the new token",
+            );
+            return true;
+        };
+        match client.check(token.raw(), token.token_id()).await {
+            Ok(Status::Alive) => {}
+            Ok(Status::Revoked(r)) => {
+                refuse_token(
+                    shared,
+                    Some(token),
+                    operation,
+                    &format!(
+                        "relayauth says the new token is revoked ({r}); keeping the current token"
+                    ),
+                );
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "relayauth could not confirm the rewritten token ({e}); keeping the current token and trying again"
+                );
+                return false;
+            }
+        }
+    }
+    session.replace_token(token);
+    if origin == Origin::File {
+        session.confirm();
+    }
+    shared.audit.record(
+        Event::new(
+            "token.refreshed",
+            Outcome::Allowed,
+            &session.grants().actor,
+            operation,
+        )
+        .reason(why)
+        .meta("previousTokenId", a.token_id.clone()),
+    );
+    true
+}
+
+/// Audit and log a token the daemon would not adopt.
+fn refuse_token(
+    shared: &Shared,
+    token: Option<&crate::token::VerifiedToken>,
+    operation: &str,
+    why: &str,
+) {
+    tracing::warn!("{why}");
+    let session = shared.callers.mount_session();
+    let mut ev = Event::new(
+        "token.validated",
+        Outcome::Denied,
+        &session.grants().actor,
+        operation,
+    )
+    .reason(why);
+    if let Some(t) = token {
+        ev = ev
+            .meta("refusedTokenId", t.token_id())
+            .meta("refusedSubject", t.subject());
+    }
+    shared.audit.record(ev);
 }

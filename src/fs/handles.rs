@@ -73,6 +73,35 @@ pub(crate) struct Handle {
     session: Option<Arc<Session>>,
     read: bool,
     write: bool,
+    /// The operations that authorized this handle (read, write, create, see), decided again on
+    /// the node's path whenever the session's grants change.
+    grants: [Option<Op>; 2],
+    /// The session epoch the grants were last decided under.
+    checked: AtomicU64,
+    /// Set once a re-decision refused: the handle carries nothing any more.
+    cut: std::sync::atomic::AtomicBool,
+}
+
+impl Handle {
+    fn new(
+        body: Body,
+        node: Arc<Node>,
+        session: Option<Arc<Session>>,
+        (read, write): (bool, bool),
+        grants: [Option<Op>; 2],
+    ) -> Handle {
+        let epoch = session.as_ref().map_or(0, |s| s.epoch());
+        Handle {
+            body,
+            node,
+            session,
+            read,
+            write,
+            grants,
+            checked: AtomicU64::new(epoch),
+            cut: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 /// An open file as the kernel should treat it.
@@ -423,13 +452,14 @@ impl GuardFs {
             }
         };
         let opened = self.opened_flags(&body);
-        let fh = self.handles.insert(Handle {
+        let grants = [read.then_some(Op::Read), write.then_some(Op::Write)];
+        let fh = self.handles.insert(Handle::new(
             body,
             node,
-            session: ctx.session.clone(),
-            read,
-            write,
-        });
+            ctx.session.clone(),
+            (read, write),
+            grants,
+        ));
         Ok(Opened { fh, ..opened })
     }
 
@@ -515,13 +545,15 @@ impl GuardFs {
         let attr = self.attr_of(&ctx, &node, &Place::Content)?;
         let acc = flags & libc::O_ACCMODE;
         let opened = self.opened_flags(&body);
-        let fh = self.handles.insert(Handle {
+        let read = acc != libc::O_WRONLY;
+        let grants = [read.then_some(Op::Read), Some(Op::Create)];
+        let fh = self.handles.insert(Handle::new(
             body,
             node,
-            session: ctx.session.clone(),
-            read: acc != libc::O_WRONLY,
-            write: true,
-        });
+            ctx.session.clone(),
+            (read, true),
+            grants,
+        ));
         let entry = super::core::Entry {
             attr,
             ttl: self.ttl(),
@@ -543,13 +575,13 @@ impl GuardFs {
         let items = self.list_dir(caller, ino)?;
         let ctx = self.ctx(caller);
         let node = self.node(ino)?;
-        Ok(self.handles.insert(Handle {
-            body: Body::Dir(items),
+        Ok(self.handles.insert(Handle::new(
+            Body::Dir(items),
             node,
-            session: ctx.session,
-            read: true,
-            write: false,
-        }))
+            ctx.session,
+            (true, false),
+            [Some(Op::See), None],
+        )))
     }
 
     /// Hand the entries of an open directory from `offset` (an index; each entry's offset is
@@ -565,6 +597,9 @@ impl GuardFs {
         let Body::Dir(items) = &h.body else {
             return Err(Errno::ENOTDIR);
         };
+        // A directory listed before its session ended (or lost the right to see it) lists
+        // nothing more.
+        self.live(&h)?;
         for (i, item) in items.iter().enumerate().skip(offset as usize) {
             if add(i as u64 + 1, item) {
                 break;
@@ -581,12 +616,45 @@ impl GuardFs {
 
     /// Strict I/O: the session that opened a handle must still be active. Only a
     /// `_PERMISSIONS.md` snapshot stays readable, since it explains what happened.
+    ///
+    /// An open handle also carries no more than the session's current grants: when they change
+    /// (a refreshed or rewritten token with other scopes), what authorized the handle is decided
+    /// again on the node's path, and a handle the new grants would refuse is cut off for good.
+    /// After `--max-staleness` without a confirmation from relayauth, open files stop working
+    /// too, as new opens do.
     fn live(&self, h: &Handle) -> FsResult<()> {
-        match &h.session {
-            Some(s) if s.state(SystemTime::now()) == State::Active => Ok(()),
-            _ if matches!(h.node.kind, NodeKind::Permissions { .. }) => Ok(()),
-            _ => Err(Errno::EACCES),
+        let generated = matches!(h.node.kind, NodeKind::Permissions { .. });
+        let s = match &h.session {
+            Some(s) if s.state(SystemTime::now()) == State::Active => s,
+            _ if generated => return Ok(()),
+            _ => return Err(Errno::EACCES),
+        };
+        if generated {
+            return Ok(());
         }
+        if h.cut.load(Ordering::Acquire) {
+            return Err(Errno::EACCES);
+        }
+        let epoch = s.epoch();
+        if h.checked.load(Ordering::Acquire) != epoch {
+            let ctx = session_ctx(&h.session, 0);
+            let path = h.node.path();
+            let place = self.place_of_node(&h.node)?;
+            let still = h
+                .grants
+                .iter()
+                .flatten()
+                .all(|op| self.decide(&ctx, &path, &place, *op).allowed());
+            if !still {
+                h.cut.store(true, Ordering::Release);
+                return Err(Errno::EACCES);
+            }
+            h.checked.store(epoch, Ordering::Release);
+        }
+        if self.unconfirmed_for(s) > self.opts.max_staleness {
+            return Err(Errno::EACCES);
+        }
+        Ok(())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

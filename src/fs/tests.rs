@@ -750,3 +750,36 @@ fn a_non_empty_directory_moves_in_or_out_of_a_provider_area_file_by_file() {
     .unwrap();
     assert!(root.join("github/repos/acme/api/issues/moved").is_dir());
 }
+
+#[test]
+fn open_handles_lose_what_the_new_grants_refuse() {
+    let (_d, root) = fixture_copy();
+    std::fs::create_dir_all(root.join("node_modules")).unwrap();
+    std::fs::write(root.join("node_modules/a.txt"), "local").unwrap();
+    let s = session(&[
+        "relayfile:fs:manage:/node_modules/**",
+        "relayfile:fs:read:/github/**",
+    ]);
+    let fs = guard(&root, s.clone(), None);
+    let ino = walk(&fs, "/node_modules/a.txt").unwrap();
+    let reader = fs.open(&ME, ino, libc::O_RDONLY).unwrap().fh;
+    let writer = fs.open(&ME, ino, libc::O_WRONLY).unwrap().fh;
+    let gh = walk(&fs, "/github/repos/acme/api/metadata.json").unwrap();
+    let other = fs.open(&ME, gh, libc::O_RDONLY).unwrap().fh;
+    let dir = fs
+        .opendir(&ME, walk(&fs, "/node_modules").unwrap())
+        .unwrap();
+    assert!(fs.read(reader, 0, 16).is_ok());
+    assert!(fs.write(writer, 0, b"{").is_ok());
+    // Same session, narrower token: reading the file stays, writing it and /github go.
+    crate::session::testing::replace_scopes(&s, &["relayfile:fs:read:/node_modules/**"]);
+    assert!(fs.read(reader, 0, 16).is_ok());
+    assert_eq!(fs.write(writer, 0, b"{").unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.read(other, 0, 16).unwrap_err(), Errno::EACCES);
+    assert!(fs.readdir(dir, 0, |_, _| false).is_ok());
+    // A handle cut off stays cut off, even if the grants come back.
+    crate::session::testing::replace_scopes(&s, &["relayfile:fs:manage:*"]);
+    assert_eq!(fs.write(writer, 0, b"{").unwrap_err(), Errno::EACCES);
+    crate::session::testing::replace_scopes(&s, &["relayfile:fs:read:/github/**"]);
+    assert_eq!(fs.readdir(dir, 0, |_, _| false).unwrap_err(), Errno::EACCES);
+}

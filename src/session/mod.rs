@@ -13,6 +13,7 @@ pub mod callers;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
@@ -92,6 +93,9 @@ pub struct Session {
     denials: Mutex<VecDeque<Denial>>,
     /// When relayauth last confirmed this session is not revoked.
     confirmed: Mutex<Option<Instant>>,
+    /// Bumped whenever the grants change, so whatever was decided under the old grants (an
+    /// open file's access) is decided again.
+    epoch: AtomicU64,
 }
 
 impl Session {
@@ -107,7 +111,13 @@ impl Session {
             state: RwLock::new(State::Active),
             denials: Mutex::new(VecDeque::new()),
             confirmed: Mutex::new(None),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The grants' generation: it changes whenever the token (and so the scopes) is replaced.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     pub fn id(&self) -> &str {
@@ -122,6 +132,7 @@ impl Session {
     /// A refreshed token for the same session replaces the grants (scopes are re-read).
     pub fn replace_token(&self, token: &crate::token::VerifiedToken) {
         *self.grants.write() = Arc::new(grants_of(token));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The state as of `now`: an active session whose token's `exp` has passed is expired.
@@ -207,6 +218,20 @@ pub(crate) mod testing {
     //! Sessions for unit tests of the layers above (no token needed).
     use super::*;
     use std::time::Duration;
+
+    /// Give `s` new grants with `scopes`, as a refreshed token would.
+    pub fn replace_scopes(s: &Session, scopes: &[&str]) {
+        let old = s.grants();
+        *s.grants.write() = Arc::new(Grants {
+            actor: old.actor.clone(),
+            scopes: Arc::new(ScopeSet::new(scopes)),
+            expires_at: old.expires_at,
+            issued_at: old.issued_at,
+            raw: old.raw.clone(),
+            parent_token_id: old.parent_token_id.clone(),
+        });
+        s.epoch.fetch_add(1, Ordering::AcqRel);
+    }
 
     pub fn session(scopes: &[&str]) -> Arc<Session> {
         Arc::new(Session::from_grants(Grants {

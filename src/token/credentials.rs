@@ -13,7 +13,6 @@
 //! to do; nothing here panics on what a file contains.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -172,6 +171,20 @@ impl CredentialSource {
         }
     }
 
+    /// [`CredentialSource::read`] off the async runtime, given up after a few seconds: a file
+    /// on a stalled filesystem must not hold up the tasks that revoke and unmount.
+    pub async fn read_async(&self) -> Result<Credentials, CredentialError> {
+        let source = self.clone();
+        crate::files::blocking(crate::files::READ_TIMEOUT, move || source.read())
+            .await
+            .unwrap_or_else(|e| {
+                Err(CredentialError::Unreadable {
+                    what: self.to_string(),
+                    message: e.to_string(),
+                })
+            })
+    }
+
     /// The file behind the source, if there is one (what a watcher watches).
     pub fn path(&self) -> Option<&Path> {
         match self {
@@ -196,36 +209,19 @@ fn read_text(path: &Path, what: &str, fix: &'static str) -> Result<String, Crede
         what: what.to_owned(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            CredentialError::NotFound {
-                what: what.to_owned(),
-                fix,
-            }
-        } else {
-            unreadable(e.to_string())
-        }
+    // Regular files only, opened without blocking: a FIFO at the token path must not wedge
+    // whoever reads it (the daemon reads it again whenever it changes).
+    let bytes = crate::files::read_regular(path, MAX_CREDENTIAL_BYTES).map_err(|e| match e {
+        crate::files::ReadError::NotFound => CredentialError::NotFound {
+            what: what.to_owned(),
+            fix,
+        },
+        crate::files::ReadError::TooLarge { .. } => CredentialError::TooLarge {
+            what: what.to_owned(),
+            size: std::fs::metadata(path).map_or(MAX_CREDENTIAL_BYTES + 1, |m| m.len()),
+        },
+        other => unreadable(other.to_string()),
     })?;
-    let meta = file.metadata().map_err(|e| unreadable(e.to_string()))?;
-    if meta.is_dir() {
-        return Err(unreadable("it is a directory, not a file".into()));
-    }
-    if meta.len() > MAX_CREDENTIAL_BYTES {
-        return Err(CredentialError::TooLarge {
-            what: what.to_owned(),
-            size: meta.len(),
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_CREDENTIAL_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| unreadable(e.to_string()))?;
-    if bytes.len() as u64 > MAX_CREDENTIAL_BYTES {
-        return Err(CredentialError::TooLarge {
-            what: what.to_owned(),
-            size: bytes.len() as u64,
-        });
-    }
     String::from_utf8(bytes).map_err(|_| unreadable("it is not UTF-8 text".into()))
 }
 

@@ -722,25 +722,19 @@ async fn read_file(path: &std::path::Path, max: usize) -> Result<String, JwksErr
         path: path.display().to_string(),
         message,
     };
-    let meta = tokio::fs::metadata(path).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            err(
-                "no such file; pass an https:// URL, an existing file or a data: URL to --jwks"
-                    .into(),
-            )
-        } else {
-            err(e.to_string())
-        }
-    })?;
-    if meta.len() > max as u64 {
-        return Err(err(format!(
-            "the file is {} bytes, more than the {max}-byte limit for a JWKS",
-            meta.len()
-        )));
-    }
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let bytes =
+        crate::files::read_regular_async(path.to_owned(), max as u64, crate::files::READ_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                crate::files::ReadError::NotFound => err(
+                    "no such file; pass an https:// URL, an existing file or a data: URL to --jwks"
+                        .into(),
+                ),
+                crate::files::ReadError::TooLarge { .. } => err(format!(
+                    "the file is more than the {max}-byte limit for a JWKS"
+                )),
+                other => err(other.to_string()),
+            })?;
     String::from_utf8(bytes).map_err(|_| err("the file is not UTF-8 text".into()))
 }
 

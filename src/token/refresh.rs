@@ -260,7 +260,9 @@ impl Refresher {
         let shown = self.bundle.display().to_string();
         let mut lock = BundleLock::acquire(&self.lock_path(), self.options.lock_timeout).await?;
 
-        let credentials = CredentialSource::Bundle(self.bundle.clone()).read()?;
+        let credentials = CredentialSource::Bundle(self.bundle.clone())
+            .read_async()
+            .await?;
         let Some(bundle) = credentials.bundle.clone() else {
             return Err(RefreshError::NoRefreshToken { path: shown });
         };
@@ -512,14 +514,20 @@ impl BundleLock {
             path: path.display().to_string(),
             message,
         };
+        // Non-blocking and regular files only: a FIFO planted at the lock path must not hang
+        // the refresher.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
             .map_err(|e| fail(e.to_string()))?;
+        if !file.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
+            return Err(fail("it is not a regular file; remove it".to_owned()));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             // SAFETY: flock on a descriptor this function owns; no memory is involved.

@@ -1,0 +1,264 @@
+//! Attack classes from an adversarial review, each against a real mount: the token file
+//! (FIFOs, another identity's token, an expired or revoked one, a narrower one while files are
+//! open), the reload loop of watched files, and more below. Each test fails on a daemon without
+//! the fix it names.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::*;
+use serde_json::{Value, json};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relayauth-mount"))
+}
+
+/// Poll `cond` until it holds or `limit` passes.
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// Replace the mount's token file atomically with `token`.
+fn rewrite_token(m: &TestMount, token: &str) {
+    let tmp = m.token_file.with_extension("new");
+    std::fs::write(&tmp, token).unwrap();
+    std::fs::rename(&tmp, &m.token_file).unwrap();
+}
+
+/// An access token for `identity` with `scopes`, living `ttl` seconds.
+fn mint_scoped(issuer: &Issuer, identity: &str, scopes: &[&str], ttl: u64) -> String {
+    let (status, v) = issuer.call(
+        "POST",
+        "/v1/tokens",
+        Some(json!({"identityId": identity, "scopes": scopes, "expiresIn": ttl})),
+        None,
+    );
+    assert_eq!(status, 201, "{v}");
+    v["accessToken"].as_str().unwrap().to_owned()
+}
+
+fn status_json(m: &TestMount) -> Value {
+    let o = bin()
+        .arg("status")
+        .arg(&m.mnt)
+        .arg("--json")
+        .env("XDG_RUNTIME_DIR", m.dir.path())
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+const GITHUB: &str = "relayfile:fs:read:/github/**";
+const SLACK: &str = "relayfile:fs:read:/slack/**";
+
+/// The token path replaced by a FIFO: the daemon must neither hang on it nor stop answering
+/// `status`, revoking and unmounting.
+#[test]
+fn a_fifo_at_the_token_path_wedges_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let token = issuer.token(&[GITHUB]);
+    let mut m = TestMount::start(&issuer, &token, MountOpts::default());
+    std::fs::remove_file(&m.token_file).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &m.token_file,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // Give the watcher time to react to the new name (and, without the fix, to block on it).
+    std::thread::sleep(Duration::from_millis(800));
+    let started = Instant::now();
+    let status = status_json(&m);
+    assert_eq!(status["ok"], true, "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        m.sh("cat github/repos/acme/api/metadata.json")
+            .status
+            .success()
+    );
+    // Revocation still ends the mount promptly.
+    let sid = claims_of(&token)["sid"].as_str().unwrap().to_owned();
+    issuer.revoke(json!({"sessionId": sid}));
+    let (code, stderr) = m.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(3), "{stderr}");
+}
+
+/// Whoever can write the token file must not swap in another identity's (broader) token, a
+/// revoked token, or one already past `exp` (inside the verification leeway); the current token
+/// stays, and the refusal is audited.
+#[test]
+fn a_rewritten_token_is_adopted_only_for_the_same_live_identity() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let me = issuer.identity("narrow-agent", &[GITHUB, SLACK]);
+    let other = issuer.identity("broad-agent", &[GITHUB, SLACK]);
+    let mine = mint_scoped(&issuer, &me, &[GITHUB], 3600);
+    let m = TestMount::start(&issuer, &mine, MountOpts::default());
+    let slack_visible = || m.at("slack/users").is_dir();
+    assert!(!slack_visible());
+
+    let theirs = mint_scoped(&issuer, &other, &[GITHUB, SLACK], 3600);
+    rewrite_token(&m, &theirs);
+    let refused = m.wait_audit(|e| {
+        e["action"] == "token.validated"
+            && e["result"] == "denied"
+            && e["metadata"]["refusedSubject"] == other.as_str()
+    });
+    assert!(
+        refused["reason"].as_str().unwrap().contains("not for"),
+        "{refused}"
+    );
+    assert!(!slack_visible(), "another identity's token was adopted");
+
+    let revoked = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 3600);
+    issuer.revoke(json!({"tokenId": claims_of(&revoked)["jti"]}));
+    rewrite_token(&m, &revoked);
+    m.wait_audit(|e| {
+        e["action"] == "token.validated"
+            && e["result"] == "denied"
+            && e["metadata"]["refusedTokenId"] == claims_of(&revoked)["jti"]
+    });
+    assert!(!slack_visible(), "a revoked token was adopted");
+
+    let short = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 1);
+    std::thread::sleep(Duration::from_millis(2100));
+    rewrite_token(&m, &short);
+    m.wait_audit(|e| {
+        e["action"] == "token.validated"
+            && e["result"] == "denied"
+            && e["metadata"]["refusedTokenId"] == claims_of(&short)["jti"]
+    });
+    assert!(is_mounted(&m.mnt), "an expired token ended the mount");
+    assert_eq!(
+        status_json(&m)["session"]["token_id"],
+        claims_of(&mine)["jti"]
+    );
+
+    // The same identity's live token is adopted.
+    let wide = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 3600);
+    rewrite_token(&m, &wide);
+    assert!(
+        eventually(Duration::from_secs(10), slack_visible),
+        "the same identity's new token was not adopted"
+    );
+}
+
+/// A descriptor opened before the token lost a right loses it too.
+#[test]
+fn open_descriptors_lose_rights_the_new_token_drops() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let me = issuer.identity("shrinking", &[GITHUB, SLACK]);
+    let wide = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 3600);
+    let m = TestMount::start(&issuer, &wide, MountOpts::default());
+    let mut agent = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import sys, errno
+kept = open('github/repos/acme/api/metadata.json')
+lost = open('slack/users/U04ALICE01.json')
+print('open', flush=True)
+sys.stdin.readline()
+for f in (kept, lost):
+    f.seek(0)
+    try:
+        f.read()
+        print('ok', flush=True)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno), flush=True)",
+        )
+        .current_dir(&m.mnt)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "open");
+    let narrow = mint_scoped(&issuer, &me, &[GITHUB], 3600);
+    rewrite_token(&m, &narrow);
+    assert!(
+        eventually(Duration::from_secs(10), || !m.at("slack").exists()),
+        "the narrower token was not adopted"
+    );
+    writeln!(agent.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "ok");
+    assert_eq!(
+        lines.next().unwrap().unwrap(),
+        "EACCES",
+        "a descriptor kept a right the token lost"
+    );
+    let _ = agent.wait();
+}
+
+/// Reading the watched files (the token file, the policy file) must not make the daemon reload
+/// them: its own reload reads them too, which used to start an endless loop.
+#[test]
+fn reading_watched_files_causes_no_reload() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let mut m = TestMount::start(&issuer, &issuer.token(&[GITHUB]), MountOpts::default());
+    let policies = m.mirror_at(".relay/writeback-policies.json");
+    for _ in 0..3 {
+        std::fs::read(&policies).unwrap();
+        std::fs::read(&m.token_file).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Rewriting the policy file with the same bytes changes nothing either.
+    let same = std::fs::read(&policies).unwrap();
+    std::fs::write(&policies, &same).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, stderr) = m.stop();
+    assert!(!stderr.contains("reloaded"), "{stderr}");
+    let reloads = m
+        .audit_events()
+        .iter()
+        .filter(|e| e["action"] == "token.refreshed")
+        .count();
+    assert_eq!(reloads, 0);
+}
+
+/// What a policy file says is re-read when its content changes.
+#[test]
+fn a_changed_policy_file_is_reloaded_once() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let mut m = TestMount::start(&issuer, &issuer.token(&[GITHUB]), MountOpts::default());
+    let policies = m.mirror_at(".relay/writeback-policies.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&policies).unwrap()).unwrap();
+    v["policies"].as_array_mut().unwrap().pop();
+    std::fs::write(&policies, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            status_json(&m)["writeback_policies"] == 3
+        }),
+        "{} {:?}",
+        status_json(&m),
+        m.stop()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, stderr) = m.stop();
+    assert_eq!(stderr.matches("reloaded").count(), 1, "{stderr}");
+}
