@@ -167,7 +167,7 @@ fn permissions_file_is_virtual_and_read_only() {
     // A refusal that is not a missing scope gives its reason, not a fake requirement.
     let row = text
         .lines()
-        .find(|l| l.starts_with("| metadata.json |"))
+        .find(|l| l.starts_with("| `metadata.json` |"))
         .unwrap();
     assert!(
         row.contains("| no (/github/repos/acme/api/metadata.json is provider-backed"),
@@ -338,7 +338,7 @@ fn fuse_smoke() {
     );
     let cat = std::fs::read_to_string(mnt.join("github/repos/acme/api/_PERMISSIONS.md")).unwrap();
     assert!(
-        cat.starts_with("# Permissions in /github/repos/acme/api"),
+        cat.starts_with("# Permissions in `/github/repos/acme/api`"),
         "{cat}"
     );
     let err = std::fs::write(
