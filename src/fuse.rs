@@ -548,6 +548,10 @@ pub struct MountConfig {
     pub threads: usize,
     /// The name shown in `/proc/mounts` (the source directory).
     pub source_name: String,
+    /// Let the kernel pass requests of every local user (`allow_other`), checking the
+    /// permission bits the daemon shows (`default_permissions`). Without it the kernel only
+    /// passes the mounting user's requests.
+    pub other_users: bool,
 }
 
 /// Mount `fs` at `mountpoint` and serve it on background threads.
@@ -564,7 +568,12 @@ pub fn mount(
         MountOption::NoSuid,
         MountOption::NoAtime,
     ];
-    config.acl = SessionACL::All;
+    if cfg.other_users {
+        config.mount_options.push(MountOption::DefaultPermissions);
+        config.acl = SessionACL::All;
+    } else {
+        config.acl = SessionACL::Owner;
+    }
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
     let session = fuser::Session::new(FuseAdapter::new(fs), mountpoint, &config)?;

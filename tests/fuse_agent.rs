@@ -194,22 +194,58 @@ attempt('mkfifo', lambda: os.mkfifo('github/repos/acme/api/issues/7/fifo'))
 }
 
 #[test]
-fn test_r_and_test_w_answer_from_the_token_for_any_user() {
+fn test_r_and_test_w_answer_from_the_token_and_the_mode_bits() {
     if !fuse_available() {
         return;
     }
     let issuer = Issuer::start();
-    let m = lead_mount(&issuer);
-    // The mirror's files belong to root with mode 0644; the agent runs as nobody. What it may
-    // do comes from its token, and `test` (access(2)) says exactly that.
-    let o = m.sh_as_nobody(
-        "for f in scratch/notes.txt github/repos/acme/web/metadata.json _PERMISSIONS.md; do
+    let probe = "for f in scratch/notes.txt scratch/open.txt github/repos/acme/web/metadata.json _PERMISSIONS.md; do
            printf '%s' \"$f\"; test -r \"$f\" && printf ' r'; test -w \"$f\" && printf ' w'; echo
-         done",
+         done";
+    let prepare = |mirror: &std::path::Path| {
+        scratch(mirror);
+        std::fs::write(mirror.join("scratch/open.txt"), "anyone").unwrap();
+        std::fs::set_permissions(
+            mirror.join("scratch/open.txt"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .unwrap();
+    };
+    // The mount's owner (root here): what it may do comes from the token, which `test`
+    // (access(2)) says exactly. Nobody else may use the mount at all.
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(LEAD),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
     );
     assert_eq!(
+        out(&m.sh(probe)),
+        "scratch/notes.txt r w\nscratch/open.txt r w\ngithub/repos/acme/web/metadata.json r\n_PERMISSIONS.md r\n"
+    );
+    assert_eq!(
+        out(&m.sh_as_nobody(probe)),
+        "scratch/notes.txt\nscratch/open.txt\ngithub/repos/acme/web/metadata.json\n_PERMISSIONS.md\n"
+    );
+    drop(m);
+    // Another user, let in with --allow-other-users: the token and the mirror's own bits both
+    // apply (root's 0644 notes.txt is read-only for nobody, as natively).
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(LEAD),
+        MountOpts {
+            args: vec!["--local-roots", "scratch", "--allow-other-users"],
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
+    );
+    let o = m.sh_as_nobody(probe);
+    assert_eq!(
         out(&o),
-        "scratch/notes.txt r w\ngithub/repos/acme/web/metadata.json r\n_PERMISSIONS.md r\n",
+        "scratch/notes.txt r\nscratch/open.txt r w\ngithub/repos/acme/web/metadata.json r\n_PERMISSIONS.md r\n",
         "{}",
         err(&o)
     );

@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -261,4 +262,96 @@ fn a_changed_policy_file_is_reloaded_once() {
     std::thread::sleep(Duration::from_secs(1));
     let (_, stderr) = m.stop();
     assert_eq!(stderr.matches("reloaded").count(), 1, "{stderr}");
+}
+
+fn fixture(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
+fn owner(p: &Path) -> u32 {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::symlink_metadata(p).unwrap())
+}
+
+const REVIEWS: &str = "github/repos/acme/api/pulls/42/reviews";
+
+/// Other local users: without `--allow-other-users` they see nothing through a root's mount,
+/// not even what its token may read; with it, the mirror's permission bits apply on top of the
+/// token (as natively and with bindfs), and what they create belongs to them.
+#[test]
+fn other_local_users_do_not_act_under_the_mounts_token() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let prepare = |mirror: &Path| {
+        std::fs::create_dir_all(mirror.join("scratch/open")).unwrap();
+        std::fs::write(mirror.join("scratch/secret.txt"), "ROOT-ONLY").unwrap();
+        chmod(&mirror.join("scratch/secret.txt"), 0o600);
+        std::fs::write(mirror.join("scratch/rootfile"), "root's").unwrap();
+        chmod(&mirror.join("scratch/open"), 0o777);
+        chmod(&mirror.join(REVIEWS), 0o777);
+    };
+    let token = issuer.token(&[
+        "relayfile:fs:manage:/scratch/**",
+        GITHUB,
+        "relayfile:fs:create:/github/repos/acme/api/pulls/42/reviews/*",
+    ]);
+    let probes = "cat scratch/secret.txt; cat github/repos/acme/api/metadata.json; ls scratch;
+        echo planted > scratch/open/new; echo planted > scratch/rootfile; mkdir scratch/open/d";
+    {
+        let m = TestMount::start(
+            &issuer,
+            &token,
+            MountOpts {
+                args: vec!["--local-roots", "scratch"],
+                prepare: Some(&prepare),
+                ..MountOpts::default()
+            },
+        );
+        let before = snapshot(&m.mirror);
+        let o = m.sh_as_nobody(probes);
+        assert_eq!(out(&o), "", "{}", err(&o));
+        assert_eq!(snapshot(&m.mirror), before, "nobody changed the mirror");
+        // The owner still works.
+        assert!(
+            m.sh("cat scratch/secret.txt github/repos/acme/api/metadata.json")
+                .status
+                .success()
+        );
+    }
+    let m = TestMount::start(
+        &issuer,
+        &token,
+        MountOpts {
+            args: vec!["--local-roots", "scratch", "--allow-other-users"],
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
+    );
+    let o = m.sh_as_nobody("cat scratch/secret.txt");
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
+    let o = m.sh_as_nobody("echo planted > scratch/rootfile");
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
+    assert_eq!(
+        std::fs::read_to_string(m.mirror_at("scratch/rootfile")).unwrap(),
+        "root's"
+    );
+    let o = m.sh_as_nobody(
+        "set -e; cat github/repos/acme/api/metadata.json > /dev/null
+         echo mine > scratch/open/new; mkdir scratch/open/d; ln -s new scratch/open/l",
+    );
+    assert!(o.status.success(), "{}", err(&o));
+    for p in ["scratch/open/new", "scratch/open/d", "scratch/open/l"] {
+        assert_eq!(owner(&m.mirror_at(p)), 65534, "{p} is not nobody's");
+    }
+    // A writeback made by nobody is nobody's file too.
+    let review = fixture("mount-fixtures/payloads/github-review.valid.json");
+    let target = format!("{REVIEWS}/by-nobody.json");
+    let o = m.sh_as_nobody(&format!("cat > {target} <<'JSON'\n{review}\nJSON"));
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(owner(&m.mirror_at(&target)), 65534);
 }

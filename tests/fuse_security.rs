@@ -1,7 +1,8 @@
 //! Path tricks against a real mount: symlinks out of the mirror, a directory swapped for a
 //! symlink while agents work, hard links that alias another path, renames across scopes and
-//! truncation by path. The agent runs as `nobody`, so anything it reads from outside the
-//! mirror could only have come through the daemon (root).
+//! truncation by path. The agent runs as `nobody` (the mounts let other users in with
+//! `--allow-other-users`, and the scratch areas are world-writable), so anything it reads from
+//! outside the mirror could only have come through the daemon (root).
 
 mod common;
 
@@ -13,6 +14,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::mount::*;
 
 const SECRET: &str = "OUTSIDE-THE-MIRROR";
+
+/// Let anyone create and change things in `dir` (and below), so that what stops `nobody` is
+/// the guard, not the mirror's permission bits.
+fn world_writable(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_symlink() {
+            continue;
+        }
+        if p.is_dir() {
+            world_writable(&p);
+        } else {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
 
 /// A root-only directory beside the mirror, with a secret in it.
 fn outside(mirror: &Path) -> std::path::PathBuf {
@@ -35,12 +53,13 @@ fn symlinks_out_of_the_mirror_serve_nothing_from_outside() {
         std::os::unix::fs::symlink(&out, mirror.join("scratch/abs")).unwrap();
         std::os::unix::fs::symlink("../../outside", mirror.join("scratch/rel")).unwrap();
         std::os::unix::fs::symlink(out.join("f"), mirror.join("scratch/file")).unwrap();
+        world_writable(&mirror.join("scratch"));
     };
     let m = TestMount::start(
         &issuer,
         &issuer.token(&["relayfile:fs:manage:/scratch/**"]),
         MountOpts {
-            args: vec!["--local-roots", "scratch"],
+            args: vec!["--local-roots", "scratch", "--allow-other-users"],
             prepare: Some(&prepare),
             ..MountOpts::default()
         },
@@ -73,12 +92,13 @@ fn swapping_a_directory_for_a_symlink_never_escapes() {
         std::fs::create_dir_all(mirror.join("scratch/dir")).unwrap();
         std::fs::write(mirror.join("scratch/dir/f"), "inside").unwrap();
         std::os::unix::fs::symlink(&out, mirror.join("scratch/swap")).unwrap();
+        world_writable(&mirror.join("scratch"));
     };
     let m = TestMount::start(
         &issuer,
         &issuer.token(&["relayfile:fs:manage:/scratch/**"]),
         MountOpts {
-            args: vec!["--local-roots", "scratch"],
+            args: vec!["--local-roots", "scratch", "--allow-other-users"],
             prepare: Some(&prepare),
             ..MountOpts::default()
         },

@@ -92,6 +92,10 @@ pub struct MountArgs {
     /// Callers that are not registered with the mount see nothing.
     #[arg(long)]
     require_registration: bool,
+    /// Let every local user act under the mount's token (by default only the user running the
+    /// mount, and root, may use it). The kernel then also applies the mirror's permission bits.
+    #[arg(long)]
+    allow_other_users: bool,
     /// FUSE worker threads.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -140,6 +144,7 @@ pub fn run_mount(args: MountArgs) -> Outcome {
             .filter(|r| !r.is_empty())
             .collect(),
         require_registration: args.require_registration,
+        allow_other_users: args.allow_other_users,
         threads: args.threads.unwrap_or_else(crate::fuse::default_threads),
         foreground: args.foreground,
     };

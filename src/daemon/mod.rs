@@ -58,6 +58,8 @@ pub struct MountSpec {
     pub writeback_policies: Option<PathBuf>,
     pub local_roots: Vec<String>,
     pub require_registration: bool,
+    /// Unregistered callers of every uid act under the mount's session.
+    pub allow_other_users: bool,
     pub threads: usize,
     pub foreground: bool,
 }
@@ -461,6 +463,17 @@ fn summary(shared: &Shared, session: &Session, policies: &PolicySet, revocation:
             bad.len()
         ));
     }
+    let owner = shared.callers.owner();
+    if shared.spec.allow_other_users {
+        s.push_str(
+            "  WARNING: --allow-other-users: every local user acts under this mount's token \
+             (limited by the mirror's permission bits); only registered sessions should need it\n",
+        );
+    } else {
+        s.push_str(&format!(
+            "  local users: only uid {owner} (the user running the mount) may use it; other users see nothing\n"
+        ));
+    }
     s.push_str(&format!("  revocation: {revocation}\n"));
     s.push_str(&format!(
         "  writeback policies: {}{}\n",
@@ -613,7 +626,10 @@ async fn serve(
         policy_file.clone(),
         policy_digest,
     );
-    let callers = Arc::new(Callers::new(session.clone(), spec.require_registration));
+    let callers = Arc::new(
+        Callers::new(session.clone(), spec.require_registration)
+            .allow_other_users(spec.allow_other_users),
+    );
     let mirror = Mirror::open(&source)
         .or_else(|e| fail(1, format!("cannot open SOURCE {}: {e}", source.display())))?;
     let options = Options {
@@ -645,6 +661,7 @@ async fn serve(
     let cfg = crate::fuse::MountConfig {
         threads: spec.threads,
         source_name: source.display().to_string(),
+        other_users: spec.allow_other_users,
     };
     let bg = crate::fuse::mount(fs.clone(), &mountpoint, &cfg).or_else(|e| {
         fail(

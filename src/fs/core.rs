@@ -177,6 +177,9 @@ pub struct GuardFs {
     pub(crate) staging: OwnedFd,
     pub(crate) quarantine: OwnedFd,
     started: Instant,
+    /// The daemon runs as root (it can give new objects to their creators).
+    as_root: bool,
+    daemon_gid: u32,
 }
 
 /// The guard's folders inside the mirror's `/.relay`.
@@ -243,6 +246,8 @@ impl GuardFs {
             staging,
             quarantine,
             started: Instant::now(),
+            as_root: rustix::process::geteuid().is_root(),
+            daemon_gid: rustix::process::getegid().as_raw(),
         })
     }
 
@@ -260,7 +265,7 @@ impl GuardFs {
     }
 
     pub(crate) fn ctx(&self, caller: &Caller) -> Ctx {
-        let session = self.callers.resolve(caller.pid);
+        let session = self.callers.resolve(caller.pid, caller.uid);
         let (grants, state) = match &session {
             Some(s) => (Some(s.grants()), Some(s.state(SystemTime::now()))),
             None => (None, None),
@@ -314,6 +319,30 @@ impl GuardFs {
             (_, Some(state), _) => authz::decide_inactive(path, place, op, state.name()),
             _ => authz::decide_inactive(path, place, op, "not registered with this mount"),
         }
+    }
+
+    /// Make a new object (behind `fd`, created in a directory whose stat is `dir`) belong to
+    /// `caller`, as a native filesystem would: when the daemon runs as root it can, and does, so
+    /// a file another user creates through the mount is theirs, not root's. A setgid directory
+    /// keeps its group, as the kernel already gave it. As any other user the daemon cannot, and
+    /// new objects belong to it (the README says so).
+    pub(crate) fn give_to(&self, caller: &Caller, fd: BorrowedFd<'_>, dir: &Stat) -> FsResult<()> {
+        if !self.as_root || caller.uid == self.callers.owner() && caller.gid == self.daemon_gid {
+            return Ok(());
+        }
+        let gid = (dir.st_mode & libc::S_ISGID == 0).then_some(caller.gid);
+        Ok(self.mirror.chown(fd, Some(caller.uid), gid)?)
+    }
+
+    /// Give a staged copy the owner and group of the file it replaces (root only; see
+    /// [`GuardFs::give_to`]), so a writeback never changes who owns a file.
+    pub(crate) fn keep_owner(&self, fd: BorrowedFd<'_>, like: &Stat) -> FsResult<()> {
+        if !self.as_root {
+            return Ok(());
+        }
+        Ok(self
+            .mirror
+            .chown(fd, Some(like.st_uid), Some(like.st_gid))?)
     }
 
     /// Whether some active session of this mount may write, replace or delete the ordinary
@@ -530,7 +559,7 @@ impl GuardFs {
     }
 
     /// The attributes of a mirror object whose stat is at hand.
-    fn backed_attr(&self, ctx: &Ctx, node: &Node, place: &Place, st: &Stat) -> FileAttr {
+    pub(crate) fn backed_attr(&self, ctx: &Ctx, node: &Node, place: &Place, st: &Stat) -> FileAttr {
         let rights = self.rights(ctx, &node.path(), place, st);
         attr::from_stat(node.ino, st, rights)
     }

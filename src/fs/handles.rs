@@ -350,9 +350,31 @@ impl GuardFs {
             self.mirror
                 .create_file(self.staging.as_fd(), &name, mode, OFlags::RDWR)?;
         if let Some(src) = from {
-            let mut src = self.mirror.reopen(src, OFlags::RDONLY)?;
-            io::copy(&mut src, &mut file)?;
-            file.seek(SeekFrom::Start(0))?;
+            let copied = (|| -> io::Result<()> {
+                let mut src = self.mirror.reopen(src, OFlags::RDONLY)?;
+                io::copy(&mut src, &mut file)?;
+                file.seek(SeekFrom::Start(0))?;
+                Ok(())
+            })();
+            if let Err(e) = copied {
+                let _ = self.mirror.unlink(self.staging.as_fd(), &name);
+                return Err(e.into());
+            }
+        }
+        Ok((file, name))
+    }
+
+    /// A staging file that will replace the file whose stat is `like`: same permission bits
+    /// and, where the daemon can set it, the same owner; optionally a copy of `from`.
+    pub(crate) fn stage_like(
+        &self,
+        like: &Stat,
+        from: Option<BorrowedFd<'_>>,
+    ) -> FsResult<(File, OsString)> {
+        let (file, name) = self.stage(like.st_mode & 0o777, from)?;
+        if let Err(e) = self.keep_owner(file.as_fd(), like) {
+            let _ = self.mirror.unlink(self.staging.as_fd(), &name);
+            return Err(e);
         }
         Ok((file, name))
     }
@@ -424,7 +446,7 @@ impl GuardFs {
                     Some(_) => {
                         let st = self.mirror.stat(b.fd.as_fd())?;
                         let copy = (flags & libc::O_TRUNC == 0).then(|| b.fd.as_fd());
-                        let (file, name) = self.stage(st.st_mode & 0o777, copy)?;
+                        let (file, name) = self.stage_like(&st, copy)?;
                         let (parent, target, p) = self.node_dir_parent(&node)?;
                         let truncated = flags & libc::O_TRUNC != 0;
                         Body::Staged(Mutex::new(Staged {
@@ -498,7 +520,8 @@ impl GuardFs {
             }
         };
         let mode = mode & !umask & 0o777;
-        let (body, node) = match gate {
+        let dir_st = self.mirror.stat(dir_fd.as_fd())?;
+        let (body, node, st) = match gate {
             Some(_) => {
                 // The name must be free now; it is claimed again when the file is committed.
                 if self.pending.lock().contains_key(&(parent, name.to_owned())) {
@@ -510,8 +533,17 @@ impl GuardFs {
                     Err(e) => return Err(e.into()),
                 }
                 let (file, staged_name) = self.stage(mode, None)?;
-                let path_fd = self.mirror.path_of(file.as_fd())?;
-                let st = self.mirror.stat(path_fd.as_fd())?;
+                let made = self
+                    .give_to(caller, file.as_fd(), &dir_st)
+                    .and_then(|()| Ok(self.mirror.path_of(file.as_fd())?))
+                    .and_then(|fd| Ok((self.mirror.stat(fd.as_fd())?, fd)));
+                let (st, path_fd) = match made {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let _ = self.mirror.unlink(self.staging.as_fd(), &staged_name);
+                        return Err(e);
+                    }
+                };
                 let node = self
                     .inodes
                     .remember(parent, name, path.clone(), path_fd, &st);
@@ -529,20 +561,31 @@ impl GuardFs {
                     touched: true,
                     failed: None,
                 };
-                (Body::Staged(Mutex::new(staged)), node)
+                (Body::Staged(Mutex::new(staged)), node, st)
             }
             None => {
                 let acc =
                     OFlags::from_bits_retain((flags & (libc::O_ACCMODE | libc::O_APPEND)) as u32);
                 let (file, path_fd, st) =
                     self.mirror.create_file(dir_fd.as_fd(), name, mode, acc)?;
+                let owned = self
+                    .give_to(caller, file.as_fd(), &dir_st)
+                    .and_then(|()| Ok(self.mirror.stat(file.as_fd())?));
+                let st = match owned {
+                    Ok(now) => now,
+                    Err(e) => {
+                        // Nothing half-done: the caller is told it failed, so it is not there.
+                        self.mirror.undo_create(dir_fd.as_fd(), name, &st);
+                        return Err(e);
+                    }
+                };
                 let node = self
                     .inodes
                     .remember(parent, name, path.clone(), path_fd, &st);
-                (Body::File(file), node)
+                (Body::File(file), node, st)
             }
         };
-        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
+        let attr = self.backed_attr(&ctx, &node, &Place::Content, &st);
         let acc = flags & libc::O_ACCMODE;
         let opened = self.opened_flags(&body);
         let read = acc != libc::O_WRONLY;
@@ -721,7 +764,7 @@ impl GuardFs {
         if s.file.is_none() {
             let fd = h.node.fd().ok_or(Errno::EIO)?;
             let st = self.mirror.stat(fd.as_fd())?;
-            let (file, name) = self.stage(st.st_mode & 0o777, Some(fd.as_fd()))?;
+            let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
             s.file = Some(file);
             s.name = name;
         }
@@ -995,7 +1038,7 @@ impl GuardFs {
     pub(crate) fn staged_truncate(&self, ctx: &Ctx, node: &Arc<Node>, size: u64) -> FsResult<()> {
         let fd = node.fd().ok_or(Errno::EIO)?;
         let st = self.mirror.stat(fd.as_fd())?;
-        let (file, name) = self.stage(st.st_mode & 0o777, Some(fd.as_fd()))?;
+        let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
         file.set_len(size)?;
         let (parent, target, path) = self.node_dir_parent(node)?;
         let mut staged = Staged {

@@ -175,9 +175,21 @@ impl Mirror {
             access | extra | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(mode & 0o777),
         )?;
-        let path = self.path_of(fd.as_fd())?;
-        let st = rustix::fs::fstat(&fd)?;
-        Ok((File::from(fd), path, st))
+        // Created: from here on a failure removes it again, so no caller is ever told "failed"
+        // about a file that stays behind (empty) in the mirror.
+        let finish = || -> io::Result<(OwnedFd, Stat)> {
+            let st = rustix::fs::fstat(&fd)?;
+            Ok((self.path_of(fd.as_fd())?, st))
+        };
+        match finish() {
+            Ok((path, st)) => Ok((File::from(fd), path, st)),
+            Err(e) => {
+                if let Ok(st) = rustix::fs::fstat(&fd) {
+                    self.undo_create(dir, name, &st);
+                }
+                Err(e)
+            }
+        }
     }
 
     pub fn mkdir(
@@ -188,7 +200,9 @@ impl Mirror {
     ) -> io::Result<(OwnedFd, Stat)> {
         check(name)?;
         rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o777))?;
-        self.lookup(dir, name)
+        self.lookup(dir, name).inspect_err(|_| {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
+        })
     }
 
     pub fn symlink(
@@ -199,7 +213,26 @@ impl Mirror {
     ) -> io::Result<(OwnedFd, Stat)> {
         check(name)?;
         rustix::fs::symlinkat(target, dir, name)?;
-        self.lookup(dir, name)
+        self.lookup(dir, name).inspect_err(|_| {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        })
+    }
+
+    /// Remove what was just created as `name` in `dir` (a step after the create failed), but
+    /// only if the name still holds that very object.
+    pub fn undo_create(&self, dir: BorrowedFd<'_>, name: &OsStr, created: &Stat) {
+        let Ok(now) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            return;
+        };
+        if (now.st_dev, now.st_ino) != (created.st_dev, created.st_ino) {
+            return;
+        }
+        let flags = if Kind::of(&now) == Kind::Dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        let _ = rustix::fs::unlinkat(dir, name, flags);
     }
 
     pub fn unlink(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
@@ -243,6 +276,18 @@ impl Mirror {
             fd_name(fd),
             Mode::from_raw_mode(mode & 0o7777),
             AtFlags::empty(),
+        )?)
+    }
+
+    /// Change the owner and/or group of the object behind a descriptor (an `O_PATH` one
+    /// included; a symlink itself, never its target).
+    pub fn chown(&self, fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        Ok(rustix::fs::chownat(
+            fd,
+            "",
+            uid.map(rustix::fs::Uid::from_raw),
+            gid.map(rustix::fs::Gid::from_raw),
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
         )?)
     }
 

@@ -119,9 +119,15 @@ impl GuardFs {
         if kind == Kind::Symlink {
             self.refuse_provider_symlink(&ctx, &child.path, operation)?;
         }
+        let dir_st = self.mirror.stat(child.dir_fd.as_fd())?;
         let (nfd, st) = make(child.dir_fd.as_fd())?;
+        if let Err(e) = self.give_to(caller, nfd.as_fd(), &dir_st) {
+            self.mirror.undo_create(child.dir_fd.as_fd(), name, &st);
+            return Err(e);
+        }
+        let st = self.mirror.stat(nfd.as_fd())?;
         let node = self.inodes.remember(parent, name, child.path, nfd, &st);
-        let attr = self.attr_of(&ctx, &node, &Place::Content)?;
+        let attr = self.backed_attr(&ctx, &node, &Place::Content, &st);
         Ok(Entry {
             attr,
             ttl: self.ttl(),
@@ -366,7 +372,7 @@ impl GuardFs {
         (new_parent, dst_dir, new_name, dst_path): (Ino, &OwnedFd, &OsStr, &str),
         noreplace: bool,
     ) -> FsResult<()> {
-        let (copy, staged) = self.stage(src_st.st_mode & 0o777, Some(src_file.as_fd()))?;
+        let (copy, staged) = self.stage_like(src_st, Some(src_file.as_fd()))?;
         let placed = (|| {
             self.validate_as(ctx, dst_path, copy.as_fd(), new_parent)?;
             copy.sync_all()?;

@@ -314,6 +314,7 @@ fn fuse_smoke() {
     let cfg = crate::fuse::MountConfig {
         threads: 4,
         source_name: root.display().to_string(),
+        other_users: false,
     };
     // Dropping the session unmounts, also when an assertion below fails.
     let bg = crate::fuse::mount(fs, &mnt, &cfg).unwrap();

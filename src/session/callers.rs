@@ -4,7 +4,10 @@
 //! itself and then execs the agent); a caller acts under the nearest registered ancestor, found
 //! by walking `/proc/<pid>/stat`. Entries are keyed by pid *and* process start time, so a reused
 //! pid never inherits a session. A caller with no registered ancestor acts under the mount's own
-//! session, unless the mount requires registration, in which case it sees nothing.
+//! session only when it runs as the mount's own user or as root (or every local user was let in
+//! with `--allow-other-users`): the mount's token is its owner's, not every local user's. Any
+//! other caller, and every unregistered caller when the mount requires registration, sees
+//! nothing.
 
 use std::sync::Arc;
 
@@ -43,6 +46,10 @@ impl ProcessKey {
 pub struct Callers {
     mount: Arc<Session>,
     require_registration: bool,
+    /// The user the mount belongs to (the daemon's real uid).
+    owner: u32,
+    /// Whether unregistered callers of any uid act under the mount's session.
+    other_users: bool,
     registered: RwLock<FxHashMap<ProcessKey, Arc<Session>>>,
 }
 
@@ -50,12 +57,33 @@ pub struct Callers {
 const MAX_DEPTH: usize = 64;
 
 impl Callers {
+    /// The callers of a mount owned by the daemon's own user; other local users see nothing
+    /// until [`Callers::allow_other_users`].
     pub fn new(mount: Arc<Session>, require_registration: bool) -> Callers {
         Callers {
             mount,
             require_registration,
+            owner: rustix::process::getuid().as_raw(),
+            other_users: false,
             registered: RwLock::new(FxHashMap::default()),
         }
+    }
+
+    /// Let unregistered callers of every uid act under the mount's session (the loudly
+    /// announced `--allow-other-users`).
+    pub fn allow_other_users(mut self, allow: bool) -> Callers {
+        self.other_users = allow;
+        self
+    }
+
+    /// The uid the mount belongs to.
+    pub fn owner(&self) -> u32 {
+        self.owner
+    }
+
+    /// Whether an unregistered caller running as `uid` may act under the mount's session.
+    fn may_use_mount_session(&self, uid: u32) -> bool {
+        !self.require_registration && (uid == self.owner || uid == 0 || self.other_users)
     }
 
     /// The mount's own session.
@@ -87,11 +115,12 @@ impl Callers {
         1 + self.registered.read().len()
     }
 
-    /// The session `pid` acts under, or `None` when it may see nothing.
-    pub fn resolve(&self, pid: u32) -> Option<Arc<Session>> {
+    /// The session the process `pid`, running as `uid`, acts under, or `None` when it may see
+    /// nothing.
+    pub fn resolve(&self, pid: u32, uid: u32) -> Option<Arc<Session>> {
         let reg = self.registered.read();
         if reg.is_empty() {
-            return (!self.require_registration).then(|| self.mount.clone());
+            return self.may_use_mount_session(uid).then(|| self.mount.clone());
         }
         let mut pid = pid;
         for _ in 0..MAX_DEPTH {
@@ -106,7 +135,7 @@ impl Callers {
             }
             pid = ppid;
         }
-        (!self.require_registration).then(|| self.mount.clone())
+        self.may_use_mount_session(uid).then(|| self.mount.clone())
     }
 
     /// Forget registrations whose root process is gone.
@@ -135,11 +164,11 @@ mod tests {
         let child = session(&["relayfile:fs:read:/a/**"]);
         let callers = Callers::new(mount.clone(), false);
         let me = std::process::id();
-        assert!(Arc::ptr_eq(&callers.resolve(me).unwrap(), &mount));
+        assert!(Arc::ptr_eq(&callers.resolve(me, 0).unwrap(), &mount));
         // Register our parent: we are its descendant.
         let (ppid, _) = proc_stat(me).unwrap();
         callers.register(ProcessKey::of(ppid).unwrap(), child.clone());
-        assert!(Arc::ptr_eq(&callers.resolve(me).unwrap(), &child));
+        assert!(Arc::ptr_eq(&callers.resolve(me, 0).unwrap(), &child));
         assert_eq!(callers.session_count(), 2);
         // A registration for the same pid with another start time is not us.
         let callers = Callers::new(mount.clone(), true);
@@ -150,8 +179,22 @@ mod tests {
             },
             child,
         );
-        assert!(callers.resolve(me).is_none());
+        assert!(callers.resolve(me, 0).is_none());
         // One registered session plus the empty view of everyone else: two views, no caching.
         assert_eq!(callers.session_count(), 2);
+    }
+
+    #[test]
+    fn other_local_users_get_nothing_unless_let_in() {
+        let mount = session(&["relayfile:fs:read:*"]);
+        let callers = Callers::new(mount.clone(), false);
+        let me = std::process::id();
+        let owner = callers.owner();
+        assert!(callers.resolve(me, owner).is_some());
+        assert!(callers.resolve(me, 0).is_some(), "root may use the mount");
+        let stranger = if owner == 65534 { 65533 } else { 65534 };
+        assert!(callers.resolve(me, stranger).is_none());
+        let open = Callers::new(mount, false).allow_other_users(true);
+        assert!(open.resolve(me, stranger).is_some());
     }
 }
