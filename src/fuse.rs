@@ -92,10 +92,13 @@ fn open_flags(o: crate::fs::Opened) -> FopenFlags {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // Shared mappings of direct-I/O files (git and many tools mmap), parallel lookups.
+        // Shared mappings of direct-I/O files (git and many tools mmap), parallel lookups, and
+        // O_TRUNC passed with open instead of a separate truncate: a staged writeback is
+        // emptied in its staging copy, while the mirror keeps the old content until close.
         for flag in [
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             if config.capabilities().contains(flag) {
                 let _ = config.add_capabilities(flag);

@@ -355,3 +355,75 @@ fn other_local_users_do_not_act_under_the_mounts_token() {
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(owner(&m.mirror_at(&target)), 65534);
 }
+
+/// Overwriting an existing writeback file (shell `>`, Python `open("w")`, `O_TRUNC`) leaves the
+/// old content in the mirror until the file is closed, and exactly the new bytes after: never
+/// an empty file in between, never the new text followed by the old tail.
+#[test]
+fn overwriting_a_writeback_with_o_trunc_is_all_or_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&[
+            GITHUB,
+            "relayfile:fs:write:/github/repos/acme/api/pulls/42/reviews/**",
+        ]),
+        MountOpts::default(),
+    );
+    let file = format!("{REVIEWS}/draft-lead-review.json");
+    let mirror = m.mirror_at(&file);
+    let long = serde_json::to_string_pretty(&json!({
+        "event": "COMMENT",
+        "body": "a long body that is longer than what replaces it ".repeat(20),
+    }))
+    .unwrap();
+    std::fs::write(&mirror, &long).unwrap();
+    let short = r#"{"event": "APPROVE", "body": "short"}"#;
+    let opens = [
+        "f = open(p, 'w')",
+        "f = os.fdopen(os.open(p, os.O_WRONLY | os.O_TRUNC), 'w')",
+        "f = open(p, 'r+'); f.truncate(0)",
+    ];
+    for open in opens {
+        std::fs::write(&mirror, &long).unwrap();
+        let mut agent = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(format!(
+                "import os, sys
+p = '{file}'
+{open}
+f.write({short:?})
+f.flush()
+print('written', flush=True)
+sys.stdin.readline()
+f.close()
+print('closed', flush=True)"
+            ))
+            .current_dir(&m.mnt)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+        let first = lines.next().map(|l| l.unwrap()).unwrap_or_default();
+        assert_eq!(first, "written", "{open}");
+        assert_eq!(
+            std::fs::read_to_string(&mirror).unwrap(),
+            long,
+            "{open}: the mirror changed before close"
+        );
+        writeln!(agent.stdin.as_mut().unwrap()).unwrap();
+        assert_eq!(lines.next().unwrap().unwrap(), "closed", "{open}");
+        assert!(agent.wait().unwrap().success(), "{open}");
+        assert_eq!(std::fs::read_to_string(&mirror).unwrap(), short, "{open}");
+    }
+    // The shell's `>` too.
+    std::fs::write(&mirror, &long).unwrap();
+    let o = m.sh(&format!("printf '%s' '{short}' > {file}"));
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(std::fs::read_to_string(&mirror).unwrap(), short);
+}
