@@ -84,6 +84,27 @@ pub struct Event {
     pub metadata: Map<String, Value>,
 }
 
+/// The longest path an event records (a guarded path is at most `PATH_MAX`; this is a bound
+/// for anything else that reaches the log).
+const MAX_PATH_FIELD: usize = 4096;
+/// The longest reason an event records: reasons quote paths, and a log must not grow by the
+/// depth of a tree an agent made.
+const MAX_REASON_FIELD: usize = 2048;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub(3);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str("...");
+    text
+}
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn next_id(prefix: &str) -> String {
@@ -143,7 +164,7 @@ impl Event {
     }
 
     pub fn path(mut self, path: impl Into<String>) -> Event {
-        self.path = Some(path.into());
+        self.path = Some(bounded(path.into(), MAX_PATH_FIELD));
         self
     }
 
@@ -154,7 +175,7 @@ impl Event {
     }
 
     pub fn reason(mut self, reason: impl Into<String>) -> Event {
-        self.reason = reason.into();
+        self.reason = bounded(reason.into(), MAX_REASON_FIELD);
         self
     }
 

@@ -427,3 +427,69 @@ print('closed', flush=True)"
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(std::fs::read_to_string(&mirror).unwrap(), short);
 }
+
+/// The peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A tree as deep as PATH_MAX allows, and then some: the mount refuses the next level with
+/// ENAMETOOLONG, and neither the daemon's memory nor the audit log grows with the square of the
+/// depth.
+#[test]
+fn a_deep_tree_is_bounded_by_path_max() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let mut m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:/scratch/**"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&|mirror: &Path| {
+                std::fs::create_dir_all(mirror.join("scratch")).unwrap()
+            }),
+            ..MountOpts::default()
+        },
+    );
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import os, errno
+os.chdir('scratch')
+depth = 0
+while True:
+    try:
+        os.mkdir('d')
+        os.chdir('d')
+        depth += 1
+    except OSError as e:
+        print(depth, errno.errorcode.get(e.errno))
+        break
+    if depth > 5000:
+        print(depth, 'unbounded')
+        break",
+        )
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    let text = out(&o);
+    let mut parts = text.split_whitespace();
+    let depth: usize = parts.next().unwrap().parse().unwrap();
+    assert_eq!(parts.next(), Some("ENAMETOOLONG"), "{text}{}", err(&o));
+    // "/scratch" + "/d" per level fits in PATH_MAX - 1 bytes.
+    assert_eq!(depth, (4095 - "/scratch".len()) / 2, "{text}");
+    let pid = m.daemon_pid().unwrap();
+    let rss = peak_rss_kib(pid);
+    assert!(rss < 150 * 1024, "the daemon peaked at {rss} KiB");
+    m.stop();
+    let audit = std::fs::metadata(&m.audit).unwrap().len();
+    eprintln!("depth {depth}: daemon peak {rss} KiB, audit log {audit} bytes");
+    assert!(audit < 24 << 20, "the audit log grew to {audit} bytes");
+}

@@ -433,6 +433,11 @@ impl GuardFs {
         })
     }
 
+    /// The path of `name` in the directory `dir`: `ENAMETOOLONG` past `NAME_MAX`/`PATH_MAX`.
+    pub(crate) fn child_of(&self, dir: &Node, name: &OsStr) -> FsResult<Arc<[u8]>> {
+        super::inode::checked_child_path(&dir.path(), name).map_err(Errno)
+    }
+
     pub(crate) fn node(&self, ino: Ino) -> FsResult<Arc<Node>> {
         self.inodes.get(ino).ok_or(Errno::ENOENT)
     }
@@ -573,7 +578,7 @@ impl GuardFs {
         if !valid_name(name) {
             return Err(Errno::ENOENT);
         }
-        let path = child_path(&dir.path(), name);
+        let path = self.child_of(&dir, name)?;
         if name.as_bytes() == PERMISSIONS_FILE.as_bytes() {
             let d = self.decide(&ctx, &path, &Place::PermissionsFile, Op::See);
             if !d.allowed() {
@@ -773,7 +778,10 @@ impl GuardFs {
             if e.name.as_bytes() == PERMISSIONS_FILE.as_bytes() {
                 continue;
             }
-            let path = child_path(&dir_path, &e.name);
+            // Nothing past PATH_MAX is shown (it could not be looked up either).
+            let Ok(path) = super::inode::checked_child_path(&dir_path, &e.name) else {
+                continue;
+            };
             let (place, kind) = if in_relay {
                 let item = authz::classify_relay(&path);
                 if matches!(item, Some(RelayItem::Guard | RelayItem::Other) | None) {

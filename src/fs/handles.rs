@@ -498,7 +498,7 @@ impl GuardFs {
         let ctx = self.ctx(caller);
         let dir = self.node(parent)?;
         let dir_fd = self.dir_fd(&dir)?;
-        let path = super::inode::child_path(&dir.path(), name);
+        let path = self.child_of(&dir, name)?;
         let place = self.place(&path, name, None);
         if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
             let d = crate::authz::Decision::forbidden(crate::authz::Forbidden::SetId);

@@ -185,6 +185,23 @@ pub struct Inodes {
     table: RwLock<Table>,
 }
 
+/// The longest name a directory entry may have (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// The longest guarded path, in bytes (`PATH_MAX` less its terminating NUL). Nothing deeper is
+/// shown or made: each node stores its full path, so a tree as deep as memory allows would
+/// otherwise cost memory (and audit log) by the square of its depth.
+pub const PATH_MAX: usize = libc::PATH_MAX as usize - 1;
+
+/// The path of `name` in the directory at `dir_path`, or `ENAMETOOLONG` when the name or the
+/// path would be longer than `NAME_MAX` or `PATH_MAX`.
+pub fn checked_child_path(dir_path: &[u8], name: &OsStr) -> Result<Arc<[u8]>, i32> {
+    let len = dir_path.len() + 1 + name.len();
+    if name.len() > NAME_MAX || len > PATH_MAX {
+        return Err(libc::ENAMETOOLONG);
+    }
+    Ok(child_path(dir_path, name))
+}
+
 /// The path of `name` in the directory at `dir_path`.
 pub fn child_path(dir_path: &[u8], name: &OsStr) -> Arc<[u8]> {
     let mut p = Vec::with_capacity(dir_path.len() + 1 + name.len());

@@ -17,7 +17,7 @@ use fuser::{FileAttr, TimeOrNow};
 use rustix::fs::{RenameFlags, Stat, Timestamps};
 
 use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs, Seen, errno_of};
-use super::inode::{Ino, child_path};
+use super::inode::Ino;
 use super::mirror::Kind;
 use crate::audit::Outcome;
 use crate::authz::{Decision, Forbidden, Op, PERMISSIONS_FILE, Place};
@@ -76,7 +76,7 @@ impl GuardFs {
     ) -> FsResult<Child> {
         let dir = self.node(parent)?;
         let fd = self.dir_fd(&dir)?;
-        let path = child_path(&dir.path(), name);
+        let path = self.child_of(&dir, name)?;
         let (place, found) = if op == Op::Create {
             (self.place(&path, name, None), None)
         } else {
@@ -210,7 +210,7 @@ impl GuardFs {
     ) -> FsResult<Entry> {
         let ctx = self.visible_node(caller, ino)?.ctx;
         let dir = self.node(new_parent)?;
-        let target = child_path(&dir.path(), new_name);
+        let target = self.child_of(&dir, new_name)?;
         let d = Decision::forbidden(Forbidden::HardLink);
         self.note(&ctx, &target, "link", &d);
         Err(Errno::EPERM)
@@ -228,7 +228,7 @@ impl GuardFs {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             let ctx = self.ctx(caller);
             let dir = self.node(parent)?;
-            let path = child_path(&dir.path(), name);
+            let path = self.child_of(&dir, name)?;
             let d = Decision::forbidden(Forbidden::DeviceNode);
             self.note(&ctx, &path, "mknod", &d);
             return Err(Errno::EPERM);
@@ -258,8 +258,8 @@ impl GuardFs {
         let dst_dir = self.node(new_parent)?;
         let src_fd = self.dir_fd(&src_dir)?;
         let dst_fd = self.dir_fd(&dst_dir)?;
-        let src_path = child_path(&src_dir.path(), name);
-        let dst_path = child_path(&dst_dir.path(), new_name);
+        let src_path = self.child_of(&src_dir, name)?;
+        let dst_path = self.child_of(&dst_dir, new_name)?;
         if self.pending.lock().contains_key(&(parent, name.to_owned())) {
             // Still being written by a staged handle: it has no content in the mirror yet.
             return Err(Errno(libc::EBUSY));

@@ -288,6 +288,11 @@ impl TestMount {
         }
     }
 
+    /// The daemon's process id.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// A path in the guarded view.
     pub fn at(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel.trim_start_matches('/'))
