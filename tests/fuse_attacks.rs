@@ -493,3 +493,185 @@ while True:
     eprintln!("depth {depth}: daemon peak {rss} KiB, audit log {audit} bytes");
     assert!(audit < 24 << 20, "the audit log grew to {audit} bytes");
 }
+
+/// `renameat2` for the tests (Python has no binding): flags 2 = RENAME_EXCHANGE.
+const RENAMEAT2: &str = "import ctypes, os, sys, errno
+libc = ctypes.CDLL(None, use_errno=True)
+def renameat2(a, b, flags):
+    if libc.renameat2(-100, a.encode(), -100, b.encode(), flags) != 0:
+        return errno.errorcode.get(ctypes.get_errno())
+    return 'ok'
+";
+
+/// A staged writeback's directory (its parent, or any ancestor) cannot be renamed while the file
+/// is open: the commit would be validated for one place and land in another. Renames and
+/// exchanges of every ancestor answer EBUSY, and the file lands where it was validated.
+#[test]
+fn a_staged_writebacks_directories_cannot_move_under_it() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let prepare = |mirror: &Path| {
+        std::fs::create_dir_all(mirror.join("github/repos/acme/api/pulls/44/reviews")).unwrap();
+        std::fs::create_dir_all(mirror.join("github/repos/acme/api/other")).unwrap();
+    };
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:/github/repos/acme/api/**"]),
+        MountOpts {
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
+    );
+    m.wait_audit(|e| e["action"] == "token.validated");
+    let review = fixture("mount-fixtures/payloads/github-review.valid.json");
+    let mut agent = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import sys
+f = open('github/repos/acme/api/pulls/44/reviews/r.json', 'w')
+f.write({review:?})
+f.flush()
+print('written', flush=True)
+sys.stdin.readline()
+f.close()
+print('closed', flush=True)"
+        ))
+        .current_dir(&m.mnt)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "written");
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "{RENAMEAT2}
+base = 'github/repos/acme/api'
+for a, b, flags in [
+    (base + '/pulls/44', base + '/wiki', 0),
+    (base + '/pulls/44/reviews', base + '/pulls/44/elsewhere', 0),
+    (base + '/pulls', base + '/pulls-moved', 0),
+    (base + '/pulls/44', base + '/other', 2),
+    (base + '/other', base + '/pulls/44', 2),
+]:
+    print(renameat2(a, b, flags))"
+        ))
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    // Exchanges in a provider area are refused outright (EACCES): nothing there is placed
+    // without validation.
+    assert_eq!(
+        out(&o),
+        "EBUSY\nEBUSY\nEBUSY\nEACCES\nEACCES\n",
+        "{}",
+        err(&o)
+    );
+    writeln!(agent.stdin.as_mut().unwrap()).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "closed");
+    assert!(agent.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(m.mirror_at("github/repos/acme/api/pulls/44/reviews/r.json"))
+            .unwrap(),
+        review
+    );
+    assert!(!m.mirror_at("github/repos/acme/api/wiki").exists());
+    let queued = m.wait_audit(|e| e["action"] == "writeback.queued");
+    assert_eq!(
+        queued["path"],
+        "/github/repos/acme/api/pulls/44/reviews/r.json"
+    );
+    // Once it is committed the directory may move again (it is empty of staged files).
+    let o = m.sh("mkdir github/repos/acme/api/pulls/45 && mv github/repos/acme/api/pulls/45 github/repos/acme/api/pulls/46");
+    assert!(o.status.success(), "{}", err(&o));
+}
+
+/// Directory renames carry everything below them, so each entry must be one the caller may
+/// delete where it is and create where it goes. A directory held by an exact grant (its
+/// children hidden), a grandparent of hidden entries, and an exchange are refused with EXDEV
+/// (`mv` then copies what it can see), nothing hidden moves or becomes visible, and `rmdir` of
+/// a directory whose only entries are hidden answers EACCES, not ENOTEMPTY.
+#[test]
+fn a_directory_rename_never_carries_hidden_entries() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let prepare = |mirror: &Path| {
+        for d in [
+            "scratch/box",
+            "scratch/gp/p",
+            "scratch/open/empty",
+            "scratch/open/mine/sub",
+        ] {
+            std::fs::create_dir_all(mirror.join(d)).unwrap();
+        }
+        std::fs::write(mirror.join("scratch/box/secret.txt"), "HIDDEN").unwrap();
+        std::fs::write(mirror.join("scratch/gp/p/secret.txt"), "HIDDEN").unwrap();
+        std::fs::write(mirror.join("scratch/open/mine/sub/f"), "mine").unwrap();
+    };
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&[
+            "relayfile:fs:manage:/scratch/box",
+            "relayfile:fs:manage:/scratch/gp",
+            "relayfile:fs:manage:/scratch/gp/p",
+            "relayfile:fs:manage:/scratch/open/**",
+        ]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
+    );
+    let hidden = |p: &str| std::fs::read_to_string(m.mirror_at(p)).unwrap() == "HIDDEN";
+    assert!(!m.at("scratch/box/secret.txt").exists());
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "{RENAMEAT2}
+import os
+for a, b, flags in [
+    ('scratch/box', 'scratch/open/box', 0),
+    ('scratch/gp', 'scratch/open/gp', 0),
+    ('scratch/box', 'scratch/open/empty', 2),
+    ('scratch/open/empty', 'scratch/box', 2),
+]:
+    print(renameat2(a, b, flags))
+try:
+    os.rmdir('scratch/box')
+except OSError as e:
+    print(errno.errorcode.get(e.errno))"
+        ))
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out(&o),
+        "EXDEV\nEXDEV\nEXDEV\nEXDEV\nEACCES\n",
+        "{}",
+        err(&o)
+    );
+    assert!(hidden("scratch/box/secret.txt") && hidden("scratch/gp/p/secret.txt"));
+    // `mv` falls back to copying what it sees; nothing hidden moves or appears.
+    let o = m.sh("mv scratch/box scratch/open/box");
+    assert!(!o.status.success());
+    assert!(hidden("scratch/box/secret.txt"));
+    assert!(!m.mirror_at("scratch/open/box/secret.txt").exists());
+    let o = m.sh("cat scratch/open/box/secret.txt scratch/open/gp/p/secret.txt");
+    assert!(!o.status.success());
+    // A directory whose entries the caller may all move is renamed as a whole (same inode).
+    let ino =
+        |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(m.mirror_at(p)).unwrap());
+    let before = ino("scratch/open/mine");
+    let o = m.sh("mv scratch/open/mine scratch/open/moved");
+    assert!(o.status.success(), "{}", err(&o));
+    assert_eq!(ino("scratch/open/moved"), before);
+    assert_eq!(
+        std::fs::read_to_string(m.mirror_at("scratch/open/moved/sub/f")).unwrap(),
+        "mine"
+    );
+}

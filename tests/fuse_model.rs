@@ -256,6 +256,29 @@ impl Side {
         self.path(rel).symlink_metadata().is_ok()
     }
 
+    fn is_dir(&self, rel: &str) -> bool {
+        self.path(rel).symlink_metadata().is_ok_and(|m| m.is_dir())
+    }
+
+    /// Every entry below the directory `rel`, at any depth, as paths relative to the root.
+    fn entries_below(&self, rel: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![rel.to_owned()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(self.path(&dir)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let child = format!("{dir}/{}", e.file_name().to_string_lossy());
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(child.clone());
+                }
+                out.push(child);
+            }
+        }
+        out
+    }
+
     fn apply(&mut self, op: &Op, l: &Layout) -> Seen {
         let file = |f: usize| self.path(&l.files[f]);
         match op {
@@ -736,7 +759,18 @@ impl Oracle {
             Op::Open { f, .. } => open(&l.files[*f], true),
             Op::TruncatePath { f, .. } => existing(&l.files[*f], Some(Requirement::FS_WRITE)),
             Op::Unlink { f } => existing(&l.files[*f], Some(Requirement::FS_DELETE)),
-            Op::Rmdir { d } => existing(&l.dirs[*d], Some(Requirement::FS_DELETE)),
+            Op::Rmdir { d } => {
+                let d = &l.dirs[*d];
+                existing(d, Some(Requirement::FS_DELETE)).or_else(|| {
+                    // Not empty, but only with entries the caller cannot see: EACCES, so the
+                    // hidden entries are not revealed by ENOTEMPTY.
+                    let below = native.entries_below(d);
+                    (native.is_dir(d)
+                        && !below.is_empty()
+                        && !below.iter().any(|e| self.visible(e)))
+                    .then_some(Seen::Errno(libc::EACCES))
+                })
+            }
             Op::Mkdir { d } => {
                 let d = &l.dirs[*d];
                 if !self.visible(parent(d)) {
@@ -763,6 +797,25 @@ impl Oracle {
                     || !self.may(Requirement::FS_CREATE, b)
                     || seen_exists(b) && !self.may(Requirement::FS_WRITE, b)
                 {
+                    eacces
+                } else if native.is_dir(a)
+                    && !(native.exists(b) && !native.is_dir(b))
+                    && !b.starts_with(&format!("{a}/"))
+                    && native.entries_below(a).iter().any(|e| {
+                        let moved = format!("{b}{}", &e[a.len()..]);
+                        !self.may(Requirement::FS_DELETE, e)
+                            || !self.may(Requirement::FS_CREATE, &moved)
+                    })
+                {
+                    // A directory moves with everything in it: an entry the caller may not
+                    // delete here or create there makes it EXDEV (`mv` copies instead).
+                    Some(Seen::Errno(libc::EXDEV))
+                } else if native.is_dir(a)
+                    && native.is_dir(b)
+                    && !native.entries_below(b).is_empty()
+                    && !native.entries_below(b).iter().any(|e| self.visible(e))
+                {
+                    // Replacing a directory that holds only hidden entries: not ENOTEMPTY.
                     eacces
                 } else {
                     None

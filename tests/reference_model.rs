@@ -366,6 +366,36 @@ proptest! {
     }
 
     #[test]
+    fn a_subtree_granted_as_a_whole_grants_every_path_in_it(
+        scopes in prop::collection::vec(scope(), 0..8),
+        dir in path(),
+        below in prop::collection::vec(path(), 1..6),
+    ) {
+        let set = ScopeSet::new(&scopes);
+        let dir = dir.trim().trim_end_matches('/').to_owned();
+        let dir = if dir.is_empty() { "/".to_owned() } else { dir };
+        for req in ["fs:read", "fs:write", "fs:create", "fs:delete"] {
+            let r = Requirement::parse(req).unwrap();
+            let index = r.known_index().unwrap();
+            let whole = set.grants_all_below(index, dir.as_bytes());
+            let visible = set.all_visible_below(dir.as_bytes());
+            for b in &below {
+                let rest = b.trim_start_matches('/');
+                if rest.is_empty() {
+                    continue;
+                }
+                let p = if dir == "/" { format!("/{rest}") } else { format!("{dir}/{rest}") };
+                if whole {
+                    prop_assert!(set.check_exact(&r, p.as_bytes()).is_some(), "{:?}: {} claimed below {:?} but not on {:?}", scopes, req, dir, p);
+                }
+                if visible {
+                    prop_assert!(set.visible(p.as_bytes()), "{:?}: all visible below {:?} but not {:?}", scopes, dir, p);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn within_implies_every_child_path_is_granted_by_parent(
         child in prop::collection::vec(scope(), 0..4),
         parent in prop::collection::vec(scope(), 0..6),

@@ -41,11 +41,8 @@ pub(crate) struct Staged {
     file: Option<File>,
     /// Its name in the staging folder.
     name: OsString,
-    /// Where it goes.
-    parent: Ino,
-    target: OsString,
-    path: String,
-    /// Whether the target existed (replace) or is new (must not appear meanwhile).
+    /// Whether the target existed (replace) or is new (must not appear meanwhile). Where it
+    /// goes is the node's location at commit time, never a copy taken at open.
     existing: bool,
     /// Bytes were written since the last commit: the next `close()` commits them.
     dirty: bool,
@@ -134,6 +131,19 @@ impl Handles {
 
     fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         self.table.write().remove(&fh)
+    }
+
+    /// Whether a staged writeback (new or replacing) is open on a file anywhere below the
+    /// directory `dir`.
+    pub(crate) fn staged_below(&self, dir: &[u8]) -> bool {
+        let mut prefix = dir.to_vec();
+        if prefix != b"/" {
+            prefix.push(b'/');
+        }
+        self.table
+            .read()
+            .values()
+            .any(|h| matches!(h.body, Body::Staged(_)) && h.node.path().starts_with(&prefix))
     }
 
     /// The stat of a handle's staged file, if it is a staged write.
@@ -240,7 +250,12 @@ fn quarantine_name(path: &str) -> OsString {
         .chars()
         .map(|c| if c == '/' { '~' } else { c })
         .collect();
-    OsString::from(format!("{stamp}-{flat}"))
+    // A name must fit NAME_MAX: keep the end of the path, which says most about the file.
+    let mut start = flat.len().saturating_sub(200);
+    while !flat.is_char_boundary(start) {
+        start += 1;
+    }
+    OsString::from(format!("{stamp}-{}", &flat[start..]))
 }
 
 static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -379,15 +394,6 @@ impl GuardFs {
         Ok((file, name))
     }
 
-    fn node_dir_parent(&self, node: &Node) -> FsResult<(Ino, OsString, String)> {
-        let loc = node.location();
-        Ok((
-            loc.parent,
-            loc.name,
-            String::from_utf8_lossy(&loc.path).into_owned(),
-        ))
-    }
-
     // ------------------------------------------------------------------ open / create
 
     /// Open `ino`.
@@ -447,14 +453,10 @@ impl GuardFs {
                         let st = self.mirror.stat(b.fd.as_fd())?;
                         let copy = (flags & libc::O_TRUNC == 0).then(|| b.fd.as_fd());
                         let (file, name) = self.stage_like(&st, copy)?;
-                        let (parent, target, p) = self.node_dir_parent(&node)?;
                         let truncated = flags & libc::O_TRUNC != 0;
                         Body::Staged(Mutex::new(Staged {
                             file: Some(file),
                             name,
-                            parent,
-                            target,
-                            path: p,
                             existing: true,
                             dirty: false,
                             touched: truncated,
@@ -553,9 +555,6 @@ impl GuardFs {
                 let staged = Staged {
                     file: Some(file),
                     name: staged_name,
-                    parent,
-                    target: name.to_owned(),
-                    path: path_str,
                     existing: false,
                     dirty: false,
                     touched: true,
@@ -799,10 +798,7 @@ impl GuardFs {
                 let _ = self.mirror.unlink(self.staging.as_fd(), &s.name);
             }
             if !s.existing {
-                let mut pending = self.pending.lock();
-                if pending.get(&(s.parent, s.target.clone())) == Some(&h.node.ino) {
-                    pending.remove(&(s.parent, s.target.clone()));
-                }
+                self.forget_pending(&h.node);
             }
             return result;
         }
@@ -864,7 +860,9 @@ impl GuardFs {
         self.write(fh_out, off_out, &data)
     }
 
-    /// Validate and commit a dirty staged write, or quarantine it.
+    /// Validate and commit a dirty staged write, or quarantine it. Everything is decided on
+    /// where the node is now (its parent directory, name and path at this moment): that is
+    /// where the bytes go and what the audit names.
     fn commit(
         &self,
         node: &Arc<Node>,
@@ -879,26 +877,38 @@ impl GuardFs {
             return Ok(());
         }
         let ctx = session_ctx(session, pid);
+        let loc = node.location();
+        let path = String::from_utf8_lossy(&loc.path).into_owned();
         if !ctx.active() {
             return self.quarantine(
                 &ctx,
+                node,
                 s,
                 Errno::EACCES,
                 "the session ended before the file was closed",
                 None,
             );
         }
-        if !s.existing && self.pending.lock().get(&(s.parent, s.target.clone())) != Some(&node.ino)
-        {
-            // Removed or renamed before it was ever committed: nothing to place.
+        if !s.existing && !self.is_pending(node) {
+            // Removed before it was ever committed: nothing to place.
             s.dirty = false;
             s.touched = false;
             return Ok(());
         }
-        let (policy_id, provider_action) = match self.writeback_gate(&ctx, &s.path) {
+        // The right to put bytes at this path, decided again now.
+        let op = if s.existing { Op::Write } else { Op::Create };
+        let d = self.decide(&ctx, &loc.path, &Place::Content, op);
+        if !d.allowed() {
+            let why = match &ctx.grants {
+                Some(g) => d.describe(&g.scopes, &path),
+                None => "the caller has no session in this mount".to_owned(),
+            };
+            return self.quarantine(&ctx, node, s, Errno::EACCES, &why, None);
+        }
+        let (policy_id, provider_action) = match self.writeback_gate(&ctx, &path) {
             Ok(Some(p)) => p,
             Ok(None) => (String::new(), String::new()),
-            Err((e, why)) => return self.quarantine(&ctx, s, e, &why, None),
+            Err((e, why)) => return self.quarantine(&ctx, node, s, e, &why, None),
         };
         let Some(file) = s.file.as_ref() else {
             return Ok(());
@@ -907,49 +917,28 @@ impl GuardFs {
         let mut reader = file.try_clone()?;
         reader.seek(SeekFrom::Start(0))?;
         reader.take(MAX_PAYLOAD + 1).read_to_end(&mut content)?;
+        let ids = (policy_id.as_str(), provider_action.as_str());
         if content.len() as u64 > MAX_PAYLOAD {
-            let why = format!(
-                "{} is larger than {} bytes and cannot be validated",
-                s.path, MAX_PAYLOAD
-            );
-            return self.quarantine(
-                &ctx,
-                s,
-                Errno::EFBIG,
-                &why,
-                Some((&policy_id, &provider_action)),
-            );
+            let why = format!("{path} is larger than {MAX_PAYLOAD} bytes and cannot be validated");
+            return self.quarantine(&ctx, node, s, Errno::EFBIG, &why, Some(ids));
         }
+        let parent = self.node(loc.parent)?;
         if !policy_id.is_empty() {
             let policies = self.policies();
             // Policies reloaded since the gate and this one gone: fail closed.
             let Some(policy) = policies.policies().iter().find(|p| p.id == policy_id) else {
-                let why = format!(
-                    "writeback policy {policy_id} was removed while {} was open",
-                    s.path
-                );
-                return self.quarantine(
-                    &ctx,
-                    s,
-                    Errno::EACCES,
-                    &why,
-                    Some((&policy_id, &provider_action)),
-                );
+                let why = format!("writeback policy {policy_id} was removed while {path} was open");
+                return self.quarantine(&ctx, node, s, Errno::EACCES, &why, Some(ids));
             };
-            let parent = self.inodes.get(s.parent);
-            let schemas = MirrorSchemas { fs: self, parent };
-            if let Err(r) = policies.check_payload(policy, &s.path, &content, &schemas) {
-                return self.quarantine(
-                    &ctx,
-                    s,
-                    Errno(r.errno()),
-                    r.message(),
-                    Some((&policy_id, &provider_action)),
-                );
+            let schemas = MirrorSchemas {
+                fs: self,
+                parent: Some(parent.clone()),
+            };
+            if let Err(r) = policies.check_payload(policy, &path, &content, &schemas) {
+                return self.quarantine(&ctx, node, s, Errno(r.errno()), r.message(), Some(ids));
             }
         }
         file.sync_all()?;
-        let parent = self.node(s.parent)?;
         let parent_fd = self.dir_fd(&parent)?;
         let flags = if s.existing {
             RenameFlags::empty()
@@ -960,37 +949,47 @@ impl GuardFs {
             self.staging.as_fd(),
             &s.name,
             parent_fd.as_fd(),
-            &s.target,
+            &loc.name,
             flags,
         ) {
-            let why = format!("{} could not be placed in the mirror: {e}", s.path);
-            return self.quarantine(
-                &ctx,
-                s,
-                Errno::from(e),
-                &why,
-                Some((&policy_id, &provider_action)),
-            );
+            let why = format!("{path} could not be placed in the mirror: {e}");
+            return self.quarantine(&ctx, node, s, Errno::from(e), &why, Some(ids));
         }
         let committed = s.file.take().ok_or(Errno::EIO)?;
         let path_fd = self.mirror.path_of(committed.as_fd())?;
         let st = self.mirror.stat(path_fd.as_fd())?;
         self.inodes.replace_backing(node.ino, path_fd, &st);
         if !s.existing {
-            self.pending.lock().remove(&(s.parent, s.target.clone()));
+            self.forget_pending(node);
             s.existing = true;
         }
         s.dirty = false;
         s.touched = false;
         self.note_writeback(
             &ctx,
-            &s.path,
+            &path,
             "close",
             Outcome::Allowed,
             &format!("validated and placed for writeback by policy {policy_id}"),
-            Some((&policy_id, &provider_action)),
+            Some(ids),
         );
         Ok(())
+    }
+
+    /// Whether `node` is a staged new file still waiting for its first commit.
+    fn is_pending(&self, node: &Node) -> bool {
+        let loc = node.location();
+        self.pending.lock().get(&(loc.parent, loc.name)) == Some(&node.ino)
+    }
+
+    /// `node` is no longer a staged new file (committed, dropped or refused).
+    fn forget_pending(&self, node: &Node) {
+        let loc = node.location();
+        let mut pending = self.pending.lock();
+        let key = (loc.parent, loc.name);
+        if pending.get(&key) == Some(&node.ino) {
+            pending.remove(&key);
+        }
     }
 
     /// Whether `fh` is a live handle of `node` open for writing: such a handle carries the
@@ -1040,13 +1039,9 @@ impl GuardFs {
         let st = self.mirror.stat(fd.as_fd())?;
         let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
         file.set_len(size)?;
-        let (parent, target, path) = self.node_dir_parent(node)?;
         let mut staged = Staged {
             file: Some(file),
             name,
-            parent,
-            target,
-            path,
             existing: true,
             dirty: true,
             touched: false,
@@ -1062,12 +1057,14 @@ impl GuardFs {
     fn quarantine(
         &self,
         ctx: &Ctx,
+        node: &Node,
         s: &mut Staged,
         errno: Errno,
         why: &str,
         policy: Option<(&str, &str)>,
     ) -> FsResult<()> {
-        let kept = quarantine_name(&s.path);
+        let path = String::from_utf8_lossy(&node.path()).into_owned();
+        let kept = quarantine_name(&path);
         let moved = self
             .mirror
             .rename(
@@ -1085,7 +1082,7 @@ impl GuardFs {
         s.dirty = false;
         s.touched = false;
         if !s.existing {
-            self.pending.lock().remove(&(s.parent, s.target.clone()));
+            self.forget_pending(node);
         }
         let where_kept = if moved {
             format!(
@@ -1097,7 +1094,7 @@ impl GuardFs {
         };
         self.note_writeback(
             ctx,
-            &s.path,
+            &path,
             "close",
             Outcome::Denied,
             &format!("{why}{where_kept}"),

@@ -197,7 +197,113 @@ impl GuardFs {
     pub fn rmdir(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
         let ctx = self.ctx(caller);
         let child = self.decide_child(&ctx, parent, name, Op::Delete, "rmdir")?;
-        Ok(self.mirror.rmdir(child.dir_fd.as_fd(), name)?)
+        // A file being written in it (staged, not yet in the mirror) makes it not empty.
+        if self.handles.staged_below(&child.path) {
+            return Err(Errno(libc::ENOTEMPTY));
+        }
+        match self.mirror.rmdir(child.dir_fd.as_fd(), name) {
+            // Not empty, but nothing in it is visible to this caller: ENOTEMPTY would reveal
+            // that hidden entries exist.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                Err(self.not_empty(&ctx, child.dir_fd.as_fd(), name, &child.path, "rmdir"))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// The errno for a directory that is not empty in the mirror: `ENOTEMPTY` when the caller
+    /// can see something in it, else `EACCES` (audited), which says nothing about what is there.
+    fn not_empty(
+        &self,
+        ctx: &Ctx,
+        parent_fd: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &[u8],
+        operation: &str,
+    ) -> Errno {
+        let visible = self.mirror.lookup(parent_fd, name).is_ok_and(|(fd, _)| {
+            self.mirror.list(fd.as_fd()).is_ok_and(|entries| {
+                entries.iter().any(|e| {
+                    super::inode::checked_child_path(path, &e.name)
+                        .is_ok_and(|p| self.decide(ctx, &p, &Place::Content, Op::See).allowed())
+                })
+            })
+        });
+        if visible {
+            return Errno(libc::ENOTEMPTY);
+        }
+        let d = Decision::new(
+            crate::authz::Verdict::Deny,
+            Op::Delete,
+            None,
+            crate::authz::Reason::HoldsHidden,
+        );
+        self.note(ctx, path, operation, &d);
+        Errno::EACCES
+    }
+
+    /// A directory moves with everything in it, so each entry below it must be one the caller
+    /// may delete at its old path and create at its new one: otherwise a rename would carry
+    /// what the caller cannot see (or may not change) into view, or out of where its rules
+    /// apply. `EBUSY` while a file below is being written (a staged writeback would otherwise
+    /// be validated for one place and land in another); `EXDEV` when something may not move,
+    /// so `mv` falls back to copying what the caller can see, file by file, each step checked.
+    fn check_dir_move(
+        &self,
+        ctx: &Ctx,
+        dir: BorrowedFd<'_>,
+        from: &[u8],
+        to: &[u8],
+    ) -> FsResult<()> {
+        if self.handles.staged_below(from) {
+            return Err(Errno(libc::EBUSY));
+        }
+        let Some(g) = &ctx.grants else {
+            return Err(Errno::EACCES);
+        };
+        use crate::scope::Requirement;
+        if g.scopes.grants_all_below(Requirement::FS_DELETE, from)
+            && g.scopes.grants_all_below(Requirement::FS_CREATE, to)
+        {
+            return Ok(());
+        }
+        /// Past this many entries the tree is not walked: it is copied instead.
+        const BUDGET: usize = 20_000;
+        let mut seen = 0usize;
+        let mut stack: Vec<(OwnedFd, Vec<u8>, Vec<u8>)> = vec![(
+            rustix::io::dup(dir).map_err(Errno::from)?,
+            from.to_vec(),
+            to.to_vec(),
+        )];
+        while let Some((fd, src, dst)) = stack.pop() {
+            for e in self.mirror.list(fd.as_fd())? {
+                seen += 1;
+                if seen > BUDGET {
+                    return Err(Errno::EXDEV);
+                }
+                let (Ok(s), Ok(d)) = (
+                    super::inode::checked_child_path(&src, &e.name),
+                    super::inode::checked_child_path(&dst, &e.name),
+                ) else {
+                    return Err(Errno::EXDEV);
+                };
+                let movable = self.decide(ctx, &s, &Place::Content, Op::Delete).allowed()
+                    && self.decide(ctx, &d, &Place::Content, Op::Create).allowed();
+                if !movable {
+                    return Err(Errno::EXDEV);
+                }
+                if e.kind == Some(Kind::Dir) || e.kind.is_none() {
+                    match self.mirror.lookup(fd.as_fd(), &e.name) {
+                        Ok((child, st)) if Kind::of(&st) == Kind::Dir => {
+                            stack.push((child, s.to_vec(), d.to_vec()));
+                        }
+                        Ok(_) => {}
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Hard links are refused for everyone (after visibility: a hidden path stays hidden).
@@ -314,11 +420,36 @@ impl GuardFs {
             return Err(Errno::EACCES);
         }
         let provider_area = |p: &str| backing.is_provider_area(p);
-        if src_kind == Kind::Dir && (provider_area(&src_str) || provider_area(&dst_str)) {
-            let (dfd, _) = self.mirror.lookup(src_fd.as_fd(), name)?;
-            if !self.mirror.list(dfd.as_fd())?.is_empty() {
-                return Err(Errno::EXDEV);
+        // The errors a directory rename gives before anything is looked at below it.
+        if src_kind == Kind::Dir && !exchange {
+            if dst_found
+                .as_ref()
+                .is_some_and(|(_, st)| Kind::of(st) != Kind::Dir)
+            {
+                return Err(Errno::ENOTDIR);
             }
+            let mut inside = src_path.to_vec();
+            inside.push(b'/');
+            if dst_path.starts_with(&inside) {
+                return Err(Errno::EINVAL);
+            }
+        }
+        if src_kind == Kind::Dir {
+            if provider_area(&src_str) || provider_area(&dst_str) {
+                if self.handles.staged_below(&src_path) {
+                    return Err(Errno(libc::EBUSY));
+                }
+                if !self.mirror.list(src_file.as_fd())?.is_empty() {
+                    return Err(Errno::EXDEV);
+                }
+            }
+            self.check_dir_move(&ctx, src_file.as_fd(), &src_path, &dst_path)?;
+        }
+        if exchange
+            && let Some((dst_file, st)) = &dst_found
+            && Kind::of(st) == Kind::Dir
+        {
+            self.check_dir_move(&ctx, dst_file.as_fd(), &dst_path, &src_path)?;
         }
         if src_kind == Kind::Symlink {
             self.refuse_provider_symlink(&ctx, &dst_path, "rename")?;
@@ -346,8 +477,15 @@ impl GuardFs {
         if exchange {
             rflags |= RenameFlags::EXCHANGE;
         }
-        self.mirror
-            .rename(src_fd.as_fd(), name, dst_fd.as_fd(), new_name, rflags)?;
+        if let Err(e) = self
+            .mirror
+            .rename(src_fd.as_fd(), name, dst_fd.as_fd(), new_name, rflags)
+        {
+            if e.raw_os_error() == Some(libc::ENOTEMPTY) {
+                return Err(self.not_empty(&ctx, dst_fd.as_fd(), new_name, &dst_path, "rename"));
+            }
+            return Err(e.into());
+        }
         if let Some(ino) = self.inodes.find(src_st.st_dev, src_st.st_ino) {
             self.inodes
                 .moved(ino, new_parent, new_name, dst_path.clone());

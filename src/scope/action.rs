@@ -190,7 +190,8 @@ impl Requirement {
         &self.action
     }
 
-    pub(crate) fn known_index(&self) -> Option<usize> {
+    /// The index of this requirement in `KNOWN_REQUIREMENTS`, when it is one of them.
+    pub fn known_index(&self) -> Option<usize> {
         self.known.map(usize::from)
     }
 

@@ -70,6 +70,11 @@ impl ReqIndex {
         self.dirs.contains(path) || self.find(path).is_some()
     }
 
+    /// Whether every path strictly below `dir` is granted.
+    fn covers_below(&self, dir: &[u8]) -> bool {
+        (self.literal.is_some() && !self.narrow) || self.paths.covers_below(dir)
+    }
+
     fn grants_anything(&self) -> bool {
         self.paths.any.is_some()
             || !self.paths.anchors.is_empty()
@@ -148,6 +153,43 @@ impl PathIndex {
             }
             PathPattern::Any => {}
         }
+    }
+
+    /// Whether some pattern matches every path strictly below `dir` (`dir/x` for any
+    /// non-empty `x`): `*`, a subtree or descendants grant at `dir` or above it, or a prefix
+    /// grant above it that `dir` already extends. An exact grant never does.
+    fn covers_below(&self, dir: &[u8]) -> bool {
+        if self.any.is_some() {
+            return true;
+        }
+        if let Some(a) = self.anchors.get(dir)
+            && (a.subtree.is_some()
+                || a.descendants.is_some()
+                || a.prefixes.iter().any(|(n, _)| n.is_empty()))
+        {
+            return true;
+        }
+        if dir == b"/" {
+            return false;
+        }
+        for i in (0..dir.len()).rev() {
+            if dir[i] != b'/' || (i == 1 && dir[0] == b'/') {
+                // As in `find`: `//...` has an empty first segment, nobody's directory.
+                continue;
+            }
+            let key = if i == 0 { &b"/"[..] } else { &dir[..i] };
+            let rest = &dir[i + 1..];
+            let Some(a) = self.anchors.get(key) else {
+                continue;
+            };
+            if a.subtree.is_some()
+                || (!rest.is_empty() && a.descendants.is_some())
+                || a.prefixes.iter().any(|(n, _)| rest.starts_with(n))
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// The most specific pattern matching `path`, by scope index.
@@ -320,6 +362,17 @@ impl ScopeSet {
     /// to) where an fs grant mounts.
     pub fn visible(&self, path: &[u8]) -> bool {
         self.visible.reaches(path)
+    }
+
+    /// Whether the known requirement at `index` is granted on every path strictly below `dir`
+    /// (so a whole subtree can be decided without listing it).
+    pub fn grants_all_below(&self, index: usize, dir: &[u8]) -> bool {
+        self.known[index].covers_below(dir)
+    }
+
+    /// Whether every path strictly below `dir` is visible.
+    pub fn all_visible_below(&self, dir: &[u8]) -> bool {
+        self.visible.covers_below(dir)
     }
 
     /// Whether the known requirement at `index` is granted on `path`, or on something below it.
