@@ -799,7 +799,7 @@ impl Oracle {
                 {
                     eacces
                 } else if native.is_dir(a)
-                    && !(native.exists(b) && !native.is_dir(b))
+                    && (native.is_dir(b) || !native.exists(b))
                     && !b.starts_with(&format!("{a}/"))
                     && native.entries_below(a).iter().any(|e| {
                         let moved = format!("{b}{}", &e[a.len()..]);
