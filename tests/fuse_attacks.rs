@@ -675,3 +675,66 @@ except OSError as e:
         "mine"
     );
 }
+
+/// A directory an agent holds (its working directory) that relayfile's syncer moves into an
+/// area the agent cannot see: nothing relative to it is decided on its old path any more.
+#[test]
+fn a_held_directory_moved_away_in_the_mirror_acts_under_no_old_path() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let prepare = |mirror: &Path| {
+        std::fs::create_dir_all(mirror.join("scratch/public/dir")).unwrap();
+        std::fs::create_dir_all(mirror.join("scratch/hidden")).unwrap();
+        std::fs::write(mirror.join("scratch/public/dir/mine.txt"), "mine").unwrap();
+    };
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:/scratch/public/**"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
+    );
+    let mut agent = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import os, sys, errno
+os.chdir('scratch/public/dir')
+print(open('mine.txt').read(), flush=True)
+sys.stdin.readline()
+def attempt(f):
+    try:
+        f()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno)
+print(attempt(lambda: open('secret.txt').read()), flush=True)
+print(attempt(lambda: open('planted.txt', 'w').write('x')), flush=True)
+print(attempt(lambda: os.listdir('.')), flush=True)
+print(attempt(lambda: os.mkdir('sub')), flush=True)",
+        )
+        .current_dir(&m.mnt)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "mine");
+    // The syncer moves the directory into the hidden area and a secret appears in it.
+    std::fs::rename(
+        m.mirror_at("scratch/public/dir"),
+        m.mirror_at("scratch/hidden/dir"),
+    )
+    .unwrap();
+    std::fs::write(m.mirror_at("scratch/hidden/dir/secret.txt"), "SECRET").unwrap();
+    writeln!(agent.stdin.as_mut().unwrap()).unwrap();
+    let answers: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert_eq!(answers, ["ENOENT", "ENOENT", "ENOENT", "ENOENT"]);
+    assert!(!m.mirror_at("scratch/hidden/dir/planted.txt").exists());
+    assert!(!m.mirror_at("scratch/hidden/dir/sub").exists());
+    let _ = agent.wait();
+}

@@ -419,7 +419,7 @@ impl GuardFs {
     /// The node `ino` as this caller sees it: `ENOENT` unless it is visible to them now.
     pub(crate) fn visible_node(&self, caller: &Caller, ino: Ino) -> FsResult<Seen> {
         let ctx = self.ctx(caller);
-        let node = self.node(ino)?;
+        let node = self.located(ino)?;
         let place = self.place_of_node(&node)?;
         let path = node.path();
         if !self.decide(&ctx, &path, &place, Op::See).allowed() {
@@ -436,6 +436,60 @@ impl GuardFs {
     /// The path of `name` in the directory `dir`: `ENAMETOOLONG` past `NAME_MAX`/`PATH_MAX`.
     pub(crate) fn child_of(&self, dir: &Node, name: &OsStr) -> FsResult<Arc<[u8]>> {
         super::inode::checked_child_path(&dir.path(), name).map_err(Errno)
+    }
+
+    /// The node `ino`, checked to still be where its path says: a directory (or file) moved
+    /// in the mirror behind the guard's back (into a hidden area, say) is `ENOENT` until it
+    /// is looked up again where it is now, so nothing is ever decided on a path it left. A
+    /// staged new file is checked through its directory (it is not in the mirror yet); a
+    /// generated file through the directory it describes.
+    pub(crate) fn located(&self, ino: Ino) -> FsResult<Arc<Node>> {
+        let node = self.node(ino)?;
+        let anchor = match &node.kind {
+            NodeKind::Backed(_) if self.pending_node(&node) => self.node(node.location().parent)?,
+            NodeKind::Backed(_) => node.clone(),
+            NodeKind::Permissions { dir } => self.node(*dir)?,
+            NodeKind::RelayView { .. } => return Ok(node),
+        };
+        if anchor.ino == super::inode::ROOT {
+            return Ok(node);
+        }
+        let fd = anchor.fd().ok_or(Errno::ENOENT)?;
+        let here = match self.mirror.still_at(fd.as_fd(), &anchor.path()) {
+            Some(here) => here,
+            None => self.chain_in_place(&anchor),
+        };
+        if here { Ok(node) } else { Err(Errno::ENOENT) }
+    }
+
+    /// The slow form of the location check, for paths too long for the kernel to name: each
+    /// ancestor's name, looked up in its parent, must still be that very object.
+    fn chain_in_place(&self, node: &Arc<Node>) -> bool {
+        let mut cur = node.clone();
+        for _ in 0..=super::inode::PATH_MAX / 2 {
+            if cur.ino == super::inode::ROOT {
+                return true;
+            }
+            let loc = cur.location();
+            let (Some(b), Some(parent)) = (cur.backing(), self.inodes.get(loc.parent)) else {
+                return false;
+            };
+            let Some(pfd) = parent.fd() else {
+                return false;
+            };
+            match self.mirror.lookup(pfd.as_fd(), &loc.name) {
+                Ok((_, st)) if (st.st_dev, st.st_ino) == (b.dev, b.ino) => {}
+                _ => return false,
+            }
+            cur = parent;
+        }
+        false
+    }
+
+    /// Whether `node` is a staged new file (not in the mirror yet).
+    pub(crate) fn pending_node(&self, node: &Node) -> bool {
+        let loc = node.location();
+        self.pending.lock().get(&(loc.parent, loc.name)) == Some(&node.ino)
     }
 
     pub(crate) fn node(&self, ino: Ino) -> FsResult<Arc<Node>> {
@@ -573,7 +627,7 @@ impl GuardFs {
 
     pub fn lookup(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<Entry> {
         let ctx = self.ctx(caller);
-        let dir = self.node(parent)?;
+        let dir = self.located(parent)?;
         let dir_fd = self.dir_fd(&dir)?;
         if !valid_name(name) {
             return Err(Errno::ENOENT);
@@ -690,7 +744,7 @@ impl GuardFs {
     /// A snapshot of the visible entries of directory `ino`.
     pub fn list_dir(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<DirItem>> {
         let ctx = self.ctx(caller);
-        let dir = self.node(ino)?;
+        let dir = self.located(ino)?;
         let dir_fd = self.dir_fd(&dir)?;
         let place = self.place_of_node(&dir)?;
         let path = dir.path();

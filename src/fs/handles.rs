@@ -498,7 +498,7 @@ impl GuardFs {
         flags: i32,
     ) -> FsResult<(super::core::Entry, Opened)> {
         let ctx = self.ctx(caller);
-        let dir = self.node(parent)?;
+        let dir = self.located(parent)?;
         let dir_fd = self.dir_fd(&dir)?;
         let path = self.child_of(&dir, name)?;
         let place = self.place(&path, name, None);
@@ -889,7 +889,7 @@ impl GuardFs {
                 None,
             );
         }
-        if !s.existing && !self.is_pending(node) {
+        if !s.existing && !self.pending_node(node) {
             // Removed before it was ever committed: nothing to place.
             s.dirty = false;
             s.touched = false;
@@ -922,7 +922,11 @@ impl GuardFs {
             let why = format!("{path} is larger than {MAX_PAYLOAD} bytes and cannot be validated");
             return self.quarantine(&ctx, node, s, Errno::EFBIG, &why, Some(ids));
         }
-        let parent = self.node(loc.parent)?;
+        let Ok(parent) = self.located(loc.parent) else {
+            let why =
+                format!("the directory of {path} moved or went away before the file was closed");
+            return self.quarantine(&ctx, node, s, Errno::ENOENT, &why, Some(ids));
+        };
         if !policy_id.is_empty() {
             let policies = self.policies();
             // Policies reloaded since the gate and this one gone: fail closed.
@@ -974,12 +978,6 @@ impl GuardFs {
             Some(ids),
         );
         Ok(())
-    }
-
-    /// Whether `node` is a staged new file still waiting for its first commit.
-    fn is_pending(&self, node: &Node) -> bool {
-        let loc = node.location();
-        self.pending.lock().get(&(loc.parent, loc.name)) == Some(&node.ino)
     }
 
     /// `node` is no longer a staged new file (committed, dropped or refused).

@@ -59,6 +59,9 @@ pub struct Entry {
 pub struct Mirror {
     root: OwnedFd,
     proc_fd: OwnedFd,
+    /// Where the kernel says the root is (`/proc/self/fd/<root>`), to tell where any held
+    /// object is now.
+    root_path: Vec<u8>,
 }
 
 impl Mirror {
@@ -74,7 +77,33 @@ impl Mirror {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Mirror { root, proc_fd })
+        let root_path =
+            rustix::fs::readlinkat(&proc_fd, fd_name(root.as_fd()), Vec::new())?.into_bytes();
+        Ok(Mirror {
+            root,
+            proc_fd,
+            root_path,
+        })
+    }
+
+    /// Whether the object behind `fd` is still at `path` (a relayfile path) in the mirror,
+    /// as the kernel tracks it: renamed or moved elsewhere (by relayfile's syncer, say) it is
+    /// not. An object that was removed counts as still where it last was: it is at no other
+    /// path, and open files of removed objects keep working as natively.
+    ///
+    /// `None` when the kernel cannot say (the full path is longer than a page).
+    pub fn still_at(&self, fd: BorrowedFd<'_>, path: &[u8]) -> Option<bool> {
+        let now = match rustix::fs::readlinkat(&self.proc_fd, fd_name(fd), Vec::new()) {
+            Ok(now) => now,
+            Err(rustix::io::Errno::NAMETOOLONG) => return None,
+            Err(_) => return Some(false),
+        };
+        let now = now.as_bytes();
+        let expected_tail = if path == b"/" { &b""[..] } else { path };
+        let here = now.len() == self.root_path.len() + expected_tail.len()
+            && now.starts_with(&self.root_path)
+            && now.ends_with(expected_tail);
+        Some(here || rustix::fs::fstat(fd).is_ok_and(|st| st.st_nlink == 0))
     }
 
     pub fn root(&self) -> BorrowedFd<'_> {

@@ -74,7 +74,7 @@ impl GuardFs {
         op: Op,
         operation: &str,
     ) -> FsResult<Child> {
-        let dir = self.node(parent)?;
+        let dir = self.located(parent)?;
         let fd = self.dir_fd(&dir)?;
         let path = self.child_of(&dir, name)?;
         let (place, found) = if op == Op::Create {
@@ -315,7 +315,7 @@ impl GuardFs {
         new_name: &OsStr,
     ) -> FsResult<Entry> {
         let ctx = self.visible_node(caller, ino)?.ctx;
-        let dir = self.node(new_parent)?;
+        let dir = self.located(new_parent)?;
         let target = self.child_of(&dir, new_name)?;
         let d = Decision::forbidden(Forbidden::HardLink);
         self.note(&ctx, &target, "link", &d);
@@ -333,7 +333,7 @@ impl GuardFs {
     ) -> FsResult<Entry> {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
             let ctx = self.ctx(caller);
-            let dir = self.node(parent)?;
+            let dir = self.located(parent)?;
             let path = self.child_of(&dir, name)?;
             let d = Decision::forbidden(Forbidden::DeviceNode);
             self.note(&ctx, &path, "mknod", &d);
@@ -360,8 +360,8 @@ impl GuardFs {
             return Err(Errno::EINVAL);
         }
         let exchange = flags.contains(RenameFlags::EXCHANGE);
-        let src_dir = self.node(parent)?;
-        let dst_dir = self.node(new_parent)?;
+        let src_dir = self.located(parent)?;
+        let dst_dir = self.located(new_parent)?;
         let src_fd = self.dir_fd(&src_dir)?;
         let dst_fd = self.dir_fd(&dst_dir)?;
         let src_path = self.child_of(&src_dir, name)?;
