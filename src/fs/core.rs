@@ -1022,6 +1022,9 @@ impl GuardFs {
             self.note(&ctx, &path, operation, &d);
         }
         errno_of(&d)?;
+        if op == Op::Write && b.kind == Kind::File {
+            self.gated(&ctx, &String::from_utf8_lossy(&path), operation)?;
+        }
         Ok(self.mirror.proc_path(b.fd.as_fd()))
     }
 

@@ -303,6 +303,20 @@ impl GuardFs {
         Ok(Some((policy.id.clone(), policy.provider_action.clone())))
     }
 
+    /// The writeback gate for `operation` on `path`, with a refusal audited as
+    /// `writeback.rejected` before it is returned.
+    pub(crate) fn gated(
+        &self,
+        ctx: &Ctx,
+        path: &str,
+        operation: &str,
+    ) -> FsResult<Option<(String, String)>> {
+        self.writeback_gate(ctx, path).map_err(|(e, why)| {
+            self.note_writeback(ctx, path, operation, Outcome::Denied, &why, None);
+            e
+        })
+    }
+
     /// Count, remember and audit a writeback decision (`writeback.queued` or
     /// `writeback.rejected`).
     pub(crate) fn note_writeback(
@@ -431,20 +445,7 @@ impl GuardFs {
                 }
                 let path_str = String::from_utf8_lossy(&path).into_owned();
                 let gate = if write {
-                    match self.writeback_gate(&ctx, &path_str) {
-                        Ok(g) => g,
-                        Err((e, why)) => {
-                            self.note_writeback(
-                                &ctx,
-                                &path_str,
-                                "open",
-                                Outcome::Denied,
-                                &why,
-                                None,
-                            );
-                            return Err(e);
-                        }
-                    }
+                    self.gated(&ctx, &path_str, "open")?
                 } else {
                     None
                 };
@@ -514,13 +515,7 @@ impl GuardFs {
             return Err(Errno::EACCES);
         }
         let path_str = String::from_utf8_lossy(&path).into_owned();
-        let gate = match self.writeback_gate(&ctx, &path_str) {
-            Ok(g) => g,
-            Err((e, why)) => {
-                self.note_writeback(&ctx, &path_str, "create", Outcome::Denied, &why, None);
-                return Err(e);
-            }
-        };
+        let gate = self.gated(&ctx, &path_str, "create")?;
         let mode = mode & !umask & 0o777;
         let dir_st = self.mirror.stat(dir_fd.as_fd())?;
         let (body, node, st) = match gate {

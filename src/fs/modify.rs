@@ -186,10 +186,7 @@ impl GuardFs {
         let st = child.found.ok_or(Errno::ENOENT)?;
         if Kind::of(&st) == Kind::File {
             let path = String::from_utf8_lossy(&child.path);
-            if let Err((e, why)) = self.writeback_gate(&ctx, &path) {
-                self.note_writeback(&ctx, &path, "unlink", Outcome::Denied, &why, None);
-                return Err(e);
-            }
+            self.gated(&ctx, &path, "unlink")?;
         }
         Ok(self.mirror.unlink(child.dir_fd.as_fd(), name)?)
     }
@@ -456,10 +453,7 @@ impl GuardFs {
         }
         if src_kind == Kind::File {
             for p in [&src_str, &dst_str] {
-                if let Err((e, why)) = self.writeback_gate(&ctx, p) {
-                    self.note_writeback(&ctx, p, "rename", Outcome::Denied, &why, None);
-                    return Err(e);
-                }
+                self.gated(&ctx, p, "rename")?;
             }
             if backing.is_provider_backed(&dst_str) {
                 return self.rename_into_writeback(
@@ -628,6 +622,11 @@ impl GuardFs {
             let d = self.decide(&ctx, &path, &place, Op::Write);
             self.note(&ctx, &path, "setattr", &d);
             errno_of(&d)?;
+            // relayfile pushes a provider file whose metadata changes like one whose content
+            // does, so chmod and utimes pass the writeback gate too (truncation is staged).
+            if b.kind == Kind::File && set.size.is_none() {
+                self.gated(&ctx, &String::from_utf8_lossy(&path), "setattr")?;
+            }
         }
         if let Some(size) = set.size {
             self.truncate(&ctx, &node, set.fh, size)?;
@@ -669,13 +668,9 @@ impl GuardFs {
         if b.kind != Kind::File {
             return Err(Errno::EISDIR);
         }
-        match self.writeback_gate(ctx, &path) {
-            Err((e, why)) => {
-                self.note_writeback(ctx, &path, "truncate", Outcome::Denied, &why, None);
-                Err(e)
-            }
-            Ok(None) => Ok(self.mirror.truncate(b.fd.as_fd(), size)?),
-            Ok(Some(_)) => self.staged_truncate(ctx, node, size),
+        match self.gated(ctx, &path, "truncate")? {
+            None => Ok(self.mirror.truncate(b.fd.as_fd(), size)?),
+            Some(_) => self.staged_truncate(ctx, node, size),
         }
     }
 }

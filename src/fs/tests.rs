@@ -784,3 +784,41 @@ fn open_handles_lose_what_the_new_grants_refuse() {
     crate::session::testing::replace_scopes(&s, &["relayfile:fs:read:/github/**"]);
     assert_eq!(fs.readdir(dir, 0, |_, _| false).unwrap_err(), Errno::EACCES);
 }
+
+#[test]
+fn metadata_changes_of_provider_files_pass_the_writeback_gate() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(&["relayfile:fs:manage:*"]), None);
+    let path = "/slack/users/U04ALICE01.json";
+    let ino = walk(&fs, path).unwrap();
+    let before = std::fs::metadata(root.join(&path[1..])).unwrap();
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, chmod).unwrap_err(), Errno::EACCES);
+    let touch = SetAttr {
+        mtime: Some(fuser::TimeOrNow::Now),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, touch).unwrap_err(), Errno::EACCES);
+    assert_eq!(
+        fs.setxattr(&ME, ino, OsStr::new("user.x"), b"1", 0)
+            .unwrap_err(),
+        Errno::EACCES
+    );
+    assert_eq!(
+        fs.removexattr(&ME, ino, OsStr::new("user.x")).unwrap_err(),
+        Errno::EACCES
+    );
+    let after = std::fs::metadata(root.join(&path[1..])).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(before.mode(), after.mode());
+    assert_eq!(before.mtime_nsec(), after.mtime_nsec());
+    // A local path is not a writeback: the same calls work there.
+    std::fs::create_dir_all(root.join("node_modules")).unwrap();
+    std::fs::write(root.join("node_modules/x"), "x").unwrap();
+    let local = walk(&fs, "/node_modules/x").unwrap();
+    assert!(fs.setattr(&ME, local, chmod).is_ok());
+    assert!(fs.setattr(&ME, local, touch).is_ok());
+}
