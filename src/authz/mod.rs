@@ -250,6 +250,11 @@ pub fn decide(scopes: &ScopeSet, path: &[u8], place: &Place, op: Op) -> Decision
 }
 
 fn decide_content(scopes: &ScopeSet, path: &[u8], op: Op) -> Decision {
+    // The root is where every session starts (an ops- or sync-only token reaches `/.relay`
+    // through it); seeing it reveals nothing.
+    if op == Op::See && path == b"/" {
+        return Decision::new(Verdict::Allow, op, None, Reason::Visible);
+    }
     let Some(index) = op.requirement_index() else {
         // `See` and the structurally refused operations: visibility first.
         if !scopes.visible(path) {

@@ -35,7 +35,8 @@ impl Rights {
     }
 }
 
-fn time(secs: i64, nsecs: i64) -> SystemTime {
+/// A stat time as a `SystemTime`.
+pub fn time(secs: i64, nsecs: i64) -> SystemTime {
     let nsecs = nsecs.clamp(0, 999_999_999) as u32;
     if secs >= 0 {
         UNIX_EPOCH + Duration::new(secs as u64, nsecs)

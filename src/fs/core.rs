@@ -177,6 +177,9 @@ pub struct GuardFs {
     pub(crate) staging: OwnedFd,
     pub(crate) quarantine: OwnedFd,
     started: Instant,
+    /// The same moment as a time stamp (the times shown for directories whose entries are all
+    /// hidden).
+    started_at: SystemTime,
     /// The daemon runs as root (it can give new objects to their creators).
     as_root: bool,
     daemon_gid: u32,
@@ -246,6 +249,7 @@ impl GuardFs {
             staging,
             quarantine,
             started: Instant::now(),
+            started_at: SystemTime::now(),
             as_root: rustix::process::geteuid().is_root(),
             daemon_gid: rustix::process::getegid().as_raw(),
         })
@@ -619,8 +623,62 @@ impl GuardFs {
 
     /// The attributes of a mirror object whose stat is at hand.
     pub(crate) fn backed_attr(&self, ctx: &Ctx, node: &Node, place: &Place, st: &Stat) -> FileAttr {
-        let rights = self.rights(ctx, &node.path(), place, st);
-        attr::from_stat(node.ino, st, rights)
+        let path = node.path();
+        let rights = self.rights(ctx, &path, place, st);
+        let mut attr = attr::from_stat(node.ino, st, rights);
+        if Kind::of(st) == Kind::Dir {
+            self.hide_hidden_in_dir_attr(ctx, node, &path, place, &mut attr);
+        }
+        attr
+    }
+
+    /// A directory's link count, size and times count every entry in it, hidden ones too, so
+    /// where the caller may not see everything below a directory they are made from what it
+    /// can see: 2 plus the visible subdirectories, one block, and the latest time among the
+    /// visible entries (the mount's start when there are none).
+    fn hide_hidden_in_dir_attr(
+        &self,
+        ctx: &Ctx,
+        node: &Node,
+        path: &[u8],
+        place: &Place,
+        attr: &mut FileAttr,
+    ) {
+        let whole = *place == Place::Content
+            && ctx.active()
+            && ctx
+                .grants
+                .as_ref()
+                .is_some_and(|g| g.scopes.all_visible_below(path));
+        if whole {
+            return;
+        }
+        let Some(fd) = node.fd() else {
+            return;
+        };
+        let children = self
+            .visible_children(ctx, node, fd.as_fd())
+            .unwrap_or_default();
+        let mut latest: Option<(SystemTime, SystemTime)> = None;
+        let mut subdirs = 0u32;
+        for (name, kind, _) in &children {
+            if *kind == Kind::Dir {
+                subdirs += 1;
+            }
+            let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+            if let Ok(st) = rustix::fs::statat(fd.as_fd(), name, flags) {
+                let m = attr::time(st.st_mtime, st.st_mtime_nsec as i64);
+                let c = attr::time(st.st_ctime, st.st_ctime_nsec as i64);
+                latest = Some(latest.map_or((m, c), |(lm, lc)| (lm.max(m), lc.max(c))));
+            }
+        }
+        let latest = latest.unwrap_or((self.started_at, self.started_at));
+        attr.nlink = 2 + subdirs;
+        attr.size = 4096;
+        attr.blocks = 8;
+        attr.mtime = latest.0;
+        attr.atime = latest.0;
+        attr.ctime = latest.1;
     }
 
     // ------------------------------------------------------------------ lookup and attributes
@@ -836,7 +894,9 @@ impl GuardFs {
             let Ok(path) = super::inode::checked_child_path(&dir_path, &e.name) else {
                 continue;
             };
-            let (place, kind) = if in_relay {
+            // `/.relay` itself is judged by the `/.relay` rules, not by fs grants.
+            let at_relay_root = dir_path.as_ref() == b"/" && e.name.as_bytes() == b".relay";
+            let (place, kind) = if in_relay || at_relay_root {
                 let item = authz::classify_relay(&path);
                 if matches!(item, Some(RelayItem::Guard | RelayItem::Other) | None) {
                     continue;
@@ -1030,18 +1090,32 @@ impl GuardFs {
 
     pub fn getxattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
         let proc = self.xattr_target(caller, ino, Op::Read, "getxattr")?;
+        match xattr_class(name) {
+            XattrClass::User => {}
+            XattrClass::Acl => return Err(Errno::ENOTSUP),
+            // Only `user.` attributes are shared through the view: the others (`trusted.`,
+            // `security.`) describe the mirror's host, not the workspace.
+            XattrClass::Other => return Err(Errno::ENODATA),
+        }
         let mut buf = vec![0u8; 64 * 1024];
         let n = rustix::fs::getxattr(proc.as_str(), name, &mut buf[..])?;
         buf.truncate(n);
         Ok(buf)
     }
 
+    /// The `user.` attribute names only.
     pub fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
         let proc = self.xattr_target(caller, ino, Op::Read, "listxattr")?;
         let mut buf = vec![0u8; 64 * 1024];
         let n = rustix::fs::listxattr(proc.as_str(), &mut buf[..])?;
-        buf.truncate(n);
-        Ok(buf)
+        let mut out = Vec::with_capacity(n);
+        for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if name.starts_with(b"user.") {
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+        }
+        Ok(out)
     }
 
     pub fn setxattr(
@@ -1052,8 +1126,11 @@ impl GuardFs {
         value: &[u8],
         flags: i32,
     ) -> FsResult<()> {
-        if !name.as_bytes().starts_with(b"user.") {
-            return Err(Errno::EPERM);
+        match xattr_class(name) {
+            XattrClass::User => {}
+            // As a filesystem without ACLs answers, so `cp -a` and `rsync -A` carry on.
+            XattrClass::Acl => return Err(Errno::ENOTSUP),
+            XattrClass::Other => return Err(Errno::EPERM),
         }
         let proc = self.xattr_target(caller, ino, Op::Write, "setxattr")?;
         let flags = rustix::fs::XattrFlags::from_bits_truncate(flags as u32);
@@ -1061,8 +1138,10 @@ impl GuardFs {
     }
 
     pub fn removexattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<()> {
-        if !name.as_bytes().starts_with(b"user.") {
-            return Err(Errno::EPERM);
+        match xattr_class(name) {
+            XattrClass::User => {}
+            XattrClass::Acl => return Err(Errno::ENOTSUP),
+            XattrClass::Other => return Err(Errno::EPERM),
         }
         let proc = self.xattr_target(caller, ino, Op::Write, "removexattr")?;
         Ok(rustix::fs::removexattr(proc.as_str(), name)?)
@@ -1078,6 +1157,27 @@ impl GuardFs {
             return Err(Errno::EFBIG);
         }
         Ok(buf)
+    }
+}
+
+/// Which extended attributes the view passes on.
+enum XattrClass {
+    /// `user.*`: passed on, decided like the file's content.
+    User,
+    /// `system.posix_acl_*`: the view has no ACLs (ENOTSUP, as such a filesystem answers).
+    Acl,
+    /// Everything else: neither listed nor shown nor set.
+    Other,
+}
+
+fn xattr_class(name: &OsStr) -> XattrClass {
+    let name = name.as_bytes();
+    if name.starts_with(b"user.") {
+        XattrClass::User
+    } else if name.starts_with(b"system.posix_acl_") {
+        XattrClass::Acl
+    } else {
+        XattrClass::Other
     }
 }
 

@@ -32,7 +32,22 @@ fn record_path(bytes: &[u8]) -> Option<Vec<u8>> {
         .get("remotePath")
         .or_else(|| v.get("path"))
         .and_then(Value::as_str)?;
-    p.starts_with('/').then(|| p.as_bytes().to_vec())
+    canonical(p).then(|| p.as_bytes().to_vec())
+}
+
+/// Whether a path named inside a record is canonical: absolute, with no empty, `.` or `..`
+/// segment, no trailing `/` and no NUL. Anything else could be decided as one path and mean
+/// another (`/slack/../github/x` against a `/slack/**` grant), so such a record is about no
+/// path and stays hidden.
+fn canonical(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix('/') else {
+        return false;
+    };
+    !rest.is_empty()
+        && !p.contains('\0')
+        && rest
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
 }
 
 /// Walk `names` from the mirror root, never following a symlink.
@@ -86,8 +101,10 @@ fn conflict_target(inner: &str, is_dir: bool) -> Option<Vec<u8>> {
     (!path.is_empty()).then(|| format!("/{path}").into_bytes())
 }
 
-/// The fields of `state.json` that say nothing about paths or other callers.
-const STATE_KEEP: [&str; 11] = [
+/// The fields of `state.json` that say nothing about paths or other callers: the sync's own
+/// health. Counters, revisions and per-path flags aggregate over every path (hidden ones too),
+/// so they are dropped.
+const STATE_KEEP: [&str; 9] = [
     "workspaceId",
     "mode",
     "syncMode",
@@ -96,10 +113,15 @@ const STATE_KEEP: [&str; 11] = [
     "lastSuccessfulReconcileAt",
     "staleAfter",
     "status",
-    "states",
-    "lastAppliedRevision",
     "reconcileAgeSecs",
 ];
+
+/// The members of `states` about the sync as a whole (not about any path).
+const STATES_KEEP: [&str; 2] = ["stale", "offline"];
+
+/// The members of a `providers` entry that say nothing about paths: which provider, and
+/// whether it syncs.
+const PROVIDER_KEEP: [&str; 2] = ["provider", "status"];
 
 /// `state.json` reduced to what the caller may see: the status fields, the `files` entries for
 /// visible paths, and the providers whose root the caller can see. Counters and host details,
@@ -113,6 +135,12 @@ pub fn filter_state(bytes: &[u8], visible: &dyn Fn(&[u8]) -> bool) -> Vec<u8> {
         if let Some(v) = state.get(key) {
             out.insert(key.to_owned(), v.clone());
         }
+    }
+    if let Some(Value::Object(states)) = state.get("states") {
+        out.insert(
+            "states".to_owned(),
+            Value::Object(keep(states, &STATES_KEEP)),
+        );
     }
     if let Some(Value::Object(files)) = state.get("files") {
         let kept: Map<String, Value> = files
@@ -130,7 +158,10 @@ pub fn filter_state(bytes: &[u8], visible: &dyn Fn(&[u8]) -> bool) -> Vec<u8> {
                     .and_then(Value::as_str)
                     .is_some_and(|name| visible(format!("/{name}").as_bytes()))
             })
-            .cloned()
+            .filter_map(|p| {
+                p.as_object()
+                    .map(|o| Value::Object(keep(o, &PROVIDER_KEEP)))
+            })
             .collect();
         out.insert("providers".to_owned(), Value::Array(kept));
     }
@@ -138,6 +169,12 @@ pub fn filter_state(bytes: &[u8], visible: &dyn Fn(&[u8]) -> bool) -> Vec<u8> {
         serde_json::to_vec_pretty(&Value::Object(out)).unwrap_or_else(|_| b"{}".to_vec());
     text.push(b'\n');
     text
+}
+
+fn keep(obj: &Map<String, Value>, keys: &[&str]) -> Map<String, Value> {
+    keys.iter()
+        .filter_map(|k| obj.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+        .collect()
 }
 
 /// `permissions-denied.log` (`[RFC3339] ACTION /path: reason`) keeping lines about visible paths.
@@ -199,16 +236,51 @@ mod tests {
     }
 
     #[test]
-    fn state_filter_drops_hidden_paths_and_counters() {
+    fn state_filter_drops_hidden_paths_and_aggregates() {
         let state = br#"{"status": "ready", "localRoot": "/home/a", "pendingWriteback": 3,
+            "lastAppliedRevision": "rev_99",
+            "states": {"stale": false, "offline": false, "hasConflicts": true,
+                       "hasPendingWriteback": true, "outboxNeedsAttention": true},
             "files": {"/github/a": {"revision": "1"}, "/slack/b": {"revision": "2"}},
-            "providers": [{"provider": "github"}, {"provider": "slack"}]}"#;
+            "providers": [{"provider": "github", "status": "ready"},
+                          {"provider": "slack", "status": "ready", "lagSeconds": 3,
+                           "deadLetteredOps": 1, "lastEventAt": "2025-05-14T07:41:10Z"}]}"#;
         let vis = |p: &[u8]| p.starts_with(b"/slack");
         let v: Value = serde_json::from_slice(&filter_state(state, &vis)).unwrap();
         assert_eq!(v["status"], "ready");
-        assert!(v.get("localRoot").is_none() && v.get("pendingWriteback").is_none());
+        for dropped in ["localRoot", "pendingWriteback", "lastAppliedRevision"] {
+            assert!(v.get(dropped).is_none(), "{dropped}");
+        }
+        assert_eq!(
+            v["states"],
+            serde_json::json!({"stale": false, "offline": false})
+        );
         assert_eq!(v["files"].as_object().unwrap().len(), 1);
         assert!(v["files"].get("/slack/b").is_some());
-        assert_eq!(v["providers"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            v["providers"],
+            serde_json::json!([{"provider": "slack", "status": "ready"}])
+        );
+    }
+
+    #[test]
+    fn record_targets_must_be_canonical() {
+        for good in ["/slack/a.json", "/github/repos/a b/x", "/x"] {
+            assert!(canonical(good), "{good}");
+        }
+        for bad in [
+            "slack/a",
+            "/",
+            "/slack/../github/x",
+            "/slack/./x",
+            "/slack//x",
+            "/slack/x/",
+            "/..",
+            "/a\0b",
+        ] {
+            assert!(!canonical(bad), "{bad}");
+            let rec = serde_json::json!({ "remotePath": bad }).to_string();
+            assert!(record_path(rec.as_bytes()).is_none(), "{bad}");
+        }
     }
 }

@@ -822,3 +822,94 @@ fn metadata_changes_of_provider_files_pass_the_writeback_gate() {
     assert!(fs.setattr(&ME, local, chmod).is_ok());
     assert!(fs.setattr(&ME, local, touch).is_ok());
 }
+
+#[test]
+fn nothing_hidden_shows_through_counts_times_xattrs_or_records() {
+    let (_d, root) = fixture_copy();
+    // A directory's link count and times come from what the caller can see in it.
+    let fs = guard(
+        &root,
+        session(&["relayfile:fs:read:/github/repos/acme/api/**"]),
+        None,
+    );
+    let acme = walk(&fs, "/github/repos/acme").unwrap();
+    let attr = |fs: &GuardFs| fs.getattr(&ME, acme, None).unwrap().0;
+    let before = attr(&fs);
+    assert_eq!(before.nlink, 3, "2 + the one visible subdirectory");
+    let api = std::fs::symlink_metadata(root.join("github/repos/acme/api")).unwrap();
+    assert_eq!(before.mtime, api.modified().unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::create_dir(root.join("github/repos/acme/hidden-new")).unwrap();
+    std::fs::remove_dir_all(root.join("github/repos/acme/web")).unwrap();
+    let after = attr(&fs);
+    assert_eq!(
+        (after.nlink, after.mtime, after.ctime, after.size),
+        (before.nlink, before.mtime, before.ctime, before.size)
+    );
+    // Where everything below is visible, the real values are shown.
+    let whole = guard(&root, session(&["relayfile:fs:read:*"]), None);
+    let real = std::fs::symlink_metadata(root.join("github/repos/acme")).unwrap();
+    let shown = whole
+        .getattr(&ME, walk(&whole, "/github/repos/acme").unwrap(), None)
+        .unwrap()
+        .0;
+    assert_eq!(shown.mtime, real.modified().unwrap());
+    assert_eq!(
+        shown.nlink as u64,
+        std::os::unix::fs::MetadataExt::nlink(&real)
+    );
+
+    // Only `user.` attributes are listed or read.
+    let file = root.join("github/repos/acme/api/metadata.json");
+    rustix::fs::setxattr(
+        &file,
+        "trusted.secret",
+        b"1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::setxattr(&file, "user.note", b"2", rustix::fs::XattrFlags::empty()).unwrap();
+    let ino = walk(&fs, "/github/repos/acme/api/metadata.json").unwrap();
+    assert_eq!(fs.listxattr(&ME, ino).unwrap(), b"user.note\0");
+    assert_eq!(
+        fs.getxattr(&ME, ino, OsStr::new("trusted.secret"))
+            .unwrap_err(),
+        Errno::ENODATA
+    );
+    assert_eq!(
+        fs.getxattr(&ME, ino, OsStr::new("user.note")).unwrap(),
+        b"2"
+    );
+    assert_eq!(
+        fs.getxattr(&ME, ino, OsStr::new("system.posix_acl_access"))
+            .unwrap_err(),
+        Errno::ENOTSUP
+    );
+
+    // `/.relay` is judged by its own rules at the root: an fs-only token does not list it, an
+    // ops-only token sees the root and `/.relay`.
+    let fs_only = guard(&root, session(&["relayfile:fs:read:*"]), None);
+    assert!(!names(&fs_only, "/").contains(&".relay".to_owned()));
+    let ops_only = guard(&root, session(&["relayfile:ops:read:/slack/**"]), None);
+    assert!(names(&ops_only, "/").contains(&".relay".to_owned()));
+    // A record about a path with `..` in it is about no path: never listed.
+    std::fs::write(
+        root.join(".relay/outbox/pending/mountcmd_dotdot.json"),
+        r#"{"remotePath": "/slack/../github/repos/acme/api/metadata.json"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(".relay/outbox/pending/mountcmd_slack.json"),
+        r#"{"remotePath": "/slack/channels/c1/messages/m.json"}"#,
+    )
+    .unwrap();
+    let pending = names(&ops_only, "/.relay/outbox/pending");
+    assert!(
+        pending.contains(&"mountcmd_slack.json".to_owned()),
+        "{pending:?}"
+    );
+    assert!(
+        !pending.contains(&"mountcmd_dotdot.json".to_owned()),
+        "{pending:?}"
+    );
+}
