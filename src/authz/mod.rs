@@ -139,6 +139,8 @@ pub enum Reason {
     SessionInactive(String),
     /// The directory holds entries the caller cannot see or remove.
     HoldsHidden,
+    /// A change to the generated `_PERMISSIONS.md` was accepted and discarded.
+    NoticeDiscarded,
     /// relayauth has not confirmed the session recently enough (fail closed).
     StatusUnknown(String),
     /// `_PERMISSIONS.md` is generated and read-only.
@@ -221,6 +223,9 @@ impl Decision {
             Reason::NotVisible => format!("no scope covers {path} or anything below it"),
             Reason::SessionInactive(state) => format!("the session is {state}; nothing is allowed"),
             Reason::StatusUnknown(why) => why.clone(),
+            Reason::NoticeDiscarded => format!(
+                "{PERMISSIONS_FILE} is generated: the change to {path} was accepted and discarded"
+            ),
             Reason::HoldsHidden => {
                 format!("{path} holds entries this session cannot see or remove")
             }

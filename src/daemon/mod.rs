@@ -78,6 +78,36 @@ fn fail<T>(code: i32, message: impl Into<String>) -> Result<T, Failure> {
     })
 }
 
+/// Raise the soft limit on open files to the hard limit (a mount serves many files at once),
+/// and return the limit in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let hard = now.maximum.unwrap_or(u64::MAX);
+    let soft = now.current.unwrap_or(u64::MAX);
+    // Some kernels cap RLIMIT_NOFILE below an "unlimited" hard limit (fs.nr_open).
+    let target = hard.min(1 << 20);
+    if soft < target
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(target),
+                maximum: now.maximum,
+            },
+        )
+        .is_ok()
+    {
+        return target;
+    }
+    soft
+}
+
+/// How many `O_PATH` descriptors the inode table may hold under an open-file limit: a quarter
+/// of it, leaving the rest for open files, staging, sockets and the token, between 16 and 16384.
+pub fn held_descriptor_budget(limit: u64) -> usize {
+    (limit / 4).clamp(crate::fs::inode::MIN_HELD as u64, 16_384) as usize
+}
+
 /// Exit status when the mount's own session ended (revoked or expired).
 pub const EXIT_SESSION_ENDED: i32 = 3;
 
@@ -494,6 +524,7 @@ async fn serve(
     mountpoint: PathBuf,
     reporter: &mut Reporter,
 ) -> Result<i32, Failure> {
+    let open_files = raise_open_file_limit();
     let creds = spec
         .credentials
         .read()
@@ -638,6 +669,7 @@ async fn serve(
         },
         fail_closed_after: spec.fail_closed_after,
         max_staleness: spec.max_staleness,
+        max_held_fds: held_descriptor_budget(open_files),
         ..Options::default()
     };
     let fs = Arc::new(

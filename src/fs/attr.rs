@@ -87,8 +87,9 @@ pub fn from_stat(ino: Ino, st: &Stat, rights: Rights) -> FileAttr {
     }
 }
 
-/// The attributes of a generated, read-only file of `size` bytes.
-pub fn generated(ino: Ino, size: usize, like: &Stat) -> FileAttr {
+/// The attributes of a generated file of `size` bytes: read-only, or `writable` where a write
+/// to it is accepted (and discarded).
+pub fn generated(ino: Ino, size: usize, like: &Stat, writable: bool) -> FileAttr {
     let now = SystemTime::now();
     FileAttr {
         ino: INodeNo(ino),
@@ -101,10 +102,11 @@ pub fn generated(ino: Ino, size: usize, like: &Stat) -> FileAttr {
         kind: FileType::RegularFile,
         perm: Rights {
             read: true,
-            write: false,
+            write: writable,
             exec: false,
         }
-        .mode(),
+        .mode()
+            & 0o644,
         nlink: 1,
         uid: like.st_uid,
         gid: like.st_gid,

@@ -104,6 +104,8 @@ pub struct Options {
     pub max_staleness: Duration,
     /// `strict`: every read and write goes through the daemon (direct I/O).
     pub direct_io: bool,
+    /// How many `O_PATH` descriptors the inode table may hold at once.
+    pub max_held_fds: usize,
 }
 
 impl Default for Options {
@@ -114,6 +116,7 @@ impl Default for Options {
             fail_closed_after: Duration::from_secs(30),
             max_staleness: Duration::from_secs(300),
             direct_io: true,
+            max_held_fds: 4096,
         }
     }
 }
@@ -176,6 +179,8 @@ pub struct GuardFs {
     pub(crate) root_stat: Stat,
     pub(crate) staging: OwnedFd,
     pub(crate) quarantine: OwnedFd,
+    /// (session id, directory) pairs whose `_PERMISSIONS.md` that session removed.
+    pub(crate) notice_marks: Mutex<rustc_hash::FxHashSet<(String, Ino)>>,
     started: Instant,
     /// The same moment as a time stamp (the times shown for directories whose entries are all
     /// hidden).
@@ -235,7 +240,7 @@ impl GuardFs {
         let (root_fd, root_stat) = mirror.root_node()?;
         let (staging, quarantine) = guard_dirs(&mirror)?;
         Ok(GuardFs {
-            inodes: Inodes::new(root_fd, &root_stat),
+            inodes: Inodes::new(root_fd, &root_stat, opts.max_held_fds),
             mirror,
             callers,
             audit,
@@ -248,6 +253,7 @@ impl GuardFs {
             root_stat,
             staging,
             quarantine,
+            notice_marks: Mutex::new(rustc_hash::FxHashSet::default()),
             started: Instant::now(),
             started_at: SystemTime::now(),
             as_root: rustix::process::geteuid().is_root(),
@@ -458,7 +464,7 @@ impl GuardFs {
         if anchor.ino == super::inode::ROOT {
             return Ok(node);
         }
-        let fd = anchor.fd().ok_or(Errno::ENOENT)?;
+        let fd = self.fd_of(&anchor)?;
         let here = match self.mirror.still_at(fd.as_fd(), &anchor.path()) {
             Some(here) => here,
             None => self.chain_in_place(&anchor),
@@ -478,7 +484,7 @@ impl GuardFs {
             let (Some(b), Some(parent)) = (cur.backing(), self.inodes.get(loc.parent)) else {
                 return false;
             };
-            let Some(pfd) = parent.fd() else {
+            let Ok(pfd) = self.fd_of(&parent) else {
                 return false;
             };
             match self.mirror.lookup(pfd.as_fd(), &loc.name) {
@@ -504,7 +510,42 @@ impl GuardFs {
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        node.fd().ok_or(Errno::ENOTDIR)
+        self.fd_of(node)
+    }
+
+    /// The `O_PATH` descriptor of a mirror object (or the file behind a relay view). When the
+    /// table dropped it, it is found again from the nearest ancestor still held, one name at a
+    /// time, each checked to be the very object the node stands for: a name that now holds
+    /// something else is `ENOENT` (the node is not where it was).
+    pub(crate) fn fd_of(&self, node: &Node) -> FsResult<Arc<OwnedFd>> {
+        if let Some(fd) = node.fd() {
+            return Ok(fd);
+        }
+        if node.backing().is_none() {
+            return Err(Errno::ENOENT);
+        }
+        // The chain of nodes without a descriptor, up to the first with one.
+        let mut chain = vec![self.node(node.ino)?];
+        let mut base = loop {
+            let last = chain.last().ok_or(Errno::ENOENT)?;
+            if last.ino == super::inode::ROOT || chain.len() > super::inode::PATH_MAX {
+                return Err(Errno::ENOENT);
+            }
+            let parent = self.node(last.location().parent)?;
+            match parent.fd() {
+                Some(fd) => break fd,
+                None => chain.push(parent),
+            }
+        };
+        while let Some(n) = chain.pop() {
+            let b = n.backing().ok_or(Errno::ENOENT)?;
+            let (fd, st) = self.mirror.lookup(base.as_fd(), &n.location().name)?;
+            if (st.st_dev, st.st_ino, Kind::of(&st)) != (b.dev, b.ino, b.kind) {
+                return Err(Errno::ENOENT);
+            }
+            base = self.inodes.hold(&n, fd);
+        }
+        Ok(base)
     }
 
     /// The place of `path` (named `name`); for `/.relay` records it reads what the record is
@@ -561,7 +602,7 @@ impl GuardFs {
             })),
             NodeKind::Backed(_) => {
                 if authz::classify_relay(&loc.path).is_some_and(|i| i.needs_target()) {
-                    let fd = node.fd().ok_or(Errno::ENOENT)?;
+                    let fd = self.fd_of(node)?;
                     let st = self.mirror.stat(fd.as_fd())?;
                     Ok(self.place(&loc.path, &loc.name, Some((fd.as_fd(), &st))))
                 } else {
@@ -602,19 +643,37 @@ impl GuardFs {
         }
     }
 
+    /// Whether a write to the notice of directory `dir` is accepted (and discarded).
+    pub(crate) fn notice_writable(&self, ctx: &Ctx, dir: Ino) -> bool {
+        self.inodes
+            .get(dir)
+            .is_some_and(|d| self.notice_accepts(ctx, &d.path(), Op::Create))
+    }
+
     /// The attributes of `node` for this caller (its visibility already decided).
     pub(crate) fn attr_of(&self, ctx: &Ctx, node: &Node, place: &Place) -> FsResult<FileAttr> {
         match &node.kind {
-            NodeKind::Permissions { .. } => {
+            NodeKind::Permissions { dir } => {
                 let text = self.render_permissions(ctx, node)?;
-                Ok(attr::generated(node.ino, text.len(), &self.root_stat))
+                let writable = self.notice_writable(ctx, *dir);
+                Ok(attr::generated(
+                    node.ino,
+                    text.len(),
+                    &self.root_stat,
+                    writable,
+                ))
             }
             NodeKind::RelayView { .. } => {
                 let content = self.relay_view_content(ctx, node)?;
-                Ok(attr::generated(node.ino, content.len(), &self.root_stat))
+                Ok(attr::generated(
+                    node.ino,
+                    content.len(),
+                    &self.root_stat,
+                    false,
+                ))
             }
-            NodeKind::Backed(b) => {
-                let fd = b.read().fd.clone();
+            NodeKind::Backed(_) => {
+                let fd = self.fd_of(node)?;
                 let st = self.mirror.stat(fd.as_fd())?;
                 Ok(self.backed_attr(ctx, node, place, &st))
             }
@@ -653,7 +712,7 @@ impl GuardFs {
         if whole {
             return;
         }
-        let Some(fd) = node.fd() else {
+        let Ok(fd) = self.fd_of(node) else {
             return;
         };
         let children = self
@@ -693,7 +752,7 @@ impl GuardFs {
         let path = self.child_of(&dir, name)?;
         if name.as_bytes() == PERMISSIONS_FILE.as_bytes() {
             let d = self.decide(&ctx, &path, &Place::PermissionsFile, Op::See);
-            if !d.allowed() {
+            if !d.allowed() || self.notice_removed(&ctx, parent) {
                 return Err(Errno::ENOENT);
             }
             let node = self.inodes.permissions(parent, path, name);
@@ -766,19 +825,28 @@ impl GuardFs {
         ino: Ino,
         fh: Option<u64>,
     ) -> FsResult<(FileAttr, Duration)> {
+        // `fstat` of an open file answers from that file (a staged write with its staged
+        // size), wherever its name has gone since: as natively, a removed or replaced file
+        // that is still open can be asked about.
+        if let Some(fh) = fh
+            && let Some(st) = self.handles.stat_of(fh, ino)
+        {
+            let ctx = self.ctx(caller);
+            let node = self.node(ino)?;
+            let place = self.place_of_node(&node)?;
+            let path = node.path();
+            if !self.decide(&ctx, &path, &place, Op::See).allowed() {
+                return Err(Errno::ENOENT);
+            }
+            let rights = self.rights(&ctx, &path, &place, &st);
+            return Ok((attr::from_stat(ino, &st, rights), Duration::ZERO));
+        }
         let Seen {
             ctx,
             node,
             place,
-            path,
+            path: _,
         } = self.visible_node(caller, ino)?;
-        // An open staged write answers with its staged size.
-        if let Some(fh) = fh
-            && let Some(st) = self.handles.staged_stat(fh)
-        {
-            let rights = self.rights(&ctx, &path, &place, &st);
-            return Ok((attr::from_stat(ino, &st, rights), Duration::ZERO));
-        }
         let attr = self.attr_of(&ctx, &node, &place)?;
         let ttl = if matches!(node.kind, NodeKind::Backed(_)) {
             self.ttl()
@@ -794,7 +862,7 @@ impl GuardFs {
         if b.kind != Kind::Symlink {
             return Err(Errno::EINVAL);
         }
-        Ok(self.mirror.readlink(b.fd.as_fd())?)
+        Ok(self.mirror.readlink(self.fd_of(&node)?.as_fd())?)
     }
 
     // ------------------------------------------------------------------ directories
@@ -831,7 +899,7 @@ impl GuardFs {
         }
         // Inside a version-controlled tree the file is readable by name but not listed, so
         // `git status` stays clean and `git add -A` never commits it.
-        if !self.in_vcs_tree(&dir) {
+        if !self.in_vcs_tree(&dir) && !self.notice_removed(&ctx, ino) {
             items.push(DirItem {
                 name: PERMISSIONS_FILE.into(),
                 kind: FileType::RegularFile,
@@ -858,7 +926,7 @@ impl GuardFs {
             let Some(n) = node else {
                 return false;
             };
-            if let Some(fd) = n.fd() {
+            if let Ok(fd) = self.fd_of(&n) {
                 let found = crate::writeback::VCS_DIRS.iter().any(|v| {
                     rustix::fs::statat(fd.as_fd(), *v, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
                         .is_ok()
@@ -1039,13 +1107,19 @@ impl GuardFs {
             return Ok(());
         }
         let rights = match &node.kind {
-            NodeKind::Backed(b) => {
-                let fd = b.read().fd.clone();
+            NodeKind::Backed(_) => {
+                let fd = self.fd_of(&node)?;
                 let st = self.mirror.stat(fd.as_fd())?;
                 self.rights(&ctx, &path, &place, &st)
             }
-            // Generated files are read-only for everyone who can see them.
-            NodeKind::Permissions { .. } | NodeKind::RelayView { .. } => Rights {
+            // Generated files are readable by everyone who can see them; a write to the notice
+            // is accepted (and discarded) where an ordinary file of its name could be made.
+            NodeKind::Permissions { dir } => Rights {
+                read: true,
+                write: self.notice_writable(&ctx, *dir),
+                exec: false,
+            },
+            NodeKind::RelayView { .. } => Rights {
                 read: true,
                 write: false,
                 exec: false,
@@ -1061,7 +1135,15 @@ impl GuardFs {
         Ok(self.mirror.statvfs()?)
     }
 
-    fn xattr_target(&self, caller: &Caller, ino: Ino, op: Op, operation: &str) -> FsResult<String> {
+    /// The object an xattr call acts on, decided: its descriptor (kept for as long as the
+    /// `/proc/self/fd` path is used, so the number cannot be reused meanwhile) and that path.
+    fn xattr_target(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        op: Op,
+        operation: &str,
+    ) -> FsResult<(Arc<OwnedFd>, String)> {
         let Seen {
             ctx,
             node,
@@ -1085,11 +1167,13 @@ impl GuardFs {
         if op == Op::Write && b.kind == Kind::File {
             self.gated(&ctx, &String::from_utf8_lossy(&path), operation)?;
         }
-        Ok(self.mirror.proc_path(b.fd.as_fd()))
+        let fd = self.fd_of(&node)?;
+        let proc = self.mirror.proc_path(fd.as_fd());
+        Ok((fd, proc))
     }
 
     pub fn getxattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
-        let proc = self.xattr_target(caller, ino, Op::Read, "getxattr")?;
+        let (_held, proc) = self.xattr_target(caller, ino, Op::Read, "getxattr")?;
         match xattr_class(name) {
             XattrClass::User => {}
             XattrClass::Acl => return Err(Errno::ENOTSUP),
@@ -1105,7 +1189,7 @@ impl GuardFs {
 
     /// The `user.` attribute names only.
     pub fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
-        let proc = self.xattr_target(caller, ino, Op::Read, "listxattr")?;
+        let (_held, proc) = self.xattr_target(caller, ino, Op::Read, "listxattr")?;
         let mut buf = vec![0u8; 64 * 1024];
         let n = rustix::fs::listxattr(proc.as_str(), &mut buf[..])?;
         let mut out = Vec::with_capacity(n);
@@ -1132,7 +1216,7 @@ impl GuardFs {
             XattrClass::Acl => return Err(Errno::ENOTSUP),
             XattrClass::Other => return Err(Errno::EPERM),
         }
-        let proc = self.xattr_target(caller, ino, Op::Write, "setxattr")?;
+        let (_held, proc) = self.xattr_target(caller, ino, Op::Write, "setxattr")?;
         let flags = rustix::fs::XattrFlags::from_bits_truncate(flags as u32);
         Ok(rustix::fs::setxattr(proc.as_str(), name, value, flags)?)
     }
@@ -1143,7 +1227,7 @@ impl GuardFs {
             XattrClass::Acl => return Err(Errno::ENOTSUP),
             XattrClass::Other => return Err(Errno::EPERM),
         }
-        let proc = self.xattr_target(caller, ino, Op::Write, "removexattr")?;
+        let (_held, proc) = self.xattr_target(caller, ino, Op::Write, "removexattr")?;
         Ok(rustix::fs::removexattr(proc.as_str(), name)?)
     }
 

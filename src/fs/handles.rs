@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
@@ -60,6 +60,9 @@ pub(crate) enum Body {
     Staged(Mutex<Staged>),
     /// A generated file's per-handle snapshot.
     Bytes(Vec<u8>),
+    /// The notice opened for writing: reads give its snapshot, writes are accepted and
+    /// discarded.
+    Sink(Vec<u8>),
     Dir(Vec<DirItem>),
 }
 
@@ -146,14 +149,18 @@ impl Handles {
             .any(|h| matches!(h.body, Body::Staged(_)) && h.node.path().starts_with(&prefix))
     }
 
-    /// The stat of a handle's staged file, if it is a staged write.
-    pub(crate) fn staged_stat(&self, fh: u64) -> Option<Stat> {
+    /// The stat of the file a handle of node `ino` has open: its staging copy for a staged
+    /// write not committed yet, else the open mirror file.
+    pub(crate) fn stat_of(&self, fh: u64, ino: Ino) -> Option<Stat> {
         let h = self.table.read().get(&fh).cloned()?;
-        let Body::Staged(s) = &h.body else {
+        if h.node.ino != ino {
             return None;
-        };
-        let s = s.lock();
-        rustix::fs::fstat(s.file.as_ref()?).ok()
+        }
+        match &h.body {
+            Body::Staged(s) => rustix::fs::fstat(s.lock().file.as_ref()?).ok(),
+            Body::File(f) => rustix::fs::fstat(f).ok(),
+            _ => None,
+        }
     }
 }
 
@@ -185,7 +192,7 @@ impl SchemaSource for MirrorSchemas<'_> {
         let mut writable_sibling = false;
         let beside = || {
             let parent = self.parent.as_ref()?;
-            let dir = parent.fd()?;
+            let dir = self.fs.fd_of(parent).ok()?;
             let name = format!("{schema_ref}.schema.json");
             let (f, st) = m.lookup(dir.as_fd(), OsStr::new(&name)).ok()?;
             if Kind::of(&st) != Kind::File {
@@ -421,6 +428,12 @@ impl GuardFs {
         let acc = flags & libc::O_ACCMODE;
         let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         let read = acc != libc::O_WRONLY;
+        // Writing the notice where an ordinary file of its name could be made is accepted, and
+        // what is written is discarded (see `notice`).
+        let sink = match &node.kind {
+            NodeKind::Permissions { dir } if write => self.notice_writable(&ctx, *dir),
+            _ => false,
+        };
         if read {
             let d = self.decide(&ctx, &path, &place, Op::Read);
             if !write || !d.allowed() {
@@ -428,21 +441,27 @@ impl GuardFs {
             }
             super::core::errno_of(&d)?;
         }
-        if write {
+        if sink {
+            self.note_discarded(&ctx, super::inode::parent_path(&path), Op::Write, "open");
+        } else if write {
             let d = self.decide(&ctx, &path, &place, Op::Write);
             self.note(&ctx, &path, "open", &d);
             super::core::errno_of(&d)?;
         }
         let body = match &node.kind {
+            NodeKind::Permissions { .. } if sink => {
+                Body::Sink(self.render_permissions(&ctx, &node)?)
+            }
             NodeKind::Permissions { .. } => Body::Bytes(self.render_permissions(&ctx, &node)?),
             NodeKind::RelayView { .. } => Body::Bytes(self.relay_view_content(&ctx, &node)?),
             NodeKind::Backed(b) => {
-                let b = b.read().clone();
-                match b.kind {
+                let kind = b.read().kind;
+                match kind {
                     Kind::Dir => return Err(Errno::EISDIR),
                     Kind::Symlink | Kind::Special => return Err(Errno::EACCES),
                     Kind::File => {}
                 }
+                let fd = self.fd_of(&node)?;
                 let path_str = String::from_utf8_lossy(&path).into_owned();
                 let gate = if write {
                     self.gated(&ctx, &path_str, "open")?
@@ -451,8 +470,8 @@ impl GuardFs {
                 };
                 match gate {
                     Some(_) => {
-                        let st = self.mirror.stat(b.fd.as_fd())?;
-                        let copy = (flags & libc::O_TRUNC == 0).then(|| b.fd.as_fd());
+                        let st = self.mirror.stat(fd.as_fd())?;
+                        let copy = (flags & libc::O_TRUNC == 0).then(|| fd.as_fd());
                         let (file, name) = self.stage_like(&st, copy)?;
                         let truncated = flags & libc::O_TRUNC != 0;
                         Body::Staged(Mutex::new(Staged {
@@ -471,7 +490,7 @@ impl GuardFs {
                             | libc::O_SYNC
                             | libc::O_DSYNC;
                         let f = OFlags::from_bits_retain((flags & keep) as u32);
-                        Body::File(self.mirror.reopen(b.fd.as_fd(), f)?)
+                        Body::File(self.mirror.reopen(fd.as_fd(), f)?)
                     }
                 }
             }
@@ -502,6 +521,9 @@ impl GuardFs {
         let dir = self.located(parent)?;
         let dir_fd = self.dir_fd(&dir)?;
         let path = self.child_of(&dir, name)?;
+        if super::notice::is_notice(name) && self.notice_accepts(&ctx, &dir.path(), Op::Create) {
+            return self.create_notice(&ctx, parent, &dir.path(), path, flags);
+        }
         let place = self.place(&path, name, None);
         if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
             let d = crate::authz::Decision::forbidden(crate::authz::Forbidden::SetId);
@@ -598,11 +620,43 @@ impl GuardFs {
         Ok((entry, Opened { fh, ..opened }))
     }
 
+    /// `_PERMISSIONS.md` created (again) where an ordinary file of its name could be: the
+    /// notice is there, and what is written to it is discarded.
+    fn create_notice(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        dir_path: &[u8],
+        path: Arc<[u8]>,
+        flags: i32,
+    ) -> FsResult<(super::core::Entry, Opened)> {
+        self.unmark_notice(ctx, parent);
+        self.note_discarded(ctx, dir_path, Op::Create, "create");
+        let name = OsStr::new(crate::authz::PERMISSIONS_FILE);
+        let node = self.inodes.permissions(parent, path, name);
+        let attr = self.attr_of(ctx, &node, &Place::PermissionsFile)?;
+        let body = Body::Sink(self.render_permissions(ctx, &node)?);
+        let opened = self.opened_flags(&body);
+        let read = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        let fh = self.handles.insert(Handle::new(
+            body,
+            node,
+            ctx.session.clone(),
+            (read, true),
+            [None, None],
+        ));
+        let entry = super::core::Entry {
+            attr,
+            ttl: Duration::ZERO,
+        };
+        Ok((entry, Opened { fh, ..opened }))
+    }
+
     /// How the kernel should treat a handle with this body.
     fn opened_flags(&self, body: &Body) -> Opened {
         Opened {
             fh: 0,
-            direct_io: self.opts.direct_io || matches!(body, Body::Bytes(_)),
+            direct_io: self.opts.direct_io || matches!(body, Body::Bytes(_) | Body::Sink(_)),
             // Only staged writes act on close(); the others spare the kernel a round trip.
             flush: matches!(body, Body::Staged(_)),
         }
@@ -715,13 +769,13 @@ impl GuardFs {
                 match &s.file {
                     Some(f) => read_at(f, buf, offset)?,
                     None => {
-                        let fd = h.node.fd().ok_or(Errno::EIO)?;
+                        let fd = self.fd_of(&h.node)?;
                         let f = self.mirror.reopen(fd.as_fd(), OFlags::RDONLY)?;
                         read_at(&f, buf, offset)?
                     }
                 }
             }
-            Body::Bytes(b) => {
+            Body::Bytes(b) | Body::Sink(b) => {
                 let start = (offset as usize).min(b.len());
                 let end = (start + buf.len()).min(b.len());
                 buf[..end - start].copy_from_slice(&b[start..end]);
@@ -745,6 +799,7 @@ impl GuardFs {
                 s.dirty = true;
                 Ok(n as u32)
             }
+            Body::Sink(_) => Ok(data.len() as u32),
             Body::Bytes(_) => Err(Errno::EACCES),
             Body::Dir(_) => Err(Errno::EISDIR),
         }
@@ -756,7 +811,7 @@ impl GuardFs {
             return Err(Errno::EIO);
         }
         if s.file.is_none() {
-            let fd = h.node.fd().ok_or(Errno::EIO)?;
+            let fd = self.fd_of(&h.node)?;
             let st = self.mirror.stat(fd.as_fd())?;
             let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
             s.file = Some(file);
@@ -834,6 +889,7 @@ impl GuardFs {
                 s.dirty = true;
                 Ok(())
             }
+            Body::Sink(_) => Ok(()),
             _ => Err(Errno::EACCES),
         }
     }
@@ -1021,6 +1077,7 @@ impl GuardFs {
                 }
                 r
             }
+            Body::Sink(_) => Ok(()),
             Body::Bytes(_) => Err(Errno::EACCES),
             Body::Dir(_) => Err(Errno::EISDIR),
         })
@@ -1028,7 +1085,7 @@ impl GuardFs {
 
     /// Truncate a provider-backed file by path: stage, truncate, validate, commit.
     pub(crate) fn staged_truncate(&self, ctx: &Ctx, node: &Arc<Node>, size: u64) -> FsResult<()> {
-        let fd = node.fd().ok_or(Errno::EIO)?;
+        let fd = self.fd_of(node)?;
         let st = self.mirror.stat(fd.as_fd())?;
         let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
         file.set_len(size)?;

@@ -1,8 +1,12 @@
 //! The inode table: FUSE inode numbers for mirror objects and virtual files.
 //!
 //! A mirror object is keyed by its `(dev, ino)`, so the same object reached twice is one FUSE
-//! inode, and holds its `O_PATH` descriptor for as long as the kernel remembers it (lookup counts
-//! and `forget`). Every node also records where it lives (parent, name and full relayfile
+//! inode, remembered for as long as the kernel remembers it (lookup counts and `forget`). Its
+//! `O_PATH` descriptor is held only while it is in use: the kernel may cache hundreds of
+//! thousands of nodes, and a descriptor each would exhaust the process's limit (then every
+//! create, open and token read fails). The table holds at most a fixed number of descriptors,
+//! dropping the least recently used (a clock with second chances) and taking a dropped one again
+//! by its parent's descriptor and its name, checked to be the very same object. Every node also records where it lives (parent, name and full relayfile
 //! path), because every decision is about a path. Two exceptions keep paths honest: a regular
 //! file with more than one hard link gets one node per path (a hard link must never let one
 //! path borrow another path's rights), and a node found under a new name with a single link was
@@ -17,13 +21,14 @@
 //! nodes, per-path nodes of multiply-linked files and anything that would collide get numbers
 //! from a separate range.
 
+use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use rustix::fs::Stat;
 
@@ -34,9 +39,8 @@ pub const ROOT: Ino = 1;
 
 /// The mirror object behind a node. A committed writeback replaces the file at a path with a
 /// new inode, so the node's backing can be swapped while the node (the path) stays.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backing {
-    pub fd: Arc<OwnedFd>,
     pub kind: Kind,
     pub dev: u64,
     pub ino: u64,
@@ -82,9 +86,29 @@ pub struct Node {
     key: Key,
     loc: RwLock<Location>,
     lookups: AtomicU64,
+    /// A mirror object's `O_PATH` descriptor, while the table holds it.
+    held: RwLock<Option<Arc<OwnedFd>>>,
+    /// Used since the clock hand last passed (its second chance).
+    referenced: AtomicBool,
+    /// Never dropped: the root, and a staged new file (it has no name in the mirror yet, so it
+    /// could not be found again).
+    pinned: AtomicBool,
 }
 
 impl Node {
+    fn new(ino: Ino, kind: NodeKind, key: Key, loc: Location, pinned: bool) -> Node {
+        Node {
+            ino,
+            kind,
+            key,
+            loc: RwLock::new(loc),
+            lookups: AtomicU64::new(1),
+            held: RwLock::new(None),
+            referenced: AtomicBool::new(true),
+            pinned: AtomicBool::new(pinned),
+        }
+    }
+
     pub fn location(&self) -> Location {
         self.loc.read().clone()
     }
@@ -93,10 +117,18 @@ impl Node {
         self.loc.read().path.clone()
     }
 
-    /// The `O_PATH` descriptor of a mirror object (or of the file behind a relay view).
+    /// The `O_PATH` descriptor of a mirror object if the table holds it now (or the file
+    /// behind a relay view). A mirror object whose descriptor was dropped is found again with
+    /// `GuardFs::fd_of`.
     pub fn fd(&self) -> Option<Arc<OwnedFd>> {
         match &self.kind {
-            NodeKind::Backed(b) => Some(b.read().fd.clone()),
+            NodeKind::Backed(_) => {
+                let fd = self.held.read().clone();
+                if fd.is_some() {
+                    self.referenced.store(true, Ordering::Relaxed);
+                }
+                fd
+            }
             NodeKind::RelayView { fd, .. } => Some(fd.read().clone()),
             NodeKind::Permissions { .. } => None,
         }
@@ -105,9 +137,13 @@ impl Node {
     /// The backing of a mirror object.
     pub fn backing(&self) -> Option<Backing> {
         match &self.kind {
-            NodeKind::Backed(b) => Some(b.read().clone()),
+            NodeKind::Backed(b) => Some(*b.read()),
             _ => None,
         }
+    }
+
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Acquire)
     }
 
     pub fn is_dir(&self) -> bool {
@@ -138,26 +174,9 @@ const SYNTHETIC: Ino = 1 << 62;
 
 impl Table {
     /// Add a node for `key` with one kernel reference.
-    fn insert_new(
-        &mut self,
-        key: Key,
-        kind: NodeKind,
-        parent: Ino,
-        name: &OsStr,
-        path: Arc<[u8]>,
-    ) -> Arc<Node> {
+    fn insert_new(&mut self, key: Key, kind: NodeKind, loc: Location, pinned: bool) -> Arc<Node> {
         let ino = self.number_for(&key);
-        let node = Arc::new(Node {
-            ino,
-            kind,
-            key: key.clone(),
-            loc: RwLock::new(Location {
-                parent,
-                name: name.to_owned(),
-                path,
-            }),
-            lookups: AtomicU64::new(1),
-        });
+        let node = Arc::new(Node::new(ino, kind, key.clone(), loc, pinned));
         self.nodes.insert(ino, node.clone());
         self.by_key.insert(key, ino);
         node
@@ -183,7 +202,14 @@ impl Table {
 #[derive(Debug)]
 pub struct Inodes {
     table: RwLock<Table>,
+    /// The nodes holding a descriptor, oldest first (entries of forgotten nodes are skipped).
+    clock: Mutex<VecDeque<Weak<Node>>>,
+    /// How many descriptors the table may hold (pinned ones not counted).
+    cap: usize,
 }
+
+/// The fewest descriptors a table holds, however low the process limit.
+pub const MIN_HELD: usize = 16;
 
 /// The longest name a directory entry may have (`NAME_MAX`).
 pub const NAME_MAX: usize = 255;
@@ -202,6 +228,14 @@ pub fn checked_child_path(dir_path: &[u8], name: &OsStr) -> Result<Arc<[u8]>, i3
     Ok(child_path(dir_path, name))
 }
 
+/// The directory part of a path (`/` for top-level names).
+pub fn parent_path(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) | None => b"/",
+        Some(i) => &path[..i],
+    }
+}
+
 /// The path of `name` in the directory at `dir_path`.
 pub fn child_path(dir_path: &[u8], name: &OsStr) -> Arc<[u8]> {
     let mut p = Vec::with_capacity(dir_path.len() + 1 + name.len());
@@ -214,25 +248,25 @@ pub fn child_path(dir_path: &[u8], name: &OsStr) -> Arc<[u8]> {
 }
 
 impl Inodes {
-    /// A table holding the root of the mirror.
-    pub fn new(root_fd: OwnedFd, root: &Stat) -> Inodes {
+    /// A table holding the root of the mirror and at most `cap` other descriptors.
+    pub fn new(root_fd: OwnedFd, root: &Stat, cap: usize) -> Inodes {
         let key = Key::Object(root.st_dev, root.st_ino);
-        let node = Arc::new(Node {
-            ino: ROOT,
-            kind: NodeKind::Backed(RwLock::new(Backing {
-                fd: Arc::new(root_fd),
+        let node = Arc::new(Node::new(
+            ROOT,
+            NodeKind::Backed(RwLock::new(Backing {
                 kind: Kind::Dir,
                 dev: root.st_dev,
                 ino: root.st_ino,
             })),
-            key: key.clone(),
-            loc: RwLock::new(Location {
+            key.clone(),
+            Location {
                 parent: ROOT,
                 name: OsString::new(),
                 path: Arc::from(&b"/"[..]),
-            }),
-            lookups: AtomicU64::new(1),
-        });
+            },
+            true,
+        ));
+        *node.held.write() = Some(Arc::new(root_fd));
         let mut nodes = FxHashMap::default();
         nodes.insert(ROOT, node);
         let mut by_key = FxHashMap::default();
@@ -244,6 +278,88 @@ impl Inodes {
                 next: SYNTHETIC,
                 dev: root.st_dev,
             }),
+            clock: Mutex::new(VecDeque::new()),
+            cap: cap.max(MIN_HELD),
+        }
+    }
+
+    /// Give `node` the descriptor `fd` (unless it holds one already) and return the one it
+    /// holds. Over the cap, the least recently used unpinned descriptors are dropped.
+    pub fn hold(&self, node: &Arc<Node>, fd: OwnedFd) -> Arc<OwnedFd> {
+        let held = {
+            let mut slot = node.held.write();
+            if let Some(existing) = slot.as_ref() {
+                return existing.clone();
+            }
+            let fd = Arc::new(fd);
+            *slot = Some(fd.clone());
+            fd
+        };
+        node.referenced.store(true, Ordering::Relaxed);
+        if !node.is_pinned() {
+            let victims = {
+                let mut clock = self.clock.lock();
+                clock.push_back(Arc::downgrade(node));
+                self.sweep(&mut clock)
+            };
+            // Dropped outside the clock's lock (a descriptor in use elsewhere stays open until
+            // its last user lets go).
+            for v in victims {
+                if !v.is_pinned() {
+                    v.held.write().take();
+                }
+            }
+        }
+        held
+    }
+
+    /// Pick the nodes whose descriptors go, until the clock is within the cap.
+    fn sweep(&self, clock: &mut VecDeque<Weak<Node>>) -> Vec<Arc<Node>> {
+        let mut victims = Vec::new();
+        let mut chances = clock.len();
+        while clock.len() > self.cap {
+            let Some(weak) = clock.pop_front() else {
+                break;
+            };
+            let Some(node) = weak.upgrade() else {
+                continue;
+            };
+            if node.is_pinned() {
+                continue;
+            }
+            if chances > 0 && node.referenced.swap(false, Ordering::Relaxed) {
+                chances -= 1;
+                clock.push_back(weak);
+                continue;
+            }
+            victims.push(node);
+        }
+        victims
+    }
+
+    /// How many descriptors the table holds now (pinned ones included).
+    pub fn held_count(&self) -> usize {
+        self.table
+            .read()
+            .nodes
+            .values()
+            .filter(|n| n.held.read().is_some())
+            .count()
+    }
+
+    /// A staged file was committed into place: it can be found by name from now on.
+    pub fn unpin(&self, node: &Arc<Node>) {
+        if node.pinned.swap(false, Ordering::AcqRel) && node.held.read().is_some() {
+            let victims = {
+                let mut clock = self.clock.lock();
+                clock.push_back(Arc::downgrade(node));
+                self.sweep(&mut clock)
+            };
+            for v in victims {
+                if !v.is_pinned() {
+                    v.held.write().take();
+                }
+            }
         }
     }
 
@@ -260,6 +376,30 @@ impl Inodes {
         path: Arc<[u8]>,
         fd: OwnedFd,
         stat: &Stat,
+    ) -> Arc<Node> {
+        self.remember_as(parent, name, path, fd, stat, false)
+    }
+
+    /// [`Inodes::remember`] for a staged new file, whose descriptor is never dropped.
+    pub fn remember_pinned(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        path: Arc<[u8]>,
+        fd: OwnedFd,
+        stat: &Stat,
+    ) -> Arc<Node> {
+        self.remember_as(parent, name, path, fd, stat, true)
+    }
+
+    fn remember_as(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        path: Arc<[u8]>,
+        fd: OwnedFd,
+        stat: &Stat,
+        pinned: bool,
     ) -> Arc<Node> {
         let kind = Kind::of(stat);
         let (dev, ino) = (stat.st_dev, stat.st_ino);
@@ -287,15 +427,21 @@ impl Inodes {
                     reparent_descendants(&t, &old, &path);
                 }
             }
+            drop(t);
+            // The descriptor just found spares a later lookup when the node had none.
+            self.hold(&node, fd);
             return node;
         }
-        let kind = NodeKind::Backed(RwLock::new(Backing {
-            fd: Arc::new(fd),
-            kind,
-            dev,
-            ino,
-        }));
-        t.insert_new(key, kind, parent, name, path)
+        let kind = NodeKind::Backed(RwLock::new(Backing { kind, dev, ino }));
+        let loc = Location {
+            parent,
+            name: name.to_owned(),
+            path,
+        };
+        let node = t.insert_new(key, kind, loc, pinned);
+        drop(t);
+        self.hold(&node, fd);
+        node
     }
 
     /// The `_PERMISSIONS.md` node of directory `dir` (one per directory), with a reference.
@@ -341,7 +487,12 @@ impl Inodes {
             node.lookups.fetch_add(1, Ordering::Relaxed);
             return node;
         }
-        t.insert_new(key, kind(), parent, name, path)
+        let loc = Location {
+            parent,
+            name: name.to_owned(),
+            path,
+        };
+        t.insert_new(key, kind(), loc, true)
     }
 
     /// The node of the mirror object `(dev, ino)`, if one is held.
@@ -399,27 +550,46 @@ impl Inodes {
         }
     }
 
-    /// The file at `ino`'s path is now `fd` (a committed writeback replaced the inode).
+    /// The file at `ino`'s path is now `fd` (a committed writeback replaced the inode, or put
+    /// a staged file in place): its descriptor can be dropped and found by name from now on.
     pub fn replace_backing(&self, ino: Ino, fd: OwnedFd, stat: &Stat) {
-        let mut t = self.table.write();
-        let Some(node) = t.nodes.get(&ino).cloned() else {
-            return;
+        let node = {
+            let mut t = self.table.write();
+            let Some(node) = t.nodes.get(&ino).cloned() else {
+                return;
+            };
+            let NodeKind::Backed(b) = &node.kind else {
+                return;
+            };
+            let mut b = b.write();
+            let old = Key::Object(b.dev, b.ino);
+            if t.by_key.get(&old) == Some(&ino) {
+                t.by_key.remove(&old);
+            }
+            *b = Backing {
+                kind: Kind::of(stat),
+                dev: stat.st_dev,
+                ino: stat.st_ino,
+            };
+            t.by_key.insert(Key::Object(stat.st_dev, stat.st_ino), ino);
+            drop(b);
+            node
         };
-        let NodeKind::Backed(b) = &node.kind else {
-            return;
-        };
-        let mut b = b.write();
-        let old = Key::Object(b.dev, b.ino);
-        if t.by_key.get(&old) == Some(&ino) {
-            t.by_key.remove(&old);
+        let had = node.held.write().replace(Arc::new(fd)).is_some();
+        if node.is_pinned() {
+            self.unpin(&node);
+        } else if !had {
+            let victims = {
+                let mut clock = self.clock.lock();
+                clock.push_back(Arc::downgrade(&node));
+                self.sweep(&mut clock)
+            };
+            for v in victims {
+                if !v.is_pinned() {
+                    v.held.write().take();
+                }
+            }
         }
-        *b = Backing {
-            fd: Arc::new(fd),
-            kind: Kind::of(stat),
-            dev: stat.st_dev,
-            ino: stat.st_ino,
-        };
-        t.by_key.insert(Key::Object(stat.st_dev, stat.st_ino), ino);
     }
 }
 
@@ -454,7 +624,7 @@ mod tests {
         std::fs::write(dir.path().join("a/b/f"), b"x").unwrap();
         let m = Mirror::open(dir.path()).unwrap();
         let (fd, st) = m.root_node().unwrap();
-        let inodes = Inodes::new(fd, &st);
+        let inodes = Inodes::new(fd, &st, 64);
         (dir, m, inodes)
     }
 

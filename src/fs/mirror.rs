@@ -320,6 +320,17 @@ impl Mirror {
         )?)
     }
 
+    /// The times of a symlink itself (never its target), through its `O_PATH | O_NOFOLLOW`
+    /// descriptor.
+    pub fn set_link_times(&self, fd: BorrowedFd<'_>, times: &Timestamps) -> io::Result<()> {
+        Ok(rustix::fs::utimensat(
+            fd,
+            "",
+            times,
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
     pub fn set_times(&self, fd: BorrowedFd<'_>, times: &Timestamps) -> io::Result<()> {
         Ok(rustix::fs::utimensat(
             &self.proc_fd,
@@ -394,6 +405,32 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         assert_eq!(s, "hello");
+    }
+
+    #[test]
+    fn a_symlinks_own_times_change_and_its_targets_do_not() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("target"), b"t").unwrap();
+        std::os::unix::fs::symlink("target", root.path().join("link")).unwrap();
+        let m = Mirror::open(root.path()).unwrap();
+        let (fd, _) = m.lookup(m.root(), OsStr::new("link")).unwrap();
+        let t = rustix::fs::Timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        };
+        m.set_link_times(
+            fd.as_fd(),
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+        )
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let link = std::fs::symlink_metadata(root.path().join("link")).unwrap();
+        assert_eq!(link.mtime(), 1_000_000_000);
+        let target = std::fs::metadata(root.path().join("target")).unwrap();
+        assert_ne!(target.mtime(), 1_000_000_000);
     }
 
     #[test]

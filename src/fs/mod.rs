@@ -7,6 +7,7 @@
 //! - [`mirror`]: confined, descriptor-based access to the mirror directory.
 //! - [`inode`]: the inode table (FUSE inode numbers, lookup counts, paths).
 //! - [`relay_files`]: reading relayfile's runtime files for the `/.relay` rules.
+//! - [`notice`]: `_PERMISSIONS.md` as `rm -rf`, `cp -r` and `tar x` meet it.
 
 pub mod attr;
 pub mod core;
@@ -14,6 +15,7 @@ pub mod handles;
 pub mod inode;
 pub mod mirror;
 pub mod modify;
+pub mod notice;
 pub mod relay_files;
 
 pub use self::core::{Caller, DirItem, Entry, Errno, FsResult, GuardFs, Options};

@@ -17,8 +17,9 @@ use fuser::{FileAttr, TimeOrNow};
 use rustix::fs::{RenameFlags, Stat, Timestamps};
 
 use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs, Seen, errno_of};
-use super::inode::Ino;
+use super::inode::{Ino, NodeKind, parent_path};
 use super::mirror::Kind;
+use super::notice::is_notice;
 use crate::audit::Outcome;
 use crate::authz::{Decision, Forbidden, Op, PERMISSIONS_FILE, Place};
 
@@ -112,6 +113,10 @@ impl GuardFs {
             "mkdir"
         };
         let ctx = self.ctx(caller);
+        if is_notice(name) && !self.notice_removed(&ctx, parent) {
+            // The notice is there.
+            return Err(Errno(libc::EEXIST));
+        }
         let child = self.decide_child(&ctx, parent, name, Op::Create, operation)?;
         if child.place != Place::Content {
             return Err(Errno::EACCES);
@@ -173,6 +178,19 @@ impl GuardFs {
 
     pub fn unlink(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
         let ctx = self.ctx(caller);
+        if is_notice(name) {
+            let dir = self.located(parent)?;
+            if self
+                .decide(&ctx, &dir.path(), &Place::Content, Op::See)
+                .allowed()
+                && self.notice_accepts(&ctx, &dir.path(), Op::Delete)
+            {
+                // `rm -rf` empties the directory: the notice goes away for this session only.
+                self.mark_notice_removed(&ctx, parent);
+                self.note_discarded(&ctx, &dir.path(), Op::Delete, "unlink");
+                return Ok(());
+            }
+        }
         let child = self.decide_child(&ctx, parent, name, Op::Delete, "unlink")?;
         // A staged new file that was never committed only has to be forgotten.
         if self
@@ -193,6 +211,9 @@ impl GuardFs {
 
     pub fn rmdir(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
         let ctx = self.ctx(caller);
+        if is_notice(name) {
+            return Err(Errno::ENOTDIR);
+        }
         let child = self.decide_child(&ctx, parent, name, Op::Delete, "rmdir")?;
         // A file being written in it (staged, not yet in the mirror) makes it not empty.
         if self.handles.staged_below(&child.path) {
@@ -363,9 +384,26 @@ impl GuardFs {
         let dst_fd = self.dir_fd(&dst_dir)?;
         let src_path = self.child_of(&src_dir, name)?;
         let dst_path = self.child_of(&dst_dir, new_name)?;
+        if is_notice(name) {
+            // The notice belongs to its directory: it cannot be moved (or swapped) away.
+            let d = self.decide(&ctx, &src_path, &Place::PermissionsFile, Op::Delete);
+            self.note(&ctx, &src_path, "rename", &d);
+            errno_of(&d)?;
+            return Err(Errno::EACCES);
+        }
         if self.pending.lock().contains_key(&(parent, name.to_owned())) {
             // Still being written by a staged handle: it has no content in the mirror yet.
             return Err(Errno(libc::EBUSY));
+        }
+        if is_notice(new_name) {
+            let noreplace = flags.contains(RenameFlags::NOREPLACE);
+            return self.rename_onto_notice(
+                &ctx,
+                (&src_fd, name, &src_path),
+                (new_parent, &dst_dir.path()),
+                exchange,
+                noreplace,
+            );
         }
         let src_found = self.mirror.lookup(src_fd.as_fd(), name);
         let src_place = match &src_found {
@@ -493,6 +531,44 @@ impl GuardFs {
         Ok(())
     }
 
+    /// A file renamed onto `_PERMISSIONS.md` (`rsync` places each file by renaming a temporary
+    /// onto it): the rename is accepted where an ordinary file of that name could be made, the
+    /// source goes away as the rename would have taken it, and the notice stays generated.
+    fn rename_onto_notice(
+        &self,
+        ctx: &Ctx,
+        (src_dir, name, src_path): (&OwnedFd, &OsStr, &[u8]),
+        (new_parent, dst_dir_path): (Ino, &[u8]),
+        exchange: bool,
+        noreplace: bool,
+    ) -> FsResult<()> {
+        let (found, st) = self.mirror.lookup(src_dir.as_fd(), name)?;
+        let place = self.place(src_path, name, Some((found.as_fd(), &st)));
+        let d = self.decide(ctx, src_path, &place, Op::Delete);
+        self.note(ctx, src_path, "rename", &d);
+        errno_of(&d)?;
+        if exchange
+            || Kind::of(&st) == Kind::Dir
+            || !self.notice_accepts(ctx, dst_dir_path, Op::Create)
+        {
+            return Err(Errno::EACCES);
+        }
+        if noreplace && !self.notice_removed(ctx, new_parent) {
+            return Err(Errno(libc::EEXIST));
+        }
+        if Kind::of(&st) == Kind::File {
+            self.gated(ctx, &String::from_utf8_lossy(src_path), "rename")?;
+        }
+        match self.mirror.unlink(src_dir.as_fd(), name) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.unmark_notice(ctx, new_parent);
+        self.note_discarded(ctx, dst_dir_path, Op::Create, "rename");
+        Ok(())
+    }
+
     /// A file renamed onto a provider path becomes a writeback payload. The bytes placed there
     /// are a private copy, validated before it is renamed into place; the source is then
     /// removed. Renaming the file itself would let a descriptor still open on it (a temporary
@@ -588,6 +664,14 @@ impl GuardFs {
             place,
             path,
         } = self.visible_node(caller, ino)?;
+        if let NodeKind::Permissions { dir } = node.kind
+            && self.notice_writable(&ctx, dir)
+        {
+            // `cp -a` sets times and modes on the notice it copied: accepted, and nothing
+            // changes.
+            self.note_discarded(&ctx, parent_path(&path), Op::Write, "setattr");
+            return self.getattr(caller, ino, None);
+        }
         if node.location().name.as_bytes() == PERMISSIONS_FILE.as_bytes()
             || node.backing().is_none()
         {
@@ -597,7 +681,8 @@ impl GuardFs {
             return Err(Errno::EACCES);
         }
         let b = node.backing().ok_or(Errno::EACCES)?;
-        let st = self.mirror.stat(b.fd.as_fd())?;
+        let fd = self.fd_of(&node)?;
+        let st = self.mirror.stat(fd.as_fd())?;
         let chown =
             set.uid.is_some_and(|u| u != st.st_uid) || set.gid.is_some_and(|g| g != st.st_gid);
         if chown {
@@ -635,15 +720,18 @@ impl GuardFs {
             if b.kind == Kind::Symlink {
                 return Err(Errno::EPERM);
             }
-            self.mirror.chmod(b.fd.as_fd(), mode & 0o777)?;
+            self.mirror.chmod(fd.as_fd(), mode & 0o777)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let times = Timestamps {
                 last_access: set.atime.map_or(OMIT, timespec),
                 last_modification: set.mtime.map_or(OMIT, timespec),
             };
-            if b.kind != Kind::Symlink {
-                self.mirror.set_times(b.fd.as_fd(), &times)?;
+            if b.kind == Kind::Symlink {
+                // `touch -h`, `cp -a` and `rsync -a` set a link's own times.
+                self.mirror.set_link_times(fd.as_fd(), &times)?;
+            } else {
+                self.mirror.set_times(fd.as_fd(), &times)?;
             }
         }
         self.getattr(caller, ino, set.fh)
@@ -669,7 +757,7 @@ impl GuardFs {
             return Err(Errno::EISDIR);
         }
         match self.gated(ctx, &path, "truncate")? {
-            None => Ok(self.mirror.truncate(b.fd.as_fd(), size)?),
+            None => Ok(self.mirror.truncate(self.fd_of(node)?.as_fd(), size)?),
             Some(_) => self.staged_truncate(ctx, node, size),
         }
     }

@@ -174,11 +174,52 @@ fn permissions_file_is_virtual_and_read_only() {
         "{row}"
     );
     assert!(!row.contains("needs `/"), "{row}");
-    let ino = walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap();
+    // Where the caller could not make an ordinary file of that name, writing it is refused...
+    let ino = walk(&fs, "/github/repos/acme/web/_PERMISSIONS.md").unwrap();
     assert_eq!(
         fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
         Errno::EACCES
     );
+    let web = walk(&fs, "/github/repos/acme/web").unwrap();
+    assert_eq!(
+        fs.unlink(&ME, web, OsStr::new("_PERMISSIONS.md"))
+            .unwrap_err(),
+        Errno::EACCES
+    );
+    // ...where it could, the write is accepted and discarded, and nothing reaches the mirror.
+    let ino = walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap();
+    let fh = fs
+        .open(&ME, ino, libc::O_WRONLY | libc::O_TRUNC)
+        .unwrap()
+        .fh;
+    assert_eq!(fs.write(fh, 0, b"forged").unwrap(), 6);
+    fs.release(fh, ME.pid).unwrap();
+    assert!(!root.join("github/repos/acme/api/_PERMISSIONS.md").exists());
+    let again =
+        String::from_utf8(read_path(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap())
+            .unwrap();
+    assert!(again.starts_with("# Permissions in"), "{again}");
+    // Unlinking it removes it for this session until it is created again.
+    let api = walk(&fs, "/github/repos/acme/api").unwrap();
+    fs.unlink(&ME, api, OsStr::new("_PERMISSIONS.md")).unwrap();
+    assert_eq!(
+        walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap_err(),
+        Errno::ENOENT
+    );
+    assert!(!names(&fs, "/github/repos/acme/api").contains(&"_PERMISSIONS.md".to_owned()));
+    let (_, opened) = fs
+        .create(
+            &ME,
+            api,
+            OsStr::new("_PERMISSIONS.md"),
+            0o644,
+            0o022,
+            libc::O_WRONLY | libc::O_EXCL,
+        )
+        .unwrap();
+    fs.write(opened.fh, 0, b"copied").unwrap();
+    fs.release(opened.fh, ME.pid).unwrap();
+    assert!(names(&fs, "/github/repos/acme/api").contains(&"_PERMISSIONS.md".to_owned()));
     assert!(!root.join("github/repos/acme/api/_PERMISSIONS.md").exists());
 }
 
@@ -719,9 +760,12 @@ fn access_answers_from_the_rights_not_the_mirror_mode() {
     let meta = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
     assert_eq!(fs.access(&ME, meta, libc::R_OK), Ok(()));
     assert_eq!(fs.access(&ME, meta, libc::W_OK), Err(Errno::EACCES));
+    // The notice is writable (the write is discarded) where a file of its name could be made.
     let notice = walk(&fs, "/scratch/_PERMISSIONS.md").unwrap();
     assert_eq!(fs.access(&ME, notice, libc::R_OK), Ok(()));
-    assert_eq!(fs.access(&ME, notice, libc::W_OK), Err(Errno::EACCES));
+    assert_eq!(fs.access(&ME, notice, libc::W_OK), Ok(()));
+    let elsewhere = walk(&fs, "/github/_PERMISSIONS.md").unwrap();
+    assert_eq!(fs.access(&ME, elsewhere, libc::W_OK), Err(Errno::EACCES));
 }
 
 #[test]
@@ -912,4 +956,63 @@ fn nothing_hidden_shows_through_counts_times_xattrs_or_records() {
         !pending.contains(&"mountcmd_dotdot.json".to_owned()),
         "{pending:?}"
     );
+}
+
+/// The inode table holds a bounded number of descriptors, finds dropped ones again by name, and
+/// refuses a name that now holds another object.
+#[test]
+fn descriptors_are_bounded_and_found_again_by_name() {
+    let (_d, root) = fixture_copy();
+    let many = root.join("node_modules/many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..300 {
+        std::fs::write(many.join(format!("f{i:03}")), format!("{i}")).unwrap();
+    }
+    let s = session(&["relayfile:fs:manage:/node_modules/**"]);
+    s.confirm();
+    let fs = GuardFs::new(
+        Mirror::open(&root).unwrap(),
+        Arc::new(Callers::new(s, false)),
+        PolicySet::default(),
+        None,
+        Options {
+            max_held_fds: 32,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let fds_now = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds_now();
+    let inos: Vec<u64> = (0..300)
+        .map(|i| walk(&fs, &format!("/node_modules/many/f{i:03}")).unwrap())
+        .collect();
+    assert!(
+        fs.inodes.held_count() <= 32 + 1,
+        "{} held",
+        fs.inodes.held_count()
+    );
+    // Other tests run in this process too: the bound is loose, the growth without it is 300.
+    assert!(fds_now() < before + 100, "{before} -> {}", fds_now());
+    // Every node still works: its descriptor is taken again by name.
+    for (i, ino) in inos.iter().enumerate() {
+        let fh = fs.open(&ME, *ino, libc::O_RDONLY).unwrap().fh;
+        assert_eq!(fs.read(fh, 0, 16).unwrap(), format!("{i}").as_bytes());
+        fs.release(fh, ME.pid).unwrap();
+    }
+    // A dropped descriptor is not taken again for a different object at the same name (the
+    // 100 files used since leave f299's descriptor dropped).
+    for ino in &inos[..100] {
+        fs.getattr(&ME, *ino, None).unwrap();
+    }
+    std::fs::write(many.join("impostor"), "impostor").unwrap();
+    std::fs::rename(many.join("impostor"), many.join("f299")).unwrap();
+    let last = inos[299];
+    assert_eq!(
+        fs.open(&ME, last, libc::O_RDONLY).unwrap_err(),
+        Errno::ENOENT
+    );
+    // Looked up again, the name is the new object.
+    let again = walk(&fs, "/node_modules/many/f299").unwrap();
+    let fh = fs.open(&ME, again, libc::O_RDONLY).unwrap().fh;
+    assert_eq!(fs.read(fh, 0, 16).unwrap(), b"impostor");
 }
