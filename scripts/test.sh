@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# The project's test command: unit tests, contract fixtures, property tests, CLI tests and the
-# real-FUSE integration tests. Fails (never skips) when a fixture file is missing.
+# The project's test command: unit tests, the relayfile path contract fixtures (vendored in
+# tests/fixtures), property tests, CLI tests and the real-FUSE integration tests. A missing
+# fixture or, under CI=true, a missing FUSE fails the run instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RELAYFILE_CONTRACT_DIR=$(bash scripts/contract-dir.sh)
-export RELAYFILE_CONTRACT_DIR
-echo "contract fixtures: $RELAYFILE_CONTRACT_DIR"
 cargo test --locked "$@"

@@ -383,17 +383,17 @@ mod md {
         best
     }
 
-    /// An inline code span holding `text` literally: its fence is longer than any backtick run
-    /// inside, and padded when the text starts or ends with a backtick.
+    /// An inline code span holding `text`, with its backticks shown as `\u{60}` like the
+    /// control characters: the file then has no backtick run but its own fences, so not even
+    /// a reader that splits the text on "```json" can be handed a block a name made up.
     pub fn code(text: &str) -> String {
-        let text = visible(text);
-        let fence = "`".repeat(longest_backtick_run(&text) + 1);
-        let pad = if text.is_empty() || text.starts_with('`') || text.ends_with('`') {
+        let text = visible(text).replace('`', "\\u{60}");
+        let pad = if text.is_empty() || text.starts_with(' ') && text.ends_with(' ') {
             " "
         } else {
             ""
         };
-        format!("{fence}{pad}{text}{pad}{fence}")
+        format!("`{pad}{text}{pad}`")
     }
 
     /// A code span for a table cell: a `|` would end the cell even inside a code span.
@@ -586,8 +586,11 @@ pub fn render(view: &View) -> String {
         code(&w.sponsor),
         code(&example)
     );
-    let json = serde_json::to_string_pretty(view).unwrap_or_else(|_| "{}".to_owned());
-    // A fence longer than any backtick run in the block, so nothing inside can close it.
+    // Backticks occur in JSON only inside strings, where `\u0060` means the same: the block
+    // holds none, so its fence is the only one and nothing inside can close it.
+    let json = serde_json::to_string_pretty(view)
+        .unwrap_or_else(|_| "{}".to_owned())
+        .replace('`', "\\u0060");
     let fence = "`".repeat((md::longest_backtick_run(&json) + 1).max(3));
     let _ = writeln!(s, "{fence}json\n{json}\n{fence}");
     s
@@ -831,7 +834,8 @@ mod tests {
         for (row, name) in rows.iter().zip(hostile) {
             assert_eq!(row.len(), 5, "{row:?}");
             // The name is shown whole (control characters as escapes), never split.
-            assert_eq!(row[0].trim(), md::visible(name).trim(), "{row:?}");
+            let shown = md::visible(name).replace('`', "\\u{60}");
+            assert_eq!(row[0].trim(), shown.trim(), "{row:?}");
         }
         for line in text.lines() {
             assert!(
@@ -839,5 +843,12 @@ mod tests {
                 "{line}"
             );
         }
+        // Even a reader that splits on "```json" and takes what follows up to "```" gets the
+        // real block: the text has no other backtick run of three.
+        let parts: Vec<&str> = text.split("```json").collect();
+        assert_eq!(parts.len(), 2, "more than one ```json in the text");
+        let naive = parts[1].split("```").next().unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(naive).unwrap();
+        assert_eq!(parsed, serde_json::to_value(&view).unwrap());
     }
 }

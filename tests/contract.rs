@@ -76,8 +76,8 @@ fn load<T: serde::de::DeserializeOwned>(
     let p = dir.join(file);
     let text = std::fs::read_to_string(&p).map_err(|e| {
         format!(
-            "contract fixture {} cannot be read ({e}); set RELAYFILE_CONTRACT_DIR to the \
-             relayfile-path-contract-v1 directory",
+            "contract fixture {} cannot be read ({e}); the fixtures are vendored in \
+             tests/fixtures/relayfile-path-contract-v1 (or set RELAYFILE_CONTRACT_DIR)",
             p.display()
         )
     })?;

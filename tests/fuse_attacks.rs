@@ -8,6 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::mount::*;
@@ -737,4 +738,161 @@ print(attempt(lambda: os.mkdir('sub')), flush=True)",
     assert!(!m.mirror_at("scratch/hidden/dir/planted.txt").exists());
     assert!(!m.mirror_at("scratch/hidden/dir/sub").exists());
     let _ = agent.wait();
+}
+
+/// An exchange of whole top-level directories, one a provider area and one local, would move a
+/// provider's files out unchecked and put unvalidated ones in their place: refused like any
+/// exchange touching a provider area.
+#[test]
+fn exchanging_a_provider_top_level_with_a_local_one_is_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let prepare = |mirror: &Path| std::fs::create_dir_all(mirror.join("scratch/dir")).unwrap();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&[
+            "relayfile:fs:manage:/scratch/**",
+            "relayfile:fs:manage:/linear/**",
+        ]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
+    );
+    let before = snapshot(&m.mirror);
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "{RENAMEAT2}
+for a, b in [('scratch', 'linear'), ('linear', 'scratch'), ('scratch/dir', 'linear/issues'),
+             ('linear/issues', 'scratch/dir')]:
+    print(renameat2(a, b, 2))"
+        ))
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "EACCES\nEACCES\nEACCES\nEACCES\n", "{}", err(&o));
+    assert_eq!(snapshot(&m.mirror), before);
+}
+
+/// Someone who can write the mirror swaps an object of theirs into the name a caller's mkdir
+/// just made: the daemon (root) must not give that object to the caller.
+#[test]
+fn a_name_swapped_under_mkdir_is_not_given_away() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let prepare = |mirror: &Path| {
+        std::fs::create_dir_all(mirror.join("scratch")).unwrap();
+        chmod(&mirror.join("scratch"), 0o777);
+        std::fs::write(mirror.join("scratch/secret"), "TOPSECRET").unwrap();
+        chmod(&mirror.join("scratch/secret"), 0o600);
+    };
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:/scratch/**"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch", "--allow-other-users"],
+            prepare: Some(&prepare),
+            ..MountOpts::default()
+        },
+    );
+    // One thread exchanges `secret` and `d` in the mirror as fast as it can (a writer of the
+    // mirror); another, acting as nobody (its own filesystem ids: that is who FUSE reports),
+    // makes and removes `d` through the mount.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let stop = stop.clone();
+        let dir = std::fs::File::open(m.mirror_at("scratch")).unwrap();
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if rustix::fs::renameat_with(
+                    &dir,
+                    "secret",
+                    &dir,
+                    "d",
+                    rustix::fs::RenameFlags::EXCHANGE,
+                )
+                .is_ok()
+                {
+                    swaps += 1;
+                }
+            }
+            swaps
+        })
+    };
+    let mnt = m.at("scratch");
+    let made = std::thread::spawn(move || {
+        // SAFETY: changes this thread's filesystem ids only.
+        unsafe {
+            libc::setfsgid(65534);
+            libc::setfsuid(65534);
+        }
+        let mut made = 0;
+        for _ in 0..5000 {
+            if std::fs::create_dir(mnt.join("d")).is_ok() {
+                made += 1;
+            }
+            let _ = std::fs::remove_dir(mnt.join("d"));
+            let _ = std::fs::remove_dir(mnt.join("secret"));
+        }
+        made
+    })
+    .join()
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    assert!(
+        made > 100 && swaps > 100,
+        "the race did not run ({made} mkdirs, {swaps} swaps)"
+    );
+    let secret = ["scratch/secret", "scratch/d"]
+        .iter()
+        .map(|p| m.mirror_at(p))
+        .find(|p| std::fs::read(p).is_ok_and(|b| b == b"TOPSECRET"))
+        .expect("the secret is still there");
+    assert_eq!(owner(&secret), 0, "the secret was given to nobody");
+}
+
+/// A writer that starts a child process while writing (the child's exec closes its inherited
+/// copy of the descriptor) keeps writing: only the opener's own close commits early.
+#[test]
+fn a_child_closing_an_inherited_descriptor_does_not_commit_a_half_write() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&[
+            GITHUB,
+            "relayfile:fs:write:/github/repos/acme/api/pulls/42/reviews/**",
+        ]),
+        MountOpts::default(),
+    );
+    let file = format!("{REVIEWS}/draft-lead-review.json");
+    let full = r#"{"event": "APPROVE", "body": "written in two halves"}"#;
+    let (a, b) = full.split_at(20);
+    let o = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(format!(
+            "import os, subprocess
+fd = os.open('{file}', os.O_WRONLY | os.O_TRUNC)
+os.set_inheritable(fd, True)
+os.write(fd, {a:?}.encode())
+subprocess.run(['true'], close_fds=False)
+os.write(fd, {b:?}.encode())
+os.close(fd)
+print('ok')"
+        ))
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(out(&o), "ok\n", "{}", err(&o));
+    assert_eq!(std::fs::read_to_string(m.mirror_at(&file)).unwrap(), full);
 }

@@ -344,6 +344,35 @@ impl GuardFs {
         Ok(self.mirror.chown(fd, Some(caller.uid), gid)?)
     }
 
+    /// Run `make` (a `mkdirat` or `symlinkat` and the lookup of what it made) with this
+    /// thread's filesystem ids set to `caller`'s when the daemon runs as root for someone else,
+    /// so the kernel creates the object as the caller's. Nothing is chowned by name afterwards:
+    /// the name could already hold another object (swapped in by someone who can write the
+    /// mirror), which would then be given away. The ids are per thread and restored before
+    /// returning.
+    pub(crate) fn make_as<T>(&self, caller: &Caller, make: impl FnOnce() -> T) -> T {
+        if !self.as_root || caller.uid == self.callers.owner() && caller.gid == self.daemon_gid {
+            return make();
+        }
+        struct Restore(u32);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                // SAFETY: setfsuid/setfsgid change only this thread's filesystem ids.
+                unsafe {
+                    libc::setfsuid(0);
+                    libc::setfsgid(self.0);
+                }
+            }
+        }
+        let _restore = Restore(self.daemon_gid);
+        // SAFETY: as above; the previous ids come back when `_restore` drops.
+        unsafe {
+            libc::setfsgid(caller.gid);
+            libc::setfsuid(caller.uid);
+        }
+        make()
+    }
+
     /// Give a staged copy the owner and group of the file it replaces (root only; see
     /// [`GuardFs::give_to`]), so a writeback never changes who owns a file.
     pub(crate) fn keep_owner(&self, fd: BorrowedFd<'_>, like: &Stat) -> FsResult<()> {
@@ -899,7 +928,10 @@ impl GuardFs {
         }
         // Inside a version-controlled tree the file is readable by name but not listed, so
         // `git status` stays clean and `git add -A` never commits it.
-        if !self.in_vcs_tree(&dir) && !self.notice_removed(&ctx, ino) {
+        // Listing a directory brings back a notice its lister removed (or never saw, in a
+        // directory it made): `ls` always finds it.
+        self.unmark_notice(&ctx, ino);
+        if !self.in_vcs_tree(&dir) {
             items.push(DirItem {
                 name: PERMISSIONS_FILE.into(),
                 kind: FileType::RegularFile,

@@ -44,6 +44,10 @@ pub(crate) struct Staged {
     /// Whether the target existed (replace) or is new (must not appear meanwhile). Where it
     /// goes is the node's location at commit time, never a copy taken at open.
     existing: bool,
+    /// The process that opened it: only its `close()` commits written bytes early (a child that
+    /// inherited the descriptor and closes it on exec or exit does not); the last release
+    /// always does.
+    opener: u32,
     /// Bytes were written since the last commit: the next `close()` commits them.
     dirty: bool,
     /// Created or truncated on open but not written yet. Committed only when the last
@@ -477,6 +481,7 @@ impl GuardFs {
                         Body::Staged(Mutex::new(Staged {
                             file: Some(file),
                             name,
+                            opener: crate::session::callers::thread_group(caller.pid),
                             existing: true,
                             dirty: false,
                             touched: truncated,
@@ -572,6 +577,7 @@ impl GuardFs {
                 let staged = Staged {
                     file: Some(file),
                     name: staged_name,
+                    opener: crate::session::callers::thread_group(caller.pid),
                     existing: false,
                     dirty: false,
                     touched: true,
@@ -829,7 +835,7 @@ impl GuardFs {
             if let Some(e) = s.failed {
                 return Err(e);
             }
-            if s.dirty {
+            if s.dirty && crate::session::callers::thread_group(pid) == s.opener {
                 return self.commit(&h.node, &h.session, &mut s, pid);
             }
         }
@@ -1092,6 +1098,7 @@ impl GuardFs {
         let mut staged = Staged {
             file: Some(file),
             name,
+            opener: ctx.pid,
             existing: true,
             dirty: true,
             touched: false,

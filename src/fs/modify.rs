@@ -124,14 +124,14 @@ impl GuardFs {
         if kind == Kind::Symlink {
             self.refuse_provider_symlink(&ctx, &child.path, operation)?;
         }
-        let dir_st = self.mirror.stat(child.dir_fd.as_fd())?;
-        let (nfd, st) = make(child.dir_fd.as_fd())?;
-        if let Err(e) = self.give_to(caller, nfd.as_fd(), &dir_st) {
-            self.mirror.undo_create(child.dir_fd.as_fd(), name, &st);
-            return Err(e);
-        }
-        let st = self.mirror.stat(nfd.as_fd())?;
+        let (nfd, st) = self.make_as(caller, || make(child.dir_fd.as_fd()))?;
         let node = self.inodes.remember(parent, name, child.path, nfd, &st);
+        if kind == Kind::Dir {
+            // A directory its maker just created is empty to it, as natively, so `cp -r` and
+            // `tar x` can create every name in it with O_EXCL, the notice's too; the notice shows
+            // again once the maker lists the directory (see `notice`).
+            self.mark_notice_removed(&ctx, node.ino);
+        }
         let attr = self.backed_attr(&ctx, &node, &Place::Content, &st);
         Ok(Entry {
             attr,
@@ -447,14 +447,21 @@ impl GuardFs {
         let dst_str = String::from_utf8_lossy(&dst_path).into_owned();
         let backing = &self.opts.backing;
         let area = |p: &str| backing.is_provider_area(p.rsplit_once('/').map_or("", |(d, _)| d));
-        if exchange && (area(&src_str) || area(&dst_str)) {
-            // Each side would land at the other's path unvalidated, and descriptors open on
-            // either would keep writing there: an exchange cannot be a writeback.
+        let provider_area = |p: &str| backing.is_provider_area(p);
+        // An exchange puts each side at the other's path at once, unvalidated, and descriptors
+        // open on either keep writing there: it cannot be a writeback. That holds for a side
+        // in a provider area and for a directory that is (or lands as) one, such as a whole
+        // provider top-level swapped with a local one.
+        if exchange
+            && (area(&src_str)
+                || area(&dst_str)
+                || provider_area(&src_str)
+                || provider_area(&dst_str))
+        {
             let why = "an exchange cannot be validated as a writeback; rename each file instead";
             self.note_writeback(&ctx, &dst_str, "rename", Outcome::Denied, why, None);
             return Err(Errno::EACCES);
         }
-        let provider_area = |p: &str| backing.is_provider_area(p);
         // The errors a directory rename gives before anything is looked at below it.
         if src_kind == Kind::Dir && !exchange {
             if dst_found

@@ -7,8 +7,12 @@
 //! for a caller who could make that change to an ordinary file of that name there:
 //!
 //! - unlinking it succeeds (when the caller may delete such a file there) and changes nothing;
-//!   for that session it is then absent from that directory until it is created again, so a tool
-//!   that unlinks and re-creates it with `O_EXCL` (`tar x`) succeeds;
+//!   for that session it is then absent from that directory until it is created again or the
+//!   session lists the directory, so a tool that unlinks and re-creates it with `O_EXCL`
+//!   (`tar x`) succeeds;
+//! - in a directory a session has just made it is absent for that session in the same way (a new
+//!   directory is empty to its maker: `cp -r` and `tar x` create every name in it with
+//!   `O_EXCL`), until the session lists the directory or creates the notice there;
 //! - creating, opening for writing, truncating, `chmod`/`utimes` of it, or renaming a file onto
 //!   it (when the caller may create such a file there) succeeds; the bytes written are
 //!   discarded, and a file renamed onto it is removed, as the rename would have replaced it;

@@ -206,7 +206,11 @@ fn permissions_file_is_virtual_and_read_only() {
         walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap_err(),
         Errno::ENOENT
     );
-    assert!(!names(&fs, "/github/repos/acme/api").contains(&"_PERMISSIONS.md".to_owned()));
+    // Listing the directory brings it back...
+    assert!(names(&fs, "/github/repos/acme/api").contains(&"_PERMISSIONS.md".to_owned()));
+    assert!(walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").is_ok());
+    // ...and after another unlink an exclusive create of it succeeds, as `tar x` retries.
+    fs.unlink(&ME, api, OsStr::new("_PERMISSIONS.md")).unwrap();
     let (_, opened) = fs
         .create(
             &ME,

@@ -35,6 +35,19 @@ pub fn proc_stat(pid: u32) -> Option<(u32, u64)> {
     Some((ppid, start))
 }
 
+/// The thread group (process) of the thread `tid`, from `/proc/<tid>/status`; `tid` itself when
+/// it cannot be read (a process that is gone, or a single-threaded one, has tgid == tid).
+pub fn thread_group(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
 impl ProcessKey {
     pub fn of(pid: u32) -> Option<ProcessKey> {
         proc_stat(pid).map(|(_, start_time)| ProcessKey { pid, start_time })
@@ -150,6 +163,29 @@ impl Callers {
 mod tests {
     use super::*;
     use crate::session::testing::session;
+
+    #[test]
+    fn a_threads_group_is_its_process() {
+        let me = std::process::id();
+        assert_eq!(thread_group(me), me);
+        let tid = std::thread::spawn(|| rustix::thread::gettid().as_raw_nonzero().get() as u32)
+            .join()
+            .unwrap();
+        assert_ne!(tid, me);
+        // The thread has exited: its id is its own group then.
+        assert_eq!(thread_group(tid), tid);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let live = rx.recv().unwrap();
+        assert_eq!(thread_group(live), me);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
 
     #[test]
     fn proc_stat_reads_self() {

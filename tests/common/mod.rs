@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// Where the relayfile path contract v1 fixtures are: `RELAYFILE_CONTRACT_DIR`, or
-/// `../shared/contract/relayfile-path-contract-v1` beside the crate.
+/// Where the relayfile path contract v1 fixtures are: `RELAYFILE_CONTRACT_DIR`, or the copy
+/// vendored in `tests/fixtures/relayfile-path-contract-v1` (see its PROVENANCE.md).
 pub fn contract_dir() -> PathBuf {
-    match std::env::var_os("RELAYFILE_CONTRACT_DIR") {
+    match std::env::var_os("RELAYFILE_CONTRACT_DIR").filter(|d| !d.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/contract/relayfile-path-contract-v1"),
+            .join("tests/fixtures/relayfile-path-contract-v1"),
     }
 }
 

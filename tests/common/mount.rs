@@ -213,6 +213,8 @@ pub struct MountOpts<'a> {
     pub credentials: Option<&'a Path>,
     /// Talk to this relayauth instead of the issuer.
     pub relayauth_url: Option<&'a str>,
+    /// Start the daemon with this open-file limit (soft and hard, as `ulimit -n` sets it).
+    pub open_files: Option<u64>,
 }
 
 impl TestMount {
@@ -261,6 +263,22 @@ impl TestMount {
             .env("XDG_RUNTIME_DIR", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(n) = opts.open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = cmd.spawn().expect("start mount");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(&mnt) {

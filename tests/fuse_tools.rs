@@ -1,0 +1,311 @@
+//! Everyday tools on a real mount, as a new user runs them: `cp -a`, `rsync -a` (into, within
+//! and out of the mount), `cp -r`, `tar c`/`tar x`, `rm -rf`, `find -delete`, `git clean -fdx`,
+//! on a tree of 20,000 entries (`RELAYAUTH_TOOLS_FILES` changes the count), with the daemon
+//! under `ulimit -n 1024`. Every tool must exit 0, the mirror must then match the native tree
+//! (types, bytes, and for the preserving tools modes and modification times), nothing may be
+//! left behind, and the daemon's descriptors must stay bounded (the high-water mark is printed).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::mount::*;
+
+/// What a tree holds, for comparing two trees.
+#[derive(Debug, PartialEq, Eq)]
+enum Item {
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        mtime: i64,
+        bytes: Vec<u8>,
+    },
+    Link {
+        target: PathBuf,
+    },
+}
+
+/// Every entry below `root` by relative path, skipping `_PERMISSIONS.md` (the mount's notice,
+/// which tools reading the mount copy along). Without `exact`, modes and times are not kept.
+fn manifest(root: &Path, exact: bool) -> BTreeMap<String, Item> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() == "_PERMISSIONS.md" {
+                continue;
+            }
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let mode = if exact { meta.mode() & 0o7777 } else { 0 };
+            let item = if meta.file_type().is_symlink() {
+                Item::Link {
+                    target: std::fs::read_link(&p).unwrap(),
+                }
+            } else if meta.is_dir() {
+                stack.push(p.clone());
+                Item::Dir { mode }
+            } else {
+                Item::File {
+                    mode,
+                    mtime: if exact { meta.mtime() } else { 0 },
+                    bytes: std::fs::read(&p).unwrap(),
+                }
+            };
+            out.insert(rel, item);
+        }
+    }
+    out
+}
+
+fn assert_same(what: &str, want: &BTreeMap<String, Item>, got: &BTreeMap<String, Item>) {
+    if want == got {
+        return;
+    }
+    let missing: Vec<_> = want
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    let differ: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+        .map(|(k, v)| (k, v, &got[k]))
+        .take(3)
+        .collect();
+    panic!(
+        "{what}: {} entries expected, {} found; missing {missing:?}, extra {extra:?}, different {differ:#?}",
+        want.len(),
+        got.len()
+    );
+}
+
+/// A native tree of about `n` entries: directories of 100 files each, a few nested levels,
+/// empty files, executable and private modes, old modification times, symlinks, odd names.
+fn make_tree(root: &Path, n: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    let dirs = n.div_ceil(101).max(1);
+    let old = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    for d in 0..dirs {
+        let dir = if d % 10 == 9 {
+            root.join(format!("d{:03}/nested/deeper", d - 1))
+        } else {
+            root.join(format!("d{d:03}"))
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            let name = match f {
+                0 => "with space.txt".to_owned(),
+                1 => "ünïcode-名前.md".to_owned(),
+                _ => format!("f{f:03}.json"),
+            };
+            let p = dir.join(&name);
+            if f == 2 {
+                std::os::unix::fs::symlink(format!("f{:03}.json", f + 1), &p).unwrap();
+                continue;
+            }
+            let body = if f % 17 == 0 {
+                Vec::new()
+            } else {
+                format!("{{\"dir\": {d}, \"file\": {f}}}\n")
+                    .repeat(1 + (f * 7) % 40)
+                    .into_bytes()
+            };
+            std::fs::write(&p, body).unwrap();
+            let mode = match f % 5 {
+                0 => 0o755,
+                1 => 0o600,
+                _ => 0o644,
+            };
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let file = std::fs::File::options().write(true).open(&p).unwrap();
+            file.set_modified(old + Duration::from_secs((d * 100 + f) as u64))
+                .unwrap();
+        }
+    }
+}
+
+/// Count the daemon's open descriptors every 20 ms until stopped; the highest count seen.
+struct FdWatch {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FdWatch {
+    fn start(pid: u32) -> FdWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (s, p) = (stop.clone(), peak.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                    p.fetch_max(rd.count(), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        FdWatch {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    fn peak(&mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+fn run(m: &TestMount, what: &str, script: &str) -> Duration {
+    let started = std::time::Instant::now();
+    let o = m.sh(script);
+    assert!(
+        o.status.success(),
+        "{what} failed ({}): {}",
+        o.status,
+        err(&o).lines().take(20).collect::<Vec<_>>().join("\n")
+    );
+    started.elapsed()
+}
+
+#[test]
+fn everyday_tools_on_a_big_tree_with_1024_descriptors() {
+    if !fuse_available() {
+        return;
+    }
+    let n: usize = std::env::var("RELAYAUTH_TOOLS_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let issuer = Issuer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_tree(&src, n);
+    let exact = manifest(&src, true);
+    let loose = manifest(&src, false);
+    assert!(exact.len() >= n, "{} entries", exact.len());
+    let mut m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:/scratch/**"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&|mirror: &Path| {
+                std::fs::create_dir_all(mirror.join("scratch")).unwrap()
+            }),
+            open_files: Some(1024),
+            ..MountOpts::default()
+        },
+    );
+    let mut fds = FdWatch::start(m.daemon_pid().unwrap());
+    let s = src.display();
+    let out_dir = work.path().join("out");
+    let o = out_dir.display();
+    let mut times = Vec::new();
+    let steps: [(&str, String); 6] = [
+        ("cp -a into the mount", format!("cp -a {s} scratch/a")),
+        (
+            "rsync -a into the mount",
+            format!("rsync -a {s}/ scratch/b/"),
+        ),
+        (
+            "rsync -a out of the mount",
+            format!("rsync -a scratch/b/ {o}/"),
+        ),
+        (
+            "cp -r within the mount",
+            "cp -r scratch/a scratch/c".to_owned(),
+        ),
+        (
+            "rsync -a within the mount",
+            "rsync -a scratch/a/ scratch/d/".to_owned(),
+        ),
+        (
+            "tar c | tar x within the mount",
+            "mkdir scratch/e && tar cf - -C scratch a | tar xf - -C scratch/e".to_owned(),
+        ),
+    ];
+    for (what, script) in &steps {
+        times.push((*what, run(&m, what, script)));
+    }
+    assert_same("cp -a", &exact, &manifest(&m.mirror_at("scratch/a"), true));
+    assert_same(
+        "rsync -a in",
+        &exact,
+        &manifest(&m.mirror_at("scratch/b"), true),
+    );
+    assert_same("rsync -a out", &exact, &manifest(&out_dir, true));
+    assert_same("cp -r", &loose, &manifest(&m.mirror_at("scratch/c"), false));
+    assert_same(
+        "rsync -a within",
+        &exact,
+        &manifest(&m.mirror_at("scratch/d"), true),
+    );
+    assert_same(
+        "tar x",
+        &exact,
+        &manifest(&m.mirror_at("scratch/e/a"), true),
+    );
+    // The notices came along out of the mount (they are listed), never into the mirror.
+    assert!(out_dir.join("_PERMISSIONS.md").is_file());
+    let notices = Command::new("find")
+        .arg(&m.mirror)
+        .args(["-name", "_PERMISSIONS.md"])
+        .output()
+        .unwrap();
+    assert_eq!(out(&notices), "", "a notice reached the mirror");
+
+    times.push(("rm -rf", run(&m, "rm -rf", "rm -rf scratch/c")));
+    assert!(!m.mirror_at("scratch/c").exists());
+    times.push((
+        "find -delete",
+        run(&m, "find -delete", "find scratch/d -delete"),
+    ));
+    assert!(!m.mirror_at("scratch/d").exists());
+
+    // git clean in a repository inside the mount.
+    let git = "set -e; cd scratch; git init -q repo; cd repo
+        git -c user.email=a@b -c user.name=a commit -q --allow-empty -m init
+        cp -r ../a/d000 untracked-dir; echo x > untracked.txt; mkdir -p ignored/deep; echo y > ignored/deep/z
+        git clean -fdxq; test -z \"$(ls -A | grep -v '^.git$')\"";
+    times.push(("git clean -fdx", run(&m, "git clean -fdx", git)));
+
+    // Nothing else is left in the mirror: every copy compared equal above, and the removed
+    // trees are gone.
+    let mut left: Vec<String> = std::fs::read_dir(m.mirror_at("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a", "b", "e", "repo"]);
+
+    let peak = fds.peak();
+    let _ = m.stop();
+    eprintln!(
+        "{} entries, daemon descriptors peaked at {peak} (limit 1024)",
+        exact.len()
+    );
+    for (what, t) in &times {
+        eprintln!("  {what}: {:.1} s", t.as_secs_f64());
+    }
+    assert!(peak < 1024, "the daemon reached its descriptor limit");
+}
