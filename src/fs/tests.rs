@@ -1020,3 +1020,49 @@ fn descriptors_are_bounded_and_found_again_by_name() {
     let fh = fs.open(&ME, again, libc::O_RDONLY).unwrap().fh;
     assert_eq!(fs.read(fh, 0, 16).unwrap(), b"impostor");
 }
+
+/// A schema beside the written file counts only when no session of the mount may change it:
+/// otherwise a writer could first write a permissive "schema" and then anything.
+#[test]
+fn a_sibling_schema_a_session_may_change_does_not_count() {
+    let (_d, root) = fixture_copy();
+    let notes = root.join("github/repos/acme/api/notes");
+    std::fs::create_dir_all(&notes).unwrap();
+    std::fs::write(
+        notes.join("note.v1.schema.json"),
+        r#"{"type": "object", "required": ["body"]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join(".relay/writeback-policies.json"),
+        r#"{"version": 1, "policies": [{"id": "note", "pathPattern": "/github/repos/acme/api/notes/*.json",
+            "provider": "github", "providerAction": "github.notes.create",
+            "relayfileScope": "relayfile:fs:create", "payloadSchemaRef": "note.v1"}]}"#,
+    )
+    .unwrap();
+    let write_note = |scopes: &[&str], name: &str, body: &[u8]| {
+        let fs = guard(&root, session(scopes), None);
+        let dir = walk(&fs, "/github/repos/acme/api/notes").unwrap();
+        let (_, opened) = fs
+            .create(&ME, dir, OsStr::new(name), 0o644, 0o022, libc::O_WRONLY)
+            .unwrap();
+        fs.write(opened.fh, 0, body).unwrap();
+        fs.release(opened.fh, ME.pid)
+    };
+    // A writer who may also change the sibling: it does not count, so the write is refused
+    // even though the payload would satisfy it.
+    let manager = ["relayfile:fs:manage:/github/repos/acme/api/notes/**"];
+    assert_eq!(
+        write_note(&manager, "a.json", br#"{"body": "x"}"#),
+        Err(Errno::EINVAL)
+    );
+    assert!(!notes.join("a.json").exists());
+    // A writer who may only create its own file: the sibling counts and is applied.
+    let narrow = [
+        "relayfile:fs:read:/github/**",
+        "relayfile:fs:create:/github/repos/acme/api/notes/b.json",
+    ];
+    assert_eq!(write_note(&narrow, "b.json", b"{}"), Err(Errno::EINVAL));
+    assert!(write_note(&narrow, "b.json", br#"{"body": "x"}"#).is_ok());
+    assert!(notes.join("b.json").exists());
+}
