@@ -18,18 +18,6 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_relayauth-mount"))
 }
 
-/// Poll `cond` until it holds or `limit` passes.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
-
 /// Replace the mount's token file atomically with `token`.
 fn rewrite_token(m: &TestMount, token: &str) {
     let tmp = m.token_file.with_extension("new");
@@ -58,6 +46,45 @@ fn status_json(m: &TestMount) -> Value {
         .output()
         .unwrap();
     serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+/// A Python agent in the mount that stops where its code reads a line from stdin: the test
+/// does something meanwhile, then lets it go on.
+struct Agent {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Agent {
+    fn start(m: &TestMount, code: &str) -> Agent {
+        let mut child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(code)
+            .current_dir(&m.mnt)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Agent { child, lines }
+    }
+
+    /// The next line the agent prints ("" when it printed nothing more).
+    fn line(&mut self) -> String {
+        self.lines.next().and_then(Result::ok).unwrap_or_default()
+    }
+
+    /// Let it past its `sys.stdin.readline()`.
+    fn go(&mut self) {
+        writeln!(self.child.stdin.as_mut().unwrap()).unwrap();
+    }
+
+    /// Everything it prints until it exits, and whether it exited successfully.
+    fn finish(mut self) -> (Vec<String>, bool) {
+        let rest: Vec<String> = self.lines.by_ref().map_while(Result::ok).collect();
+        (rest, self.child.wait().is_ok_and(|s| s.success()))
+    }
 }
 
 const GITHUB: &str = "relayfile:fs:read:/github/**";
@@ -172,10 +199,9 @@ fn open_descriptors_lose_rights_the_new_token_drops() {
     let me = issuer.identity("shrinking", &[GITHUB, SLACK]);
     let wide = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 3600);
     let m = TestMount::start(&issuer, &wide, MountOpts::default());
-    let mut agent = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(
-            "import sys, errno
+    let mut agent = Agent::start(
+        &m,
+        "import sys, errno
 kept = open('github/repos/acme/api/metadata.json')
 lost = open('slack/users/U04ALICE01.json')
 print('open', flush=True)
@@ -187,28 +213,21 @@ for f in (kept, lost):
         print('ok', flush=True)
     except OSError as e:
         print(errno.errorcode.get(e.errno), flush=True)",
-        )
-        .current_dir(&m.mnt)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "open");
+    );
+    assert_eq!(agent.line(), "open");
     let narrow = mint_scoped(&issuer, &me, &[GITHUB], 3600);
     rewrite_token(&m, &narrow);
     assert!(
         eventually(Duration::from_secs(10), || !m.at("slack").exists()),
         "the narrower token was not adopted"
     );
-    writeln!(agent.stdin.as_mut().unwrap()).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "ok");
+    agent.go();
+    let (answers, _) = agent.finish();
     assert_eq!(
-        lines.next().unwrap().unwrap(),
-        "EACCES",
+        answers,
+        ["ok", "EACCES"],
         "a descriptor kept a right the token lost"
     );
-    let _ = agent.wait();
 }
 
 /// Reading the watched files (the token file, the policy file) must not make the daemon reload
@@ -390,9 +409,9 @@ fn overwriting_a_writeback_with_o_trunc_is_all_or_nothing() {
     ];
     for open in opens {
         std::fs::write(&mirror, &long).unwrap();
-        let mut agent = Command::new("/usr/bin/python3")
-            .arg("-c")
-            .arg(format!(
+        let mut agent = Agent::start(
+            &m,
+            &format!(
                 "import os, sys
 p = '{file}'
 {open}
@@ -402,24 +421,16 @@ print('written', flush=True)
 sys.stdin.readline()
 f.close()
 print('closed', flush=True)"
-            ))
-            .current_dir(&m.mnt)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
-        let first = lines.next().map(|l| l.unwrap()).unwrap_or_default();
-        assert_eq!(first, "written", "{open}");
+            ),
+        );
+        assert_eq!(agent.line(), "written", "{open}");
         assert_eq!(
             std::fs::read_to_string(&mirror).unwrap(),
             long,
             "{open}: the mirror changed before close"
         );
-        writeln!(agent.stdin.as_mut().unwrap()).unwrap();
-        assert_eq!(lines.next().unwrap().unwrap(), "closed", "{open}");
-        assert!(agent.wait().unwrap().success(), "{open}");
+        agent.go();
+        assert_eq!(agent.finish(), (vec!["closed".to_owned()], true), "{open}");
         assert_eq!(std::fs::read_to_string(&mirror).unwrap(), short, "{open}");
     }
     // The shell's `>` too.
@@ -527,9 +538,9 @@ fn a_staged_writebacks_directories_cannot_move_under_it() {
     );
     m.wait_audit(|e| e["action"] == "token.validated");
     let review = fixture("mount-fixtures/payloads/github-review.valid.json");
-    let mut agent = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(format!(
+    let mut agent = Agent::start(
+        &m,
+        &format!(
             "import sys
 f = open('github/repos/acme/api/pulls/44/reviews/r.json', 'w')
 f.write({review:?})
@@ -538,14 +549,9 @@ print('written', flush=True)
 sys.stdin.readline()
 f.close()
 print('closed', flush=True)"
-        ))
-        .current_dir(&m.mnt)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "written");
+        ),
+    );
+    assert_eq!(agent.line(), "written");
     let o = Command::new("/usr/bin/python3")
         .arg("-c")
         .arg(format!(
@@ -571,9 +577,8 @@ for a, b, flags in [
         "{}",
         err(&o)
     );
-    writeln!(agent.stdin.as_mut().unwrap()).unwrap();
-    assert_eq!(lines.next().unwrap().unwrap(), "closed");
-    assert!(agent.wait().unwrap().success());
+    agent.go();
+    assert_eq!(agent.finish(), (vec!["closed".to_owned()], true));
     assert_eq!(
         std::fs::read_to_string(m.mirror_at("github/repos/acme/api/pulls/44/reviews/r.json"))
             .unwrap(),
@@ -699,10 +704,9 @@ fn a_held_directory_moved_away_in_the_mirror_acts_under_no_old_path() {
             ..MountOpts::default()
         },
     );
-    let mut agent = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(
-            "import os, sys, errno
+    let mut agent = Agent::start(
+        &m,
+        "import os, sys, errno
 os.chdir('scratch/public/dir')
 print(open('mine.txt').read(), flush=True)
 sys.stdin.readline()
@@ -716,15 +720,8 @@ print(attempt(lambda: open('secret.txt').read()), flush=True)
 print(attempt(lambda: open('planted.txt', 'w').write('x')), flush=True)
 print(attempt(lambda: os.listdir('.')), flush=True)
 print(attempt(lambda: os.mkdir('sub')), flush=True)",
-        )
-        .current_dir(&m.mnt)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "mine");
+    );
+    assert_eq!(agent.line(), "mine");
     // The syncer moves the directory into the hidden area and a secret appears in it.
     std::fs::rename(
         m.mirror_at("scratch/public/dir"),
@@ -732,12 +729,11 @@ print(attempt(lambda: os.mkdir('sub')), flush=True)",
     )
     .unwrap();
     std::fs::write(m.mirror_at("scratch/hidden/dir/secret.txt"), "SECRET").unwrap();
-    writeln!(agent.stdin.as_mut().unwrap()).unwrap();
-    let answers: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    agent.go();
+    let (answers, _) = agent.finish();
     assert_eq!(answers, ["ENOENT", "ENOENT", "ENOENT", "ENOENT"]);
     assert!(!m.mirror_at("scratch/hidden/dir/planted.txt").exists());
     assert!(!m.mirror_at("scratch/hidden/dir/sub").exists());
-    let _ = agent.wait();
 }
 
 /// An exchange of whole top-level directories, one a provider area and one local, would move a

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::mount::*;
 use serde_json::{Value, json};
@@ -37,18 +37,6 @@ fn wait_past(t: u64) {
         eventually(Duration::from_secs(30), || now() > t),
         "the clock did not pass {t}"
     );
-}
-
-/// Poll `cond` until it holds or `limit` passes.
-fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
 }
 
 #[test]

@@ -297,20 +297,25 @@ impl Inodes {
         };
         node.referenced.store(true, Ordering::Relaxed);
         if !node.is_pinned() {
-            let victims = {
-                let mut clock = self.clock.lock();
-                clock.push_back(Arc::downgrade(node));
-                self.sweep(&mut clock)
-            };
-            // Dropped outside the clock's lock (a descriptor in use elsewhere stays open until
-            // its last user lets go).
-            for v in victims {
-                if !v.is_pinned() {
-                    v.held.write().take();
-                }
-            }
+            self.enlist(node);
         }
         held
+    }
+
+    /// Put a node that now holds a descriptor on the clock, and drop the descriptors the sweep
+    /// picks, outside the clock's lock (a descriptor in use elsewhere stays open until its last
+    /// user lets go).
+    fn enlist(&self, node: &Arc<Node>) {
+        let victims = {
+            let mut clock = self.clock.lock();
+            clock.push_back(Arc::downgrade(node));
+            self.sweep(&mut clock)
+        };
+        for v in victims {
+            if !v.is_pinned() {
+                v.held.write().take();
+            }
+        }
     }
 
     /// Pick the nodes whose descriptors go, until the clock is within the cap.
@@ -350,16 +355,7 @@ impl Inodes {
     /// A staged file was committed into place: it can be found by name from now on.
     pub fn unpin(&self, node: &Arc<Node>) {
         if node.pinned.swap(false, Ordering::AcqRel) && node.held.read().is_some() {
-            let victims = {
-                let mut clock = self.clock.lock();
-                clock.push_back(Arc::downgrade(node));
-                self.sweep(&mut clock)
-            };
-            for v in victims {
-                if !v.is_pinned() {
-                    v.held.write().take();
-                }
-            }
+            self.enlist(node);
         }
     }
 
@@ -579,16 +575,7 @@ impl Inodes {
         if node.is_pinned() {
             self.unpin(&node);
         } else if !had {
-            let victims = {
-                let mut clock = self.clock.lock();
-                clock.push_back(Arc::downgrade(&node));
-                self.sweep(&mut clock)
-            };
-            for v in victims {
-                if !v.is_pinned() {
-                    v.held.write().take();
-                }
-            }
+            self.enlist(&node);
         }
     }
 }

@@ -54,6 +54,29 @@ pub(crate) fn guard(root: &Path, s: Arc<Session>, audit: Option<Arc<AuditLog>>) 
     .unwrap()
 }
 
+/// A guard without writeback policies, with `opts`; the session is confirmed.
+fn bare_guard(root: &Path, s: Arc<Session>, opts: Options) -> GuardFs {
+    s.confirm();
+    GuardFs::new(
+        Mirror::open(root).unwrap(),
+        Arc::new(Callers::new(s, false)),
+        PolicySet::default(),
+        None,
+        opts,
+    )
+    .unwrap()
+}
+
+/// Options with `scratch` as a local root.
+fn scratch_local() -> Options {
+    Options {
+        backing: crate::writeback::Backing {
+            local_roots: vec!["scratch".to_owned()],
+        },
+        ..Options::default()
+    }
+}
+
 /// Walk `path` from the root with lookups; the inode of the last component.
 fn walk(fs: &GuardFs, path: &str) -> Result<u64, Errno> {
     let mut ino = ROOT;
@@ -435,20 +458,7 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
         "relayfile:fs:read:/scratch/**",
         "relayfile:fs:create:/scratch/drop/*",
     ]);
-    s.confirm();
-    let fs = GuardFs::new(
-        Mirror::open(&root).unwrap(),
-        Arc::new(Callers::new(s.clone(), false)),
-        PolicySet::default(),
-        None,
-        Options {
-            backing: crate::writeback::Backing {
-                local_roots: vec!["scratch".to_owned()],
-            },
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let fs = bare_guard(&root, s.clone(), scratch_local());
     let dir = walk(&fs, "/scratch/drop").unwrap();
     let (entry, opened) = fs
         .create(&ME, dir, OsStr::new("new.bin"), 0o644, 0o022, libc::O_RDWR)
@@ -525,15 +535,7 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
 fn a_revoked_session_loses_the_files_it_holds_open() {
     let (_d, root) = fixture_copy();
     let s = session(LEAD);
-    s.confirm();
-    let fs = GuardFs::new(
-        Mirror::open(&root).unwrap(),
-        Arc::new(Callers::new(s.clone(), false)),
-        PolicySet::default(),
-        None,
-        Options::default(),
-    )
-    .unwrap();
+    let fs = bare_guard(&root, s.clone(), Options::default());
     let ino = walk(&fs, "/github/repos/acme/api/pulls/42/metadata.json").unwrap();
     let fh = fs.open(&ME, ino, libc::O_RDONLY).unwrap().fh;
     assert!(!fs.read(fh, 0, 16).unwrap().is_empty());
@@ -743,20 +745,7 @@ fn access_answers_from_the_rights_not_the_mirror_mode() {
     let meta = root.join("github/repos/acme/web/pulls/18/metadata.json");
     std::fs::set_permissions(&meta, std::fs::Permissions::from_mode(0o666)).unwrap();
     let s = session(&["relayfile:fs:read:*", "relayfile:fs:write:/scratch/**"]);
-    s.confirm();
-    let fs = GuardFs::new(
-        Mirror::open(&root).unwrap(),
-        Arc::new(Callers::new(s, false)),
-        PolicySet::default(),
-        None,
-        Options {
-            backing: crate::writeback::Backing {
-                local_roots: vec!["scratch".to_owned()],
-            },
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let fs = bare_guard(&root, s, scratch_local());
     let locked = walk(&fs, "/scratch/locked.txt").unwrap();
     assert_eq!(fs.access(&ME, locked, libc::W_OK), Ok(()));
     assert_eq!(fs.access(&ME, locked, libc::R_OK | libc::W_OK), Ok(()));
@@ -973,18 +962,14 @@ fn descriptors_are_bounded_and_found_again_by_name() {
         std::fs::write(many.join(format!("f{i:03}")), format!("{i}")).unwrap();
     }
     let s = session(&["relayfile:fs:manage:/node_modules/**"]);
-    s.confirm();
-    let fs = GuardFs::new(
-        Mirror::open(&root).unwrap(),
-        Arc::new(Callers::new(s, false)),
-        PolicySet::default(),
-        None,
+    let fs = bare_guard(
+        &root,
+        s,
         Options {
             max_held_fds: 32,
             ..Options::default()
         },
-    )
-    .unwrap();
+    );
     let fds_now = || std::fs::read_dir("/proc/self/fd").unwrap().count();
     let before = fds_now();
     let inos: Vec<u64> = (0..300)
