@@ -135,7 +135,10 @@ impl Callers {
         if reg.is_empty() {
             return self.may_use_mount_session(uid).then(|| self.mount.clone());
         }
-        let mut pid = pid;
+        // FUSE names the calling *thread*; registrations are of processes. A worker thread of a
+        // registered process must act under its registration, not skip it (a thread's
+        // `/proc/<tid>/stat` gives its own start time and the process's parent).
+        let mut pid = thread_group(pid);
         for _ in 0..MAX_DEPTH {
             let Some((ppid, start_time)) = proc_stat(pid) else {
                 break;
@@ -218,6 +221,30 @@ mod tests {
         assert!(callers.resolve(me, 0).is_none());
         // One registered session plus the empty view of everyone else: two views, no caching.
         assert_eq!(callers.session_count(), 2);
+    }
+
+    #[test]
+    fn a_thread_of_a_registered_process_acts_under_its_registration() {
+        let mount = session(&["relayfile:fs:read:*"]);
+        let child = session(&["relayfile:fs:read:/a/**"]);
+        let callers = Callers::new(mount, false);
+        callers.register(ProcessKey::of(std::process::id()).unwrap(), child.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_ne!(tid, std::process::id());
+        let got = callers.resolve(tid, 0).unwrap();
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(
+            Arc::ptr_eq(&got, &child),
+            "a worker thread escaped its registration"
+        );
     }
 
     #[test]
