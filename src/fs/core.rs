@@ -24,7 +24,10 @@ use rustc_hash::FxHashMap;
 use rustix::fs::{OFlags, Stat};
 
 use super::attr::{self, Rights};
-use super::handles::Handles;
+pub(crate) use super::errno::errno_of;
+pub use super::errno::{Errno, FsResult};
+pub use super::handle_table::DirItem;
+use super::handle_table::Handles;
 use super::inode::{Ino, Inodes, Node, NodeKind, RelayView, child_path};
 use super::mirror::{Kind, Mirror, valid_name};
 use super::relay_files;
@@ -33,48 +36,6 @@ use crate::authz::{self, Decision, Op, PERMISSIONS_FILE, Place, Reason, RelayIte
 use crate::permissions::{self, EntryKind, Listed};
 use crate::session::{Callers, Denial, Grants, Session, State};
 use crate::writeback::{Backing, PolicySet};
-
-/// An errno for the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Errno(pub i32);
-
-impl Errno {
-    pub const ENOENT: Errno = Errno(libc::ENOENT);
-    pub const EACCES: Errno = Errno(libc::EACCES);
-    pub const EPERM: Errno = Errno(libc::EPERM);
-    pub const EINVAL: Errno = Errno(libc::EINVAL);
-    pub const EIO: Errno = Errno(libc::EIO);
-    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
-    pub const EISDIR: Errno = Errno(libc::EISDIR);
-    pub const EBADF: Errno = Errno(libc::EBADF);
-    pub const EXDEV: Errno = Errno(libc::EXDEV);
-    pub const ENODATA: Errno = Errno(libc::ENODATA);
-    pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
-    pub const ERANGE: Errno = Errno(libc::ERANGE);
-    pub const EFBIG: Errno = Errno(libc::EFBIG);
-}
-
-/// The errno a refusing decision answers with (`Ok` when it allows).
-pub(crate) fn errno_of(d: &crate::authz::Decision) -> FsResult<()> {
-    match d.verdict.errno() {
-        Some(e) => Err(Errno(e)),
-        None => Ok(()),
-    }
-}
-
-impl From<io::Error> for Errno {
-    fn from(e: io::Error) -> Errno {
-        Errno(e.raw_os_error().unwrap_or(libc::EIO))
-    }
-}
-
-impl From<rustix::io::Errno> for Errno {
-    fn from(e: rustix::io::Errno) -> Errno {
-        Errno(e.raw_os_error())
-    }
-}
-
-pub type FsResult<T> = Result<T, Errno>;
 
 /// Who is asking (from the FUSE request header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,14 +111,6 @@ pub(crate) struct Seen {
     pub path: Arc<[u8]>,
 }
 
-/// One entry of a directory listing snapshot.
-#[derive(Clone, Debug)]
-pub struct DirItem {
-    pub name: OsString,
-    pub kind: FileType,
-    pub ino: u64,
-}
-
 /// A runtime file's identity and version: (dev, ino, mtime seconds, mtime nanoseconds).
 type RecordKey = (u64, u64, i64, i64);
 
@@ -179,8 +132,8 @@ pub struct GuardFs {
     pub(crate) root_stat: Stat,
     pub(crate) staging: OwnedFd,
     pub(crate) quarantine: OwnedFd,
-    /// (session id, directory) pairs whose `_PERMISSIONS.md` that session removed.
-    pub(crate) notice_marks: Mutex<rustc_hash::FxHashSet<(String, Ino)>>,
+    /// (session serial, directory) pairs whose `_PERMISSIONS.md` that session removed.
+    pub(crate) notice_marks: Mutex<rustc_hash::FxHashSet<(u64, Ino)>>,
     started: Instant,
     /// The same moment as a time stamp (the times shown for directories whose entries are all
     /// hidden).
@@ -331,13 +284,18 @@ impl GuardFs {
         }
     }
 
+    /// Whether the daemon runs as root on behalf of a caller with other ids than its own.
+    fn acts_for_another(&self, caller: &Caller) -> bool {
+        self.as_root && (caller.uid != self.callers.owner() || caller.gid != self.daemon_gid)
+    }
+
     /// Make a new object (behind `fd`, created in a directory whose stat is `dir`) belong to
     /// `caller`, as a native filesystem would: when the daemon runs as root it can, and does, so
     /// a file another user creates through the mount is theirs, not root's. A setgid directory
     /// keeps its group, as the kernel already gave it. As any other user the daemon cannot, and
     /// new objects belong to it (the README says so).
     pub(crate) fn give_to(&self, caller: &Caller, fd: BorrowedFd<'_>, dir: &Stat) -> FsResult<()> {
-        if !self.as_root || caller.uid == self.callers.owner() && caller.gid == self.daemon_gid {
+        if !self.acts_for_another(caller) {
             return Ok(());
         }
         let gid = (dir.st_mode & libc::S_ISGID == 0).then_some(caller.gid);
@@ -351,7 +309,7 @@ impl GuardFs {
     /// mirror), which would then be given away. The ids are per thread and restored before
     /// returning.
     pub(crate) fn make_as<T>(&self, caller: &Caller, make: impl FnOnce() -> T) -> T {
-        if !self.as_root || caller.uid == self.callers.owner() && caller.gid == self.daemon_gid {
+        if !self.acts_for_another(caller) {
             return make();
         }
         struct Restore(u32);
@@ -485,7 +443,9 @@ impl GuardFs {
     pub(crate) fn located(&self, ino: Ino) -> FsResult<Arc<Node>> {
         let node = self.node(ino)?;
         let anchor = match &node.kind {
-            NodeKind::Backed(_) if self.pending_node(&node) => self.node(node.location().parent)?,
+            // Pinned: the root (returned below) or a staged new file, checked through its
+            // directory. (A flag, not the pending table: this runs on every request.)
+            NodeKind::Backed(_) if node.is_pinned() => self.node(node.location().parent)?,
             NodeKind::Backed(_) => node.clone(),
             NodeKind::Permissions { dir } => self.node(*dir)?,
             NodeKind::RelayView { .. } => return Ok(node),

@@ -19,11 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use parking_lot::{Mutex, RwLock};
-use rustc_hash::FxHashMap;
+use parking_lot::Mutex;
 use rustix::fs::{OFlags, RenameFlags, Stat};
 
-use super::core::{Caller, Ctx, DirItem, Errno, FsResult, GuardFs, Seen};
+use super::core::{Caller, Ctx, Errno, FsResult, GuardFs, Seen};
+use super::handle_table::{Body, DirItem, Handle, Opened, Staged};
 use super::inode::{Ino, Node, NodeKind};
 use super::mirror::Kind;
 use crate::audit::{Event, Outcome};
@@ -33,140 +33,6 @@ use crate::writeback::{self, SchemaSource};
 
 /// Payloads bigger than this are not validated (and so refused).
 const MAX_PAYLOAD: u64 = 64 << 20;
-
-/// A staged writeback: the bytes live in the guard's staging folder until they validate.
-#[derive(Debug)]
-pub(crate) struct Staged {
-    /// The staging file; `None` right after a commit (the next write stages again).
-    file: Option<File>,
-    /// Its name in the staging folder.
-    name: OsString,
-    /// Whether the target existed (replace) or is new (must not appear meanwhile). Where it
-    /// goes is the node's location at commit time, never a copy taken at open.
-    existing: bool,
-    /// The process that opened it: only its `close()` commits written bytes early (a child that
-    /// inherited the descriptor and closes it on exec or exit does not); the last release
-    /// always does.
-    opener: u32,
-    /// Bytes were written since the last commit: the next `close()` commits them.
-    dirty: bool,
-    /// Created or truncated on open but not written yet. Committed only when the last
-    /// descriptor goes away: a shell opens, `dup2`s and closes the original descriptor before
-    /// it writes, and that first close must not commit an empty payload.
-    touched: bool,
-    failed: Option<Errno>,
-}
-
-#[derive(Debug)]
-pub(crate) enum Body {
-    /// A mirror file, written in place (local paths).
-    File(File),
-    Staged(Mutex<Staged>),
-    /// A generated file's per-handle snapshot.
-    Bytes(Vec<u8>),
-    /// The notice opened for writing: reads give its snapshot, writes are accepted and
-    /// discarded.
-    Sink(Vec<u8>),
-    Dir(Vec<DirItem>),
-}
-
-#[derive(Debug)]
-pub(crate) struct Handle {
-    body: Body,
-    node: Arc<Node>,
-    session: Option<Arc<Session>>,
-    read: bool,
-    write: bool,
-    /// The operations that authorized this handle (read, write, create, see), decided again on
-    /// the node's path whenever the session's grants change.
-    grants: [Option<Op>; 2],
-    /// The session epoch the grants were last decided under.
-    checked: AtomicU64,
-    /// Set once a re-decision refused: the handle carries nothing any more.
-    cut: std::sync::atomic::AtomicBool,
-}
-
-impl Handle {
-    fn new(
-        body: Body,
-        node: Arc<Node>,
-        session: Option<Arc<Session>>,
-        (read, write): (bool, bool),
-        grants: [Option<Op>; 2],
-    ) -> Handle {
-        let epoch = session.as_ref().map_or(0, |s| s.epoch());
-        Handle {
-            body,
-            node,
-            session,
-            read,
-            write,
-            grants,
-            checked: AtomicU64::new(epoch),
-            cut: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-}
-
-/// An open file as the kernel should treat it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Opened {
-    pub fh: u64,
-    /// Every read and write goes to the daemon (strict I/O, generated files).
-    pub direct_io: bool,
-    /// `close()` must reach the daemon (a staged writeback commits there).
-    pub flush: bool,
-}
-
-/// The open handles.
-#[derive(Debug, Default)]
-pub struct Handles {
-    table: RwLock<FxHashMap<u64, Arc<Handle>>>,
-    next: AtomicU64,
-}
-
-impl Handles {
-    fn insert(&self, h: Handle) -> u64 {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.table.write().insert(fh, Arc::new(h));
-        fh
-    }
-
-    fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.table.read().get(&fh).cloned().ok_or(Errno::EBADF)
-    }
-
-    fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.table.write().remove(&fh)
-    }
-
-    /// Whether a staged writeback (new or replacing) is open on a file anywhere below the
-    /// directory `dir`.
-    pub(crate) fn staged_below(&self, dir: &[u8]) -> bool {
-        let mut prefix = dir.to_vec();
-        if prefix != b"/" {
-            prefix.push(b'/');
-        }
-        self.table
-            .read()
-            .values()
-            .any(|h| matches!(h.body, Body::Staged(_)) && h.node.path().starts_with(&prefix))
-    }
-
-    /// The stat of the file a handle of node `ino` has open: its staging copy for a staged
-    /// write not committed yet, else the open mirror file.
-    pub(crate) fn stat_of(&self, fh: u64, ino: Ino) -> Option<Stat> {
-        let h = self.table.read().get(&fh).cloned()?;
-        if h.node.ino != ino {
-            return None;
-        }
-        match &h.body {
-            Body::Staged(s) => rustix::fs::fstat(s.lock().file.as_ref()?).ok(),
-            Body::File(f) => rustix::fs::fstat(f).ok(),
-            _ => None,
-        }
-    }
-}
 
 /// Schemas looked up inside the mirror through descriptors: `/.relay/schemas/<ref>.json`, else
 /// `<ref>.schema.json` beside the written file.
@@ -568,9 +434,10 @@ impl GuardFs {
                         return Err(e);
                     }
                 };
+                // Pinned: it has no name in the mirror to be found again by until it commits.
                 let node = self
                     .inodes
-                    .remember(parent, name, path.clone(), path_fd, &st);
+                    .remember_pinned(parent, name, path.clone(), path_fd, &st);
                 self.pending
                     .lock()
                     .insert((parent, name.to_owned()), node.ino);

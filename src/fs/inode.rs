@@ -124,7 +124,9 @@ impl Node {
         match &self.kind {
             NodeKind::Backed(_) => {
                 let fd = self.held.read().clone();
-                if fd.is_some() {
+                // Written only when it changes: every request reads this, and a store per call
+                // would bounce the line between the worker threads.
+                if fd.is_some() && !self.referenced.load(Ordering::Relaxed) {
                     self.referenced.store(true, Ordering::Relaxed);
                 }
                 fd

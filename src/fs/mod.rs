@@ -3,6 +3,8 @@
 //! - [`core`]: [`GuardFs`], the shared machinery and the read-side operations.
 //! - [`modify`]: namespace and metadata changes.
 //! - [`handles`]: open files, directories and staged writebacks.
+//! - [`handle_table`]: the records of open handles, held by the core.
+//! - [`errno`]: the errno the core answers with.
 //! - [`attr`]: attributes with permission bits that reflect the caller's rights.
 //! - [`mirror`]: confined, descriptor-based access to the mirror directory.
 //! - [`inode`]: the inode table (FUSE inode numbers, lookup counts, paths).
@@ -11,6 +13,8 @@
 
 pub mod attr;
 pub mod core;
+pub mod errno;
+pub mod handle_table;
 pub mod handles;
 pub mod inode;
 pub mod mirror;
@@ -19,7 +23,7 @@ pub mod notice;
 pub mod relay_files;
 
 pub use self::core::{Caller, DirItem, Entry, Errno, FsResult, GuardFs, Options};
-pub use handles::Opened;
+pub use handle_table::Opened;
 pub use modify::SetAttr;
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ impl GuardFs {
         self.note(ctx, &path, operation, &d);
     }
 
-    /// The session (by id) removed the notice of directory `dir`: it stays absent for that
+    /// The session removed the notice of directory `dir`: it stays absent for that
     /// session until it is created there again.
     pub(crate) fn mark_notice_removed(&self, ctx: &Ctx, dir: Ino) {
         let Some(s) = &ctx.session else {
@@ -62,13 +62,16 @@ impl GuardFs {
         if marks.len() >= MAX_MARKS {
             marks.clear();
         }
-        marks.insert((s.id().to_owned(), dir));
+        marks.insert((s.serial(), dir));
     }
 
     /// The notice of `dir` is there again for this session.
     pub(crate) fn unmark_notice(&self, ctx: &Ctx, dir: Ino) {
         if let Some(s) = &ctx.session {
-            self.notice_marks.lock().remove(&(s.id().to_owned(), dir));
+            let mut marks = self.notice_marks.lock();
+            if !marks.is_empty() {
+                marks.remove(&(s.serial(), dir));
+            }
         }
     }
 
@@ -77,7 +80,7 @@ impl GuardFs {
         match &ctx.session {
             Some(s) => {
                 let marks = self.notice_marks.lock();
-                !marks.is_empty() && marks.contains(&(s.id().to_owned(), dir))
+                !marks.is_empty() && marks.contains(&(s.serial(), dir))
             }
             None => false,
         }

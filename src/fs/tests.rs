@@ -1051,3 +1051,59 @@ fn a_sibling_schema_a_session_may_change_does_not_count() {
     assert!(write_note(&narrow, "b.json", br#"{"body": "x"}"#).is_ok());
     assert!(notes.join("b.json").exists());
 }
+
+/// A staged new file has no name in the mirror yet, so its descriptor is never dropped: it stays
+/// reachable however many other descriptors the table takes meanwhile.
+#[test]
+fn a_staged_new_file_survives_descriptor_pressure() {
+    let (_d, root) = fixture_copy();
+    let many = root.join("node_modules/many");
+    std::fs::create_dir_all(&many).unwrap();
+    for i in 0..100 {
+        std::fs::write(many.join(format!("f{i:03}")), "x").unwrap();
+    }
+    let s = session(&[
+        "relayfile:fs:read:*",
+        "relayfile:fs:manage:/node_modules/**",
+        "relayfile:fs:create:/github/repos/acme/api/pulls/42/reviews/*",
+    ]);
+    s.confirm();
+    let fs = GuardFs::new(
+        Mirror::open(&root).unwrap(),
+        Arc::new(Callers::new(s, false)),
+        PolicySet::load(&root.join(".relay/writeback-policies.json")).unwrap(),
+        None,
+        Options {
+            max_held_fds: 16,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
+    let (entry, opened) = fs
+        .create(
+            &ME,
+            dir,
+            OsStr::new("staged.json"),
+            0o644,
+            0o022,
+            libc::O_WRONLY,
+        )
+        .unwrap();
+    let ino = entry.attr.ino.0;
+    fs.write(opened.fh, 0, br#"{"event": "COMMENT", "body": "staged"}"#)
+        .unwrap();
+    for i in 0..100 {
+        walk(&fs, &format!("/node_modules/many/f{i:03}")).unwrap();
+    }
+    assert!(
+        fs.getattr(&ME, ino, None).is_ok(),
+        "the staged file was lost"
+    );
+    assert!(fs.lookup(&ME, dir, OsStr::new("staged.json")).is_ok());
+    fs.release(opened.fh, ME.pid).unwrap();
+    assert!(
+        root.join("github/repos/acme/api/pulls/42/reviews/staged.json")
+            .exists()
+    );
+}

@@ -84,6 +84,14 @@ pub struct Denial {
 
 const RECENT_DENIALS: usize = 64;
 
+static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// The monotonic instant confirmations are counted from.
+fn clock_base() -> Instant {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
 /// A session.
 #[derive(Debug)]
 pub struct Session {
@@ -91,8 +99,12 @@ pub struct Session {
     grants: RwLock<Arc<Grants>>,
     state: RwLock<State>,
     denials: Mutex<VecDeque<Denial>>,
-    /// When relayauth last confirmed this session is not revoked.
-    confirmed: Mutex<Option<Instant>>,
+    /// When relayauth last confirmed this session is not revoked: nanoseconds after
+    /// [`clock_base`], plus one (0: never). An atomic, since every read and write of an open
+    /// file asks how fresh the confirmation is.
+    confirmed: AtomicU64,
+    /// A number no other session of this process has (sessions' ids come from tokens).
+    serial: u64,
     /// Bumped whenever the grants change, so whatever was decided under the old grants (an
     /// open file's access) is decided again.
     epoch: AtomicU64,
@@ -110,7 +122,8 @@ impl Session {
             grants: RwLock::new(Arc::new(grants)),
             state: RwLock::new(State::Active),
             denials: Mutex::new(VecDeque::new()),
-            confirmed: Mutex::new(None),
+            confirmed: AtomicU64::new(0),
+            serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             epoch: AtomicU64::new(0),
         }
     }
@@ -167,12 +180,28 @@ impl Session {
 
     /// relayauth just confirmed the session is alive.
     pub fn confirm(&self) {
-        *self.confirmed.lock() = Some(Instant::now());
+        let at = clock_base()
+            .elapsed()
+            .as_nanos()
+            .min(u128::from(u64::MAX - 1)) as u64;
+        self.confirmed.store(at + 1, Ordering::Release);
     }
 
     /// How long since relayauth last confirmed the session (`None`: never).
     pub fn since_confirmed(&self) -> Option<Duration> {
-        self.confirmed.lock().map(|t| t.elapsed())
+        match self.confirmed.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(
+                clock_base()
+                    .elapsed()
+                    .saturating_sub(Duration::from_nanos(at - 1)),
+            ),
+        }
+    }
+
+    /// This session's number in this process (unique, unlike a token's session id).
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     pub fn remember_denial(&self, denial: Denial) {

@@ -18,7 +18,6 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-use super::refresh::TokenPair;
 use super::time::format_rfc3339;
 
 /// The environment variable a token is read from by default.
@@ -223,6 +222,47 @@ fn read_text(path: &Path, what: &str, fix: &'static str) -> Result<String, Crede
         other => unreadable(other.to_string()),
     })?;
     String::from_utf8(bytes).map_err(|_| unreadable("it is not UTF-8 text".into()))
+}
+
+/// A token pair as relayauth's refresh endpoint returns it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub access_token_expires_at: Option<String>,
+    pub refresh_token_expires_at: Option<String>,
+    pub delegation_not_after: Option<String>,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("access_token_expires_at", &self.access_token_expires_at)
+            .field("refresh_token_expires_at", &self.refresh_token_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenPair {
+    /// Read a refresh response body: both tokens must be non-empty strings; the dates are kept
+    /// when they are strings.
+    pub(crate) fn from_response(body: &[u8]) -> Result<TokenPair, String> {
+        let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+        let token = |name: &str| -> Result<String, String> {
+            match v.get(name).and_then(Value::as_str).map(str::trim) {
+                Some(t) if !t.is_empty() => Ok(t.to_owned()),
+                _ => Err(format!("{name} is missing or not a non-empty string")),
+            }
+        };
+        let date = |name: &str| v.get(name).and_then(Value::as_str).map(str::to_owned);
+        Ok(TokenPair {
+            access_token: token("accessToken")?,
+            refresh_token: token("refreshToken")?,
+            access_token_expires_at: date("accessTokenExpiresAt"),
+            refresh_token_expires_at: date("refreshTokenExpiresAt"),
+            delegation_not_after: date("delegationNotAfter"),
+        })
+    }
 }
 
 /// relayfile's delegated credentials bundle: every member kept, the known ones read through

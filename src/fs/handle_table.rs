@@ -1,0 +1,163 @@
+//! The table of open files and directories: what each handle holds (a mirror file, a staged
+//! writeback, a generated snapshot, a directory listing) and what authorized it.
+//!
+//! Only the table and its records live here; opening, reading, writing and committing are
+//! `handles`' work. The records know nothing of the filesystem core, so the core can hold the
+//! table without the two modules needing each other.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fuser::FileType;
+use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
+use rustix::fs::Stat;
+
+use super::errno::{Errno, FsResult};
+use super::inode::{Ino, Node};
+use crate::authz::Op;
+use crate::session::Session;
+
+/// One entry of a directory listing snapshot.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub name: OsString,
+    pub kind: FileType,
+    pub ino: u64,
+}
+
+/// A staged writeback: the bytes live in the guard's staging folder until they validate.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    /// The staging file; `None` right after a commit (the next write stages again).
+    pub(super) file: Option<File>,
+    /// Its name in the staging folder.
+    pub(super) name: OsString,
+    /// Whether the target existed (replace) or is new (must not appear meanwhile). Where it
+    /// goes is the node's location at commit time, never a copy taken at open.
+    pub(super) existing: bool,
+    /// The process that opened it: only its `close()` commits written bytes early (a child that
+    /// inherited the descriptor and closes it on exec or exit does not); the last release
+    /// always does.
+    pub(super) opener: u32,
+    /// Bytes were written since the last commit: the next `close()` commits them.
+    pub(super) dirty: bool,
+    /// Created or truncated on open but not written yet. Committed only when the last
+    /// descriptor goes away: a shell opens, `dup2`s and closes the original descriptor before
+    /// it writes, and that first close must not commit an empty payload.
+    pub(super) touched: bool,
+    pub(super) failed: Option<Errno>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// A mirror file, written in place (local paths).
+    File(File),
+    Staged(Mutex<Staged>),
+    /// A generated file's per-handle snapshot.
+    Bytes(Vec<u8>),
+    /// The notice opened for writing: reads give its snapshot, writes are accepted and
+    /// discarded.
+    Sink(Vec<u8>),
+    Dir(Vec<DirItem>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Handle {
+    pub(super) body: Body,
+    pub(super) node: Arc<Node>,
+    pub(super) session: Option<Arc<Session>>,
+    pub(super) read: bool,
+    pub(super) write: bool,
+    /// The operations that authorized this handle (read, write, create, see), decided again on
+    /// the node's path whenever the session's grants change.
+    pub(super) grants: [Option<Op>; 2],
+    /// The session epoch the grants were last decided under.
+    pub(super) checked: AtomicU64,
+    /// Set once a re-decision refused: the handle carries nothing any more.
+    pub(super) cut: std::sync::atomic::AtomicBool,
+}
+
+impl Handle {
+    pub(super) fn new(
+        body: Body,
+        node: Arc<Node>,
+        session: Option<Arc<Session>>,
+        (read, write): (bool, bool),
+        grants: [Option<Op>; 2],
+    ) -> Handle {
+        let epoch = session.as_ref().map_or(0, |s| s.epoch());
+        Handle {
+            body,
+            node,
+            session,
+            read,
+            write,
+            grants,
+            checked: AtomicU64::new(epoch),
+            cut: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+/// An open file as the kernel should treat it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Every read and write goes to the daemon (strict I/O, generated files).
+    pub direct_io: bool,
+    /// `close()` must reach the daemon (a staged writeback commits there).
+    pub flush: bool,
+}
+
+/// The open handles.
+#[derive(Debug, Default)]
+pub struct Handles {
+    table: RwLock<FxHashMap<u64, Arc<Handle>>>,
+    next: AtomicU64,
+}
+
+impl Handles {
+    pub(super) fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.table.write().insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub(super) fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.table.read().get(&fh).cloned().ok_or(Errno::EBADF)
+    }
+
+    pub(super) fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.table.write().remove(&fh)
+    }
+
+    /// Whether a staged writeback (new or replacing) is open on a file anywhere below the
+    /// directory `dir`.
+    pub(crate) fn staged_below(&self, dir: &[u8]) -> bool {
+        let mut prefix = dir.to_vec();
+        if prefix != b"/" {
+            prefix.push(b'/');
+        }
+        self.table
+            .read()
+            .values()
+            .any(|h| matches!(h.body, Body::Staged(_)) && h.node.path().starts_with(&prefix))
+    }
+
+    /// The stat of the file a handle of node `ino` has open: its staging copy for a staged
+    /// write not committed yet, else the open mirror file.
+    pub(crate) fn stat_of(&self, fh: u64, ino: Ino) -> Option<Stat> {
+        let h = self.table.read().get(&fh).cloned()?;
+        if h.node.ino != ino {
+            return None;
+        }
+        match &h.body {
+            Body::Staged(s) => rustix::fs::fstat(s.lock().file.as_ref()?).ok(),
+            Body::File(f) => rustix::fs::fstat(f).ok(),
+            _ => None,
+        }
+    }
+}
