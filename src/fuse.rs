@@ -1,7 +1,7 @@
 //! The fuser adapter: translate kernel requests into [`GuardFs`] calls and answers back.
 //!
 //! Nothing here decides anything. Each method builds a [`Caller`] from the request header,
-//! calls the core, and maps `Ok`/`Err(Errno)` to the reply; the core is what the tests exercise
+//! calls the core, and maps `Ok`/`Err(Error)` to the reply; the core is what the tests exercise
 //! without a kernel. Several worker threads serve requests (fuser's `n_threads` with cloned
 //! device descriptors), and the core is `Sync`.
 
@@ -18,7 +18,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Caller, Errno, GuardFs, SetAttr};
+use crate::fs::{Caller, Error, FsResult, GuardFs, SetAttr};
 
 /// The kernel-facing wrapper around the core.
 #[derive(Debug)]
@@ -40,21 +40,24 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
-fn errno(e: Errno) -> fuser::Errno {
-    fuser::Errno::from_i32(e.0)
+/// The errno for the kernel, with the error logged once, at its level, with the operation and
+/// the node it was about.
+fn fail(operation: &str, ino: INodeNo, e: Error) -> fuser::Errno {
+    e.log(operation, ino.0);
+    fuser::Errno::from_i32(e.errno())
 }
 
-fn empty(result: Result<(), Errno>, reply: ReplyEmpty) {
+fn empty(operation: &str, ino: INodeNo, result: FsResult<()>, reply: ReplyEmpty) {
     match result {
         Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(fail(operation, ino, e)),
     }
 }
 
-fn entry(result: Result<crate::fs::Entry, Errno>, reply: ReplyEntry) {
+fn entry(operation: &str, ino: INodeNo, result: FsResult<crate::fs::Entry>, reply: ReplyEntry) {
     match result {
         Ok(e) => reply.entry(&e.ttl, &e.attr, Generation(0)),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(fail(operation, ino, e)),
     }
 }
 
@@ -77,6 +80,11 @@ fn plain_attr(kind: fuser::FileType) -> fuser::FileAttr {
         blksize: 0,
         flags: 0,
     }
+}
+
+/// The `open(2)` flags of a request, typed.
+fn open_flags_of(flags: i32) -> rustix::fs::OFlags {
+    rustix::fs::OFlags::from_bits_retain(flags as u32)
 }
 
 fn open_flags(o: crate::fs::Opened) -> FopenFlags {
@@ -110,7 +118,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(self.fs.lookup(&caller(req), parent.0, name), reply);
+        entry(
+            "lookup",
+            parent,
+            self.fs.lookup(&caller(req), parent.0, name),
+            reply,
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -120,7 +133,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(&caller(req), ino.0, fh.map(|f| f.0)) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("getattr", ino, e)),
         }
     }
 
@@ -153,14 +166,14 @@ impl Filesystem for FuseAdapter {
         };
         match self.fs.setattr(&caller(req), ino.0, set) {
             Ok((attr, ttl)) => reply.attr(&ttl, &attr),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("setattr", ino, e)),
         }
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.fs.readlink(&caller(req), ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readlink", ino, e)),
         }
     }
 
@@ -175,6 +188,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         entry(
+            "mknod",
+            parent,
             self.fs.mknod(&caller(req), parent.0, name, mode, umask),
             reply,
         );
@@ -190,17 +205,29 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         entry(
+            "mkdir",
+            parent,
             self.fs.mkdir(&caller(req), parent.0, name, mode, umask),
             reply,
         );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(self.fs.unlink(&caller(req), parent.0, name), reply);
+        empty(
+            "unlink",
+            parent,
+            self.fs.unlink(&caller(req), parent.0, name),
+            reply,
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(self.fs.rmdir(&caller(req), parent.0, name), reply);
+        empty(
+            "rmdir",
+            parent,
+            self.fs.rmdir(&caller(req), parent.0, name),
+            reply,
+        );
     }
 
     fn symlink(
@@ -212,6 +239,8 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         entry(
+            "symlink",
+            parent,
             self.fs.symlink(&caller(req), parent.0, link_name, target),
             reply,
         );
@@ -228,13 +257,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         empty(
+            "rename",
+            parent,
             self.fs.rename(
                 &caller(req),
                 parent.0,
                 name,
                 newparent.0,
                 newname,
-                flags.bits(),
+                rustix::fs::RenameFlags::from_bits_retain(flags.bits()),
             ),
             reply,
         );
@@ -249,15 +280,17 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         entry(
+            "link",
+            ino,
             self.fs.link(&caller(req), ino.0, newparent.0, newname),
             reply,
         );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(&caller(req), ino.0, flags.0) {
+        match self.fs.open(&caller(req), ino.0, open_flags_of(flags.0)) {
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("open", ino, e)),
         }
     }
 
@@ -283,7 +316,7 @@ impl Filesystem for FuseAdapter {
             }
             match self.fs.read_into(fh.0, offset, &mut buf[..size as usize]) {
                 Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(errno(e)),
+                Err(e) => reply.error(fail("read", _ino, e)),
             }
         });
     }
@@ -302,7 +335,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("write", _ino, e)),
         }
     }
 
@@ -314,7 +347,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.flush(fh.0, req.pid()), reply);
+        empty("flush", _ino, self.fs.flush(fh.0, req.pid()), reply);
     }
 
     fn release(
@@ -327,7 +360,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.release(fh.0, req.pid()), reply);
+        empty("release", _ino, self.fs.release(fh.0, req.pid()), reply);
     }
 
     fn fsync(
@@ -338,13 +371,13 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.fsync(fh.0, datasync), reply);
+        empty("fsync", _ino, self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(&caller(req), ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("opendir", ino, e)),
         }
     }
 
@@ -362,7 +395,7 @@ impl Filesystem for FuseAdapter {
         });
         match listed {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readdir", _ino, e)),
         }
     }
 
@@ -374,44 +407,29 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let caller = caller(req);
-        let listed = self.fs.readdir(fh.0, offset, |next, item| {
-            // `.` and `..` are never looked up by the kernel; _PERMISSIONS.md is left for a
-            // plain lookup (node 0), so listing a directory does not render it.
-            let plain = item.name == "."
-                || item.name == ".."
-                || item.name == crate::authz::PERMISSIONS_FILE;
-            if plain {
-                let attr = plain_attr(item.kind);
-                return reply.add(
-                    INodeNo(0),
-                    next,
-                    &item.name,
-                    &Duration::ZERO,
-                    &attr,
+        let listed = self
+            .fs
+            .readdirplus(&caller(req), ino.0, fh.0, offset, |e| match &e.entry {
+                Some(found) => reply.add(
+                    found.attr.ino,
+                    e.next,
+                    e.name,
+                    &found.ttl,
+                    &found.attr,
                     Generation(0),
-                );
-            }
-            // Each entry returned with attributes counts as a lookup.
-            let Ok(entry) = self.fs.lookup(&caller, ino.0, &item.name) else {
-                return false;
-            };
-            let full = reply.add(
-                entry.attr.ino,
-                next,
-                &item.name,
-                &entry.ttl,
-                &entry.attr,
-                Generation(0),
-            );
-            if full {
-                self.fs.forget(entry.attr.ino.0, 1);
-            }
-            full
-        });
+                ),
+                None => reply.add(
+                    INodeNo(0),
+                    e.next,
+                    e.name,
+                    &Duration::ZERO,
+                    &plain_attr(e.kind),
+                    Generation(0),
+                ),
+            });
         match listed {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("readdirplus", ino, e)),
         }
     }
 
@@ -439,7 +457,7 @@ impl Filesystem for FuseAdapter {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("statfs", _ino, e)),
         }
     }
 
@@ -454,25 +472,53 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         empty(
+            "setxattr",
+            ino,
             self.fs.setxattr(&caller(req), ino.0, name, value, flags),
             reply,
         );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.fs.getxattr(&caller(req), ino.0, name), size, reply);
+        xattr_reply(
+            "getxattr",
+            ino,
+            self.fs.getxattr(&caller(req), ino.0, name),
+            size,
+            reply,
+        );
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        xattr_reply(self.fs.listxattr(&caller(req), ino.0), size, reply);
+        xattr_reply(
+            "listxattr",
+            ino,
+            self.fs.listxattr(&caller(req), ino.0),
+            size,
+            reply,
+        );
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty(self.fs.removexattr(&caller(req), ino.0, name), reply);
+        empty(
+            "removexattr",
+            ino,
+            self.fs.removexattr(&caller(req), ino.0, name),
+            reply,
+        );
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        empty(self.fs.access(&caller(req), ino.0, mask.bits()), reply);
+        empty(
+            "access",
+            ino,
+            self.fs.access(
+                &caller(req),
+                ino.0,
+                rustix::fs::Access::from_bits_retain(mask.bits() as u32),
+            ),
+            reply,
+        );
     }
 
     fn create(
@@ -485,10 +531,14 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
-            .fs
-            .create(&caller(req), parent.0, name, mode, umask, flags)
-        {
+        match self.fs.create(
+            &caller(req),
+            parent.0,
+            name,
+            mode,
+            umask,
+            open_flags_of(flags),
+        ) {
             Ok((e, o)) => reply.created(
                 &e.ttl,
                 &e.attr,
@@ -496,7 +546,7 @@ impl Filesystem for FuseAdapter {
                 FileHandle(o.fh),
                 open_flags(o),
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("create", parent, e)),
         }
     }
 
@@ -510,7 +560,12 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
+        empty(
+            "fallocate",
+            _ino,
+            self.fs.fallocate(fh.0, offset, length, mode),
+            reply,
+        );
     }
 
     fn copy_file_range(
@@ -531,17 +586,23 @@ impl Filesystem for FuseAdapter {
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail("copy_file_range", _ino_in, e)),
         }
     }
 }
 
-fn xattr_reply(result: Result<Vec<u8>, Errno>, size: u32, reply: ReplyXattr) {
+fn xattr_reply(
+    operation: &str,
+    ino: INodeNo,
+    result: FsResult<Vec<u8>>,
+    size: u32,
+    reply: ReplyXattr,
+) {
     match result {
         Ok(data) if size == 0 => reply.size(data.len() as u32),
         Ok(data) if data.len() <= size as usize => reply.data(&data),
         Ok(_) => reply.error(fuser::Errno::ERANGE),
-        Err(e) => reply.error(errno(e)),
+        Err(e) => reply.error(fail(operation, ino, e)),
     }
 }
 

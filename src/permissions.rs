@@ -131,7 +131,7 @@ pub struct View {
 
 /// The caller's right to `op` on `path` as a decision says it.
 pub fn right(d: &Decision, scopes: &ScopeSet, path: &str) -> Right {
-    let (lacks, why) = match (&d.requirement, &d.reason) {
+    let (lacks, why) = match (d.requirement(), d.reason()) {
         _ if d.allowed() => (None, None),
         (Some(r), crate::authz::Reason::NoGrant) => (Some(r.to_string()), None),
         _ => (None, Some(d.describe(scopes, path))),
@@ -598,7 +598,7 @@ pub fn render(view: &View) -> String {
 
 /// Whether a decision would let the entry's `read` claim stand (used by tests).
 pub fn claim_matches(right: &Right, d: &Decision) -> bool {
-    right.allowed == (d.verdict == Verdict::Allow)
+    right.allowed == (d.verdict() == Verdict::Allow)
 }
 
 #[cfg(test)]

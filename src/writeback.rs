@@ -72,6 +72,10 @@ impl Backing {
     }
 }
 
+/// Payloads bigger than this are not validated, and so refused: a writeback is a record
+/// (a review, a comment, an issue), and validating means holding it in memory whole.
+pub const MAX_PAYLOAD: u64 = 64 << 20;
+
 /// One segment of a policy path pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Seg {
@@ -398,6 +402,12 @@ impl PolicySet {
 
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// The policy with this id (the one a writeback was permitted by; `None` once a reload
+    /// dropped it).
+    pub fn by_id(&self, id: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.id == id)
     }
 
     /// The policy governing a write to `path`.

@@ -130,7 +130,7 @@ fn the_errno_table_is_what_the_verdicts_map_to() {
             "EPERM" => libc::EPERM,
             other => panic!("unknown errno {other}"),
         };
-        assert_ne!(d.verdict, Verdict::Allow, "{situation}");
-        assert_eq!(d.verdict.errno(), Some(want), "{situation}");
+        assert_ne!(d.verdict(), Verdict::Allow, "{situation}");
+        assert_eq!(d.errno(), Some(want), "{situation}");
     }
 }

@@ -12,6 +12,7 @@
 pub mod relay;
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::scope::{Requirement, ScopeSet, Via};
 
@@ -154,14 +155,15 @@ pub enum Reason {
     Forbidden(Forbidden),
 }
 
-/// A decision: the verdict, what was required and why.
+/// A decision: the verdict, what was required and why. Only this module makes one, so a
+/// decision is always the rules' answer (the fields are read through accessors).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
-    pub verdict: Verdict,
-    pub op: Op,
+    verdict: Verdict,
+    op: Op,
     /// The requirement asked (`fs:write`, `ops:read`, ...), when one applies.
-    pub requirement: Option<Requirement>,
-    pub reason: Reason,
+    requirement: Option<Requirement>,
+    reason: Reason,
 }
 
 impl Decision {
@@ -175,16 +177,43 @@ impl Decision {
         )
     }
 
+    /// A directory the caller may not empty: it holds entries the caller cannot see or remove
+    /// (`EACCES`, which says nothing about what is there).
+    pub fn holds_hidden(op: Op) -> Decision {
+        Decision::new(Verdict::Deny, op, None, Reason::HoldsHidden)
+    }
+
+    /// A change to the generated `_PERMISSIONS.md` accepted and discarded.
+    pub fn notice_discarded(op: Op) -> Decision {
+        Decision::new(Verdict::Allow, op, None, Reason::NoticeDiscarded)
+    }
+
     pub fn allowed(&self) -> bool {
         self.verdict == Verdict::Allow
     }
 
-    pub fn new(
-        verdict: Verdict,
-        op: Op,
-        requirement: Option<Requirement>,
-        reason: Reason,
-    ) -> Decision {
+    pub fn verdict(&self) -> Verdict {
+        self.verdict
+    }
+
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    pub fn requirement(&self) -> Option<&Requirement> {
+        self.requirement.as_ref()
+    }
+
+    pub fn reason(&self) -> &Reason {
+        &self.reason
+    }
+
+    /// The errno a refusal answers with; `None` when it allows.
+    pub fn errno(&self) -> Option<i32> {
+        self.verdict.errno()
+    }
+
+    fn new(verdict: Verdict, op: Op, requirement: Option<Requirement>, reason: Reason) -> Decision {
         Decision {
             verdict,
             op,
@@ -291,6 +320,75 @@ fn decide_content(scopes: &ScopeSet, path: &[u8], op: Op) -> Decision {
     }
 }
 
+/// How recently relayauth confirmed a session, against the mount's limits. Freshness is part
+/// of every decision (fail closed): past `max_staleness` without a confirmation nothing but the
+/// notice is allowed, and a writeback needs a confirmation within `fail_closed_after`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Freshness {
+    /// Since relayauth last confirmed the session; `None` when it never has.
+    pub confirmed_ago: Option<Duration>,
+    /// Since the mount started (what counts as unconfirmed time before a first confirmation).
+    pub mounted_for: Duration,
+    pub max_staleness: Duration,
+    pub fail_closed_after: Duration,
+}
+
+impl Freshness {
+    /// How long the session has gone without a confirmation.
+    pub fn quiet(&self) -> Duration {
+        self.confirmed_ago.unwrap_or(self.mounted_for)
+    }
+
+    /// Whether open files and new operations are cut off for want of a confirmation.
+    pub fn stale(&self) -> bool {
+        self.quiet() > self.max_staleness
+    }
+
+    /// Whether a writeback may proceed: `Err` with the sentence that says why not.
+    pub fn writeback(&self) -> Result<(), String> {
+        match self.confirmed_ago {
+            None => Err(
+                "relayauth has not confirmed this session yet (writebacks need a confirmation); \
+                 the write is refused until it does"
+                    .to_owned(),
+            ),
+            Some(quiet) if quiet > self.fail_closed_after => Err(format!(
+                "relayauth has not confirmed this session for {}s (writebacks need a confirmation within {}s); \
+                 the write is refused until it does",
+                quiet.as_secs(),
+                self.fail_closed_after.as_secs()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// [`decide`] for an active session whose confirmation is `fresh`: a content operation the
+/// scopes allow is refused (`EACCES`) once the session is stale.
+pub fn decide_fresh(
+    scopes: &ScopeSet,
+    fresh: &Freshness,
+    path: &[u8],
+    place: &Place,
+    op: Op,
+) -> Decision {
+    let d = decide(scopes, path, place, op);
+    let content_op = matches!(op, Op::Read | Op::Write | Op::Create | Op::Delete);
+    if d.allowed() && content_op && *place != Place::PermissionsFile && fresh.stale() {
+        return Decision::new(
+            Verdict::Deny,
+            op,
+            d.requirement,
+            Reason::StatusUnknown(format!(
+                "relayauth has not confirmed this session for {}s (limit {}s); access is refused until it does",
+                fresh.quiet().as_secs(),
+                fresh.max_staleness.as_secs()
+            )),
+        );
+    }
+    d
+}
+
 /// The decision for a session that is not active: only the root and its `_PERMISSIONS.md`
 /// stay visible (read-only), so the agent can read what happened.
 pub fn decide_inactive(path: &[u8], place: &Place, op: Op, state: &str) -> Decision {
@@ -321,6 +419,33 @@ mod tests {
 
     fn d(scopes: &[&str], path: &str, op: Op) -> Verdict {
         decide(&ScopeSet::new(scopes), path.as_bytes(), &Place::Content, op).verdict
+    }
+
+    #[test]
+    fn staleness_refuses_content_but_not_the_notice() {
+        let s = ScopeSet::new(["relayfile:fs:write:/a/**"]);
+        let minute = Duration::from_secs(60);
+        let fresh = |ago: Option<u64>| Freshness {
+            confirmed_ago: ago.map(Duration::from_secs),
+            mounted_for: Duration::from_secs(1000),
+            max_staleness: 5 * minute,
+            fail_closed_after: minute / 2,
+        };
+        let p = b"/a/x";
+        let ok = fresh(Some(10));
+        assert!(decide_fresh(&s, &ok, p, &Place::Content, Op::Write).allowed());
+        let stale = fresh(Some(301));
+        let d = decide_fresh(&s, &stale, p, &Place::Content, Op::Write);
+        assert_eq!(d.verdict(), Verdict::Deny);
+        assert!(matches!(d.reason(), Reason::StatusUnknown(_)));
+        // Never confirmed: counts from the mount's start.
+        assert!(!decide_fresh(&s, &fresh(None), p, &Place::Content, Op::Read).allowed());
+        let notice = b"/a/_PERMISSIONS.md";
+        assert!(decide_fresh(&s, &stale, notice, &Place::PermissionsFile, Op::Read).allowed());
+        assert!(decide_fresh(&s, &stale, b"/a", &Place::Content, Op::See).allowed());
+        assert!(ok.writeback().is_ok());
+        assert!(fresh(Some(31)).writeback().is_err());
+        assert!(fresh(None).writeback().is_err());
     }
 
     #[test]

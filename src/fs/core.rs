@@ -1,6 +1,6 @@
 //! The guarded filesystem: every request is authorized before the mirror is touched.
 //!
-//! [`GuardFs`] answers the FUSE operations in plain Rust (`Result<_, Errno>`), so it can be
+//! [`GuardFs`] answers the FUSE operations in plain Rust (`Result<_, Error>`), so it can be
 //! driven and tested without a kernel; `crate::fuse` only translates. Each request resolves the
 //! caller's session, asks [`crate::authz::decide`] and only then goes to the mirror through
 //! [`Mirror`]'s descriptors. The audited operations (open, create, unlink, rename, mkdir,
@@ -15,35 +15,27 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use fuser::{FileAttr, FileType};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use rustix::fs::{OFlags, Stat};
+use rustix::fs::{Access, Stat};
 
 use super::attr::{self, Rights};
-pub(crate) use super::errno::errno_of;
-pub use super::errno::{Errno, FsResult};
+pub use super::error::{Error, FsResult};
+use super::gate::{Allowed, Change, Ctx, Gate, Limits};
+pub use super::gate::{Caller, Stats};
 pub use super::handle_table::DirItem;
 use super::handle_table::Handles;
 use super::inode::{Ino, Inodes, Node, NodeKind, RelayView, child_path};
-use super::mirror::{Kind, Mirror, valid_name};
+use super::mirror::{GuardArea, Kind, Mirror, valid_name};
 use super::relay_files;
-use crate::audit::{AuditLog, Event, Outcome};
-use crate::authz::{self, Decision, Op, PERMISSIONS_FILE, Place, Reason, RelayItem, Verdict};
+use crate::audit::AuditLog;
+use crate::authz::{self, Op, PERMISSIONS_FILE, Place, RelayItem};
 use crate::permissions::{self, EntryKind, Listed};
-use crate::session::{Callers, Denial, Grants, Session, State};
+use crate::session::{Callers, State};
 use crate::writeback::{Backing, PolicySet};
-
-/// Who is asking (from the FUSE request header).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-}
 
 /// A lookup answer.
 #[derive(Clone, Copy, Debug)]
@@ -82,27 +74,6 @@ impl Default for Options {
     }
 }
 
-/// Counts for `status`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-}
-
-/// The per-request view of the caller: its session, grants and state.
-pub(crate) struct Ctx {
-    pub session: Option<Arc<Session>>,
-    pub grants: Option<Arc<Grants>>,
-    pub state: Option<State>,
-    pub pid: u32,
-}
-
-impl Ctx {
-    pub fn active(&self) -> bool {
-        self.state == Some(State::Active)
-    }
-}
-
 /// A node the caller may see, with everything needed to decide more about it.
 pub(crate) struct Seen {
     pub ctx: Ctx,
@@ -119,66 +90,25 @@ type RecordKey = (u64, u64, i64, i64);
 pub struct GuardFs {
     pub(crate) mirror: Mirror,
     pub(crate) inodes: Inodes,
-    pub(crate) callers: Arc<Callers>,
-    pub(crate) audit: Option<Arc<AuditLog>>,
-    pub(crate) policies: RwLock<Arc<PolicySet>>,
+    /// Every decision, its audit and the writeback gate.
+    pub(crate) gate: Gate,
     pub(crate) opts: Options,
     pub(crate) handles: Handles,
     /// Staged new files, not yet in the mirror: (parent, name) -> node.
     pub(crate) pending: Mutex<FxHashMap<(Ino, OsString), Ino>>,
-    pub(crate) stats: Stats,
     /// The record a `/.relay` file is about, by (dev, ino, mtime).
     record_targets: Mutex<FxHashMap<RecordKey, Option<Vec<u8>>>>,
     pub(crate) root_stat: Stat,
-    pub(crate) staging: OwnedFd,
-    pub(crate) quarantine: OwnedFd,
+    /// The guard's staging and quarantine folders.
+    pub(crate) area: GuardArea,
     /// (session serial, directory) pairs whose `_PERMISSIONS.md` that session removed.
     pub(crate) notice_marks: Mutex<rustc_hash::FxHashSet<(u64, Ino)>>,
-    started: Instant,
     /// The same moment as a time stamp (the times shown for directories whose entries are all
     /// hidden).
     started_at: SystemTime,
     /// The daemon runs as root (it can give new objects to their creators).
     as_root: bool,
     daemon_gid: u32,
-}
-
-/// The guard's folders inside the mirror's `/.relay`.
-fn guard_dirs(mirror: &Mirror) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut dir = mirror.root_node()?.0;
-    for name in [".relay", authz::relay::GUARD_DIR] {
-        dir = match mirror.lookup(dir.as_fd(), OsStr::new(name)) {
-            Ok((fd, st)) if Kind::of(&st) == Kind::Dir => fd,
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "{name} in the mirror is not a directory; the guard needs it for staged writes"
-                )));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                mirror.mkdir(dir.as_fd(), OsStr::new(name), 0o700)?.0
-            }
-            Err(e) => return Err(e),
-        };
-    }
-    let mut out = Vec::new();
-    for name in ["staging", "quarantine"] {
-        let fd = match mirror.lookup(dir.as_fd(), OsStr::new(name)) {
-            Ok((fd, st)) if Kind::of(&st) == Kind::Dir => fd,
-            Ok(_) => return Err(io::Error::other(format!("{name} is not a directory"))),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                mirror.mkdir(dir.as_fd(), OsStr::new(name), 0o700)?.0
-            }
-            Err(e) => return Err(e),
-        };
-        out.push(fd);
-    }
-    let quarantine = out.pop().ok_or_else(|| io::Error::other("guard dirs"))?;
-    let staging = out.pop().ok_or_else(|| io::Error::other("guard dirs"))?;
-    // Leftovers of a previous run were never committed: drop them.
-    for e in mirror.list(staging.as_fd())? {
-        let _ = mirror.unlink(staging.as_fd(), &e.name);
-    }
-    Ok((staging, quarantine))
 }
 
 impl GuardFs {
@@ -191,23 +121,27 @@ impl GuardFs {
         opts: Options,
     ) -> io::Result<GuardFs> {
         let (root_fd, root_stat) = mirror.root_node()?;
-        let (staging, quarantine) = guard_dirs(&mirror)?;
+        let area = mirror.guard_area()?;
         Ok(GuardFs {
             inodes: Inodes::new(root_fd, &root_stat, opts.max_held_fds),
             mirror,
-            callers,
-            audit,
-            policies: RwLock::new(Arc::new(policies)),
+            gate: Gate::new(
+                callers,
+                policies,
+                opts.backing.clone(),
+                audit,
+                Limits {
+                    max_staleness: opts.max_staleness,
+                    fail_closed_after: opts.fail_closed_after,
+                },
+            ),
             opts,
             handles: Handles::default(),
             pending: Mutex::new(FxHashMap::default()),
-            stats: Stats::default(),
             record_targets: Mutex::new(FxHashMap::default()),
             root_stat,
-            staging,
-            quarantine,
+            area,
             notice_marks: Mutex::new(rustc_hash::FxHashSet::default()),
-            started: Instant::now(),
             started_at: SystemTime::now(),
             as_root: rustix::process::geteuid().is_root(),
             daemon_gid: rustix::process::getegid().as_raw(),
@@ -215,78 +149,30 @@ impl GuardFs {
     }
 
     pub fn stats(&self) -> &Stats {
-        &self.stats
+        self.gate.stats()
     }
 
     /// Replace the writeback policies (the file changed while mounted).
     pub fn set_policies(&self, policies: PolicySet) {
-        *self.policies.write() = Arc::new(policies);
+        self.gate.set_policies(policies);
     }
 
-    pub(crate) fn policies(&self) -> Arc<PolicySet> {
-        self.policies.read().clone()
-    }
-
-    pub(crate) fn ctx(&self, caller: &Caller) -> Ctx {
-        let session = self.callers.resolve(caller.pid, caller.uid);
-        let (grants, state) = match &session {
-            Some(s) => (Some(s.grants()), Some(s.state(SystemTime::now()))),
-            None => (None, None),
-        };
-        Ctx {
-            session,
-            grants,
-            state,
-            pid: caller.pid,
-        }
+    /// The writeback policies in force.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.gate.policies()
     }
 
     pub(crate) fn ttl(&self) -> Duration {
-        if self.callers.session_count() > 1 {
+        if self.gate.callers().session_count() > 1 {
             Duration::ZERO
         } else {
             self.opts.attr_ttl
         }
     }
 
-    /// How long since relayauth last confirmed `session` (since the mount started, if never).
-    pub(crate) fn unconfirmed_for(&self, session: &Session) -> Duration {
-        session
-            .since_confirmed()
-            .unwrap_or_else(|| self.started.elapsed())
-    }
-
-    /// The decision for `op` on `path` at `place`, for this caller.
-    pub(crate) fn decide(&self, ctx: &Ctx, path: &[u8], place: &Place, op: Op) -> Decision {
-        match (&ctx.grants, &ctx.state, &ctx.session) {
-            (Some(g), Some(State::Active), Some(s)) => {
-                let d = authz::decide(&g.scopes, path, place, op);
-                let content_op = matches!(op, Op::Read | Op::Write | Op::Create | Op::Delete);
-                if d.allowed() && content_op && *place != Place::PermissionsFile {
-                    let quiet = self.unconfirmed_for(s);
-                    if quiet > self.opts.max_staleness {
-                        return Decision::new(
-                            Verdict::Deny,
-                            op,
-                            d.requirement,
-                            Reason::StatusUnknown(format!(
-                                "relayauth has not confirmed this session for {}s (limit {}s); access is refused until it does",
-                                quiet.as_secs(),
-                                self.opts.max_staleness.as_secs()
-                            )),
-                        );
-                    }
-                }
-                d
-            }
-            (_, Some(state), _) => authz::decide_inactive(path, place, op, state.name()),
-            _ => authz::decide_inactive(path, place, op, "not registered with this mount"),
-        }
-    }
-
     /// Whether the daemon runs as root on behalf of a caller with other ids than its own.
     fn acts_for_another(&self, caller: &Caller) -> bool {
-        self.as_root && (caller.uid != self.callers.owner() || caller.gid != self.daemon_gid)
+        self.as_root && (caller.uid != self.gate.callers().owner() || caller.gid != self.daemon_gid)
     }
 
     /// Make a new object (behind `fd`, created in a directory whose stat is `dir`) belong to
@@ -294,12 +180,18 @@ impl GuardFs {
     /// a file another user creates through the mount is theirs, not root's. A setgid directory
     /// keeps its group, as the kernel already gave it. As any other user the daemon cannot, and
     /// new objects belong to it (the README says so).
-    pub(crate) fn give_to(&self, caller: &Caller, fd: BorrowedFd<'_>, dir: &Stat) -> FsResult<()> {
+    pub(crate) fn give_to(
+        &self,
+        proof: &Allowed,
+        caller: &Caller,
+        fd: BorrowedFd<'_>,
+        dir: &Stat,
+    ) -> FsResult<()> {
         if !self.acts_for_another(caller) {
             return Ok(());
         }
         let gid = (dir.st_mode & libc::S_ISGID == 0).then_some(caller.gid);
-        Ok(self.mirror.chown(fd, Some(caller.uid), gid)?)
+        Ok(self.mirror.chown(proof, fd, Some(caller.uid), gid)?)
     }
 
     /// Run `make` (a `mkdirat` or `symlinkat` and the lookup of what it made) with this
@@ -333,20 +225,20 @@ impl GuardFs {
 
     /// Give a staged copy the owner and group of the file it replaces (root only; see
     /// [`GuardFs::give_to`]), so a writeback never changes who owns a file.
-    pub(crate) fn keep_owner(&self, fd: BorrowedFd<'_>, like: &Stat) -> FsResult<()> {
+    pub(crate) fn keep_owner(&self, staged: &std::fs::File, like: &Stat) -> FsResult<()> {
         if !self.as_root {
             return Ok(());
         }
         Ok(self
             .mirror
-            .chown(fd, Some(like.st_uid), Some(like.st_gid))?)
+            .own_staged(&self.area, staged, like.st_uid, like.st_gid)?)
     }
 
     /// Whether some active session of this mount may write, replace or delete the ordinary
     /// content path `path`.
     pub(crate) fn changeable_by_any_session(&self, path: &[u8]) -> bool {
         let now = SystemTime::now();
-        self.callers.sessions().iter().any(|s| {
+        self.gate.callers().sessions().iter().any(|s| {
             s.is_active(now) && {
                 let scopes = &s.grants().scopes;
                 [Op::Write, Op::Create, Op::Delete]
@@ -356,71 +248,14 @@ impl GuardFs {
         })
     }
 
-    /// Count, remember and audit a decision on an audited operation.
-    pub(crate) fn note(&self, ctx: &Ctx, path: &[u8], operation: &str, d: &Decision) {
-        let allowed = d.allowed();
-        if allowed {
-            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
-        }
-        let path_str = String::from_utf8_lossy(path).into_owned();
-        let reason = match &ctx.grants {
-            Some(g) => d.describe(&g.scopes, &path_str),
-            None => "the caller has no session in this mount".to_owned(),
-        };
-        if let (false, Some(s)) = (allowed, &ctx.session) {
-            s.remember_denial(Denial {
-                at: SystemTime::now(),
-                path: path_str.clone(),
-                operation: operation.to_owned(),
-                reason: reason.clone(),
-            });
-        }
-        let Some(audit) = &self.audit else {
-            return;
-        };
-        let action = match (d.op, allowed) {
-            (Op::Read | Op::See, true) => "file.read",
-            (Op::Read | Op::See, false) => "scope.denied",
-            (_, true) => "file.write.accepted",
-            (_, false) => "file.write.denied",
-        };
-        let outcome = if allowed {
-            Outcome::Allowed
-        } else {
-            Outcome::Denied
-        };
-        let actor = ctx
-            .grants
-            .as_ref()
-            .map(|g| g.actor.clone())
-            .unwrap_or_default();
-        let matched = ctx
-            .grants
-            .as_ref()
-            .and_then(|g| d.matched_scope(&g.scopes).map(str::to_owned));
-        audit.record(
-            Event::new(action, outcome, &actor, operation)
-                .pid(ctx.pid)
-                .path(path_str)
-                .scopes(
-                    d.requirement.as_ref().map(|r| format!("relayfile:{r}")),
-                    matched,
-                )
-                .reason(reason)
-                .meta("errno", d.verdict.errno().unwrap_or(0)),
-        );
-    }
-
     /// The node `ino` as this caller sees it: `ENOENT` unless it is visible to them now.
     pub(crate) fn visible_node(&self, caller: &Caller, ino: Ino) -> FsResult<Seen> {
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         let node = self.located(ino)?;
         let place = self.place_of_node(&node)?;
         let path = node.path();
-        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
+        if !self.gate.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Error::ENOENT);
         }
         Ok(Seen {
             ctx,
@@ -432,7 +267,7 @@ impl GuardFs {
 
     /// The path of `name` in the directory `dir`: `ENAMETOOLONG` past `NAME_MAX`/`PATH_MAX`.
     pub(crate) fn child_of(&self, dir: &Node, name: &OsStr) -> FsResult<Arc<[u8]>> {
-        super::inode::checked_child_path(&dir.path(), name).map_err(Errno)
+        super::inode::checked_child_path(&dir.path(), name).map_err(Error::of)
     }
 
     /// The node `ino`, checked to still be where its path says: a directory (or file) moved
@@ -458,7 +293,7 @@ impl GuardFs {
             Some(here) => here,
             None => self.chain_in_place(&anchor),
         };
-        if here { Ok(node) } else { Err(Errno::ENOENT) }
+        if here { Ok(node) } else { Err(Error::ENOENT) }
     }
 
     /// The slow form of the location check, for paths too long for the kernel to name: each
@@ -492,12 +327,12 @@ impl GuardFs {
     }
 
     pub(crate) fn node(&self, ino: Ino) -> FsResult<Arc<Node>> {
-        self.inodes.get(ino).ok_or(Errno::ENOENT)
+        self.inodes.get(ino).ok_or(Error::ENOENT)
     }
 
     pub(crate) fn dir_fd(&self, node: &Node) -> FsResult<Arc<OwnedFd>> {
         if !node.is_dir() {
-            return Err(Errno::ENOTDIR);
+            return Err(Error::ENOTDIR);
         }
         self.fd_of(node)
     }
@@ -511,14 +346,14 @@ impl GuardFs {
             return Ok(fd);
         }
         if node.backing().is_none() {
-            return Err(Errno::ENOENT);
+            return Err(Error::ENOENT);
         }
         // The chain of nodes without a descriptor, up to the first with one.
         let mut chain = vec![self.node(node.ino)?];
         let mut base = loop {
-            let last = chain.last().ok_or(Errno::ENOENT)?;
+            let last = chain.last().ok_or(Error::ENOENT)?;
             if last.ino == super::inode::ROOT || chain.len() > super::inode::PATH_MAX {
-                return Err(Errno::ENOENT);
+                return Err(Error::ENOENT);
             }
             let parent = self.node(last.location().parent)?;
             match parent.fd() {
@@ -527,10 +362,10 @@ impl GuardFs {
             }
         };
         while let Some(n) = chain.pop() {
-            let b = n.backing().ok_or(Errno::ENOENT)?;
+            let b = n.backing().ok_or(Error::ENOENT)?;
             let (fd, st) = self.mirror.lookup(base.as_fd(), &n.location().name)?;
             if (st.st_dev, st.st_ino, Kind::of(&st)) != (b.dev, b.ino, b.kind) {
-                return Err(Errno::ENOENT);
+                return Err(Error::ENOENT);
             }
             base = self.inodes.hold(&n, fd);
         }
@@ -612,6 +447,7 @@ impl GuardFs {
                 probe.push(1);
                 let write = matches!(place, Place::Content)
                     && self
+                        .gate
                         .decide(ctx, &probe, &Place::Content, Op::Create)
                         .allowed();
                 Rights {
@@ -621,8 +457,8 @@ impl GuardFs {
                 }
             }
             _ => {
-                let read = self.decide(ctx, path, place, Op::Read).allowed();
-                let write = self.decide(ctx, path, place, Op::Write).allowed();
+                let read = self.gate.decide(ctx, path, place, Op::Read).allowed();
+                let write = self.gate.decide(ctx, path, place, Op::Write).allowed();
                 Rights {
                     read,
                     write,
@@ -732,17 +568,19 @@ impl GuardFs {
     // ------------------------------------------------------------------ lookup and attributes
 
     pub fn lookup(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<Entry> {
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         let dir = self.located(parent)?;
         let dir_fd = self.dir_fd(&dir)?;
         if !valid_name(name) {
-            return Err(Errno::ENOENT);
+            return Err(Error::ENOENT);
         }
         let path = self.child_of(&dir, name)?;
         if name.as_bytes() == PERMISSIONS_FILE.as_bytes() {
-            let d = self.decide(&ctx, &path, &Place::PermissionsFile, Op::See);
+            let d = self
+                .gate
+                .decide(&ctx, &path, &Place::PermissionsFile, Op::See);
             if !d.allowed() || self.notice_removed(&ctx, parent) {
-                return Err(Errno::ENOENT);
+                return Err(Error::ENOENT);
             }
             let node = self.inodes.permissions(parent, path, name);
             let attr = self.attr_of(&ctx, &node, &Place::PermissionsFile)?;
@@ -755,9 +593,9 @@ impl GuardFs {
         if let Some(ino) = pending
             && let Some(node) = self.inodes.get(ino)
         {
-            let d = self.decide(&ctx, &path, &Place::Content, Op::See);
+            let d = self.gate.decide(&ctx, &path, &Place::Content, Op::See);
             if !d.allowed() {
-                return Err(Errno::ENOENT);
+                return Err(Error::ENOENT);
             }
             let attr = self.attr_of(&ctx, &node, &Place::Content)?;
             self.inodes.add_ref(ino);
@@ -769,16 +607,20 @@ impl GuardFs {
         let relay = authz::classify_relay(&path);
         if relay.is_none() {
             // Content: decided on the path alone, before the mirror is touched.
-            if !self.decide(&ctx, &path, &Place::Content, Op::See).allowed() {
-                return Err(Errno::ENOENT);
+            if !self
+                .gate
+                .decide(&ctx, &path, &Place::Content, Op::See)
+                .allowed()
+            {
+                return Err(Error::ENOENT);
             }
         } else if matches!(relay, Some(RelayItem::Guard | RelayItem::Other)) {
-            return Err(Errno::ENOENT);
+            return Err(Error::ENOENT);
         }
         let (fd, st) = self.mirror.lookup(dir_fd.as_fd(), name)?;
         let place = self.place(&path, name, Some((fd.as_fd(), &st)));
-        if relay.is_some() && !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
+        if relay.is_some() && !self.gate.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Error::ENOENT);
         }
         let node = match (&place, Kind::of(&st)) {
             (Place::Relay(RelayItem::State), Kind::File) => {
@@ -820,12 +662,12 @@ impl GuardFs {
         if let Some(fh) = fh
             && let Some(st) = self.handles.stat_of(fh, ino)
         {
-            let ctx = self.ctx(caller);
+            let ctx = self.gate.ctx(caller);
             let node = self.node(ino)?;
             let place = self.place_of_node(&node)?;
             let path = node.path();
-            if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-                return Err(Errno::ENOENT);
+            if !self.gate.decide(&ctx, &path, &place, Op::See).allowed() {
+                return Err(Error::ENOENT);
             }
             let rights = self.rights(&ctx, &path, &place, &st);
             return Ok((attr::from_stat(ino, &st, rights), Duration::ZERO));
@@ -847,9 +689,9 @@ impl GuardFs {
 
     pub fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
         let node = self.visible_node(caller, ino)?.node;
-        let b = node.backing().ok_or(Errno::EINVAL)?;
+        let b = node.backing().ok_or(Error::EINVAL)?;
         if b.kind != Kind::Symlink {
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         }
         Ok(self.mirror.readlink(self.fd_of(&node)?.as_fd())?)
     }
@@ -858,13 +700,13 @@ impl GuardFs {
 
     /// A snapshot of the visible entries of directory `ino`.
     pub fn list_dir(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<DirItem>> {
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         let dir = self.located(ino)?;
         let dir_fd = self.dir_fd(&dir)?;
         let place = self.place_of_node(&dir)?;
         let path = dir.path();
-        if !self.decide(&ctx, &path, &place, Op::See).allowed() {
-            return Err(Errno::ENOENT);
+        if !self.gate.decide(&ctx, &path, &place, Op::See).allowed() {
+            return Err(Error::ENOENT);
         }
         let parent_ino = dir.location().parent;
         let mut items = vec![
@@ -978,7 +820,7 @@ impl GuardFs {
                 };
                 (Place::Content, kind)
             };
-            if self.decide(ctx, &path, &place, Op::See).allowed() {
+            if self.gate.decide(ctx, &path, &place, Op::See).allowed() {
                 out.push((e.name, kind, e.ino));
             }
         }
@@ -994,7 +836,11 @@ impl GuardFs {
                 continue;
             }
             let path = child_path(&dir_path, &name);
-            if self.decide(ctx, &path, &Place::Content, Op::See).allowed() {
+            if self
+                .gate
+                .decide(ctx, &path, &Place::Content, Op::See)
+                .allowed()
+            {
                 out.push((name, Kind::File, 0));
             }
         }
@@ -1006,7 +852,7 @@ impl GuardFs {
     /// `_PERMISSIONS.md` of the directory that `node` (a permissions node) belongs to.
     pub(crate) fn render_permissions(&self, ctx: &Ctx, node: &Node) -> FsResult<Vec<u8>> {
         let NodeKind::Permissions { dir } = node.kind else {
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         };
         let dir_node = self.node(dir)?;
         let dir_path = String::from_utf8_lossy(&dir_node.path()).into_owned();
@@ -1051,7 +897,7 @@ impl GuardFs {
             &dir_path,
             &listed,
             &judge,
-            &self.policies(),
+            &self.gate.policies(),
             provider_backed,
         );
         Ok(permissions::render(&view).into_bytes())
@@ -1060,7 +906,7 @@ impl GuardFs {
     /// The filtered content of a `/.relay` view node for this caller.
     pub(crate) fn relay_view_content(&self, ctx: &Ctx, node: &Node) -> FsResult<Vec<u8>> {
         let NodeKind::RelayView { fd, view } = &node.kind else {
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         };
         let fd = fd.read().clone();
         let raw = relay_files::read_runtime_file(&self.mirror, fd.as_fd());
@@ -1088,14 +934,14 @@ impl GuardFs {
 
     /// `access(2)` answers from the caller's rights (the decisions), not from the mode bits:
     /// those also carry the mirror's own mode, whose owner may not be the caller.
-    pub fn access(&self, caller: &Caller, ino: Ino, mask: i32) -> FsResult<()> {
+    pub fn access(&self, caller: &Caller, ino: Ino, mask: Access) -> FsResult<()> {
         let Seen {
             ctx,
             node,
             place,
             path,
         } = self.visible_node(caller, ino)?;
-        if mask == libc::F_OK {
+        if mask == Access::EXISTS {
             return Ok(());
         }
         let rights = match &node.kind {
@@ -1117,75 +963,72 @@ impl GuardFs {
                 exec: false,
             },
         };
-        let refused = (mask & libc::R_OK != 0 && !rights.read)
-            || (mask & libc::W_OK != 0 && !rights.write)
-            || (mask & libc::X_OK != 0 && !rights.exec);
-        if refused { Err(Errno::EACCES) } else { Ok(()) }
+        let refused = (mask.contains(Access::READ_OK) && !rights.read)
+            || (mask.contains(Access::WRITE_OK) && !rights.write)
+            || (mask.contains(Access::EXEC_OK) && !rights.exec);
+        if refused { Err(Error::EACCES) } else { Ok(()) }
     }
 
     pub fn statfs(&self) -> FsResult<rustix::fs::StatVfs> {
         Ok(self.mirror.statvfs()?)
     }
 
-    /// The object an xattr call acts on, decided: its descriptor (kept for as long as the
-    /// `/proc/self/fd` path is used, so the number cannot be reused meanwhile) and that path.
+    /// The object an xattr call acts on, with the proof for `op` on it (a change to a regular
+    /// file passes the writeback gate too).
     fn xattr_target(
         &self,
         caller: &Caller,
         ino: Ino,
         op: Op,
         operation: &str,
-    ) -> FsResult<(Arc<OwnedFd>, String)> {
+    ) -> FsResult<(Arc<OwnedFd>, Allowed, Option<Change>)> {
         let Seen {
             ctx,
             node,
             place,
             path,
         } = self.visible_node(caller, ino)?;
-        let b = node.backing().ok_or(Errno::ENOTSUP)?;
+        let b = node.backing().ok_or(Error::ENOTSUP)?;
         if b.kind == Kind::Symlink || b.kind == Kind::Special {
-            return Err(Errno::ENOTSUP);
+            return Err(Error::ENOTSUP);
         }
         let op = if op == Op::Read && b.kind == Kind::Dir {
             Op::See
         } else {
             op
         };
-        let d = self.decide(&ctx, &path, &place, op);
-        if op == Op::Write {
-            self.note(&ctx, &path, operation, &d);
-        }
-        errno_of(&d)?;
-        if op == Op::Write && b.kind == Kind::File {
-            self.gated(&ctx, &String::from_utf8_lossy(&path), operation)?;
-        }
-        let fd = self.fd_of(&node)?;
-        let proc = self.mirror.proc_path(fd.as_fd());
-        Ok((fd, proc))
+        let (allowed, change) = if op == Op::Write {
+            let allowed = self.gate.permit(&ctx, &path, &place, op, operation)?;
+            let change = self.gate.change(&ctx, allowed.clone(), b.kind, operation)?;
+            (allowed, Some(change))
+        } else {
+            let allowed = self
+                .gate
+                .check(&ctx, &path, &place, op)
+                .map_err(|d| Error::of(d.errno().unwrap_or(libc::EACCES)))?;
+            (allowed, None)
+        };
+        Ok((self.fd_of(&node)?, allowed, change))
     }
 
     pub fn getxattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<Vec<u8>> {
-        let (_held, proc) = self.xattr_target(caller, ino, Op::Read, "getxattr")?;
+        let (fd, proof, _) = self.xattr_target(caller, ino, Op::Read, "getxattr")?;
         match xattr_class(name) {
             XattrClass::User => {}
-            XattrClass::Acl => return Err(Errno::ENOTSUP),
+            XattrClass::Acl => return Err(Error::ENOTSUP),
             // Only `user.` attributes are shared through the view: the others (`trusted.`,
             // `security.`) describe the mirror's host, not the workspace.
-            XattrClass::Other => return Err(Errno::ENODATA),
+            XattrClass::Other => return Err(Error::ENODATA),
         }
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = rustix::fs::getxattr(proc.as_str(), name, &mut buf[..])?;
-        buf.truncate(n);
-        Ok(buf)
+        Ok(self.mirror.getxattr(&proof, fd.as_fd(), name)?)
     }
 
     /// The `user.` attribute names only.
     pub fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
-        let (_held, proc) = self.xattr_target(caller, ino, Op::Read, "listxattr")?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = rustix::fs::listxattr(proc.as_str(), &mut buf[..])?;
-        let mut out = Vec::with_capacity(n);
-        for name in buf[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let (fd, proof, _) = self.xattr_target(caller, ino, Op::Read, "listxattr")?;
+        let all = self.mirror.listxattr(&proof, fd.as_fd())?;
+        let mut out = Vec::with_capacity(all.len());
+        for name in all.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             if name.starts_with(b"user.") {
                 out.extend_from_slice(name);
                 out.push(0);
@@ -1205,32 +1048,37 @@ impl GuardFs {
         match xattr_class(name) {
             XattrClass::User => {}
             // As a filesystem without ACLs answers, so `cp -a` and `rsync -A` carry on.
-            XattrClass::Acl => return Err(Errno::ENOTSUP),
-            XattrClass::Other => return Err(Errno::EPERM),
+            XattrClass::Acl => return Err(Error::ENOTSUP),
+            XattrClass::Other => return Err(Error::EPERM),
         }
-        let (_held, proc) = self.xattr_target(caller, ino, Op::Write, "setxattr")?;
+        let (fd, _, change) = self.xattr_target(caller, ino, Op::Write, "setxattr")?;
+        let change = change.ok_or(Error::EACCES)?;
         let flags = rustix::fs::XattrFlags::from_bits_truncate(flags as u32);
-        Ok(rustix::fs::setxattr(proc.as_str(), name, value, flags)?)
+        Ok(self
+            .mirror
+            .setxattr(&change, fd.as_fd(), name, value, flags)?)
     }
 
     pub fn removexattr(&self, caller: &Caller, ino: Ino, name: &OsStr) -> FsResult<()> {
         match xattr_class(name) {
             XattrClass::User => {}
-            XattrClass::Acl => return Err(Errno::ENOTSUP),
-            XattrClass::Other => return Err(Errno::EPERM),
+            XattrClass::Acl => return Err(Error::ENOTSUP),
+            XattrClass::Other => return Err(Error::EPERM),
         }
-        let (_held, proc) = self.xattr_target(caller, ino, Op::Write, "removexattr")?;
-        Ok(rustix::fs::removexattr(proc.as_str(), name)?)
+        let (fd, _, change) = self.xattr_target(caller, ino, Op::Write, "removexattr")?;
+        let change = change.ok_or(Error::EACCES)?;
+        Ok(self.mirror.removexattr(&change, fd.as_fd(), name)?)
     }
 
-    /// Reopen `node` for reading (used by rename validation and staging copies).
+    /// Everything behind `fd` (at most `cap` bytes, else `EFBIG`), read for the guard's own
+    /// checks: a payload being validated, a schema.
     pub(crate) fn read_all(&self, fd: BorrowedFd<'_>, cap: u64) -> FsResult<Vec<u8>> {
         use std::io::Read;
-        let f = self.mirror.reopen(fd, OFlags::RDONLY)?;
+        let f = self.mirror.inspect(fd)?;
         let mut buf = Vec::new();
         f.take(cap + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > cap {
-            return Err(Errno::EFBIG);
+            return Err(Error::EFBIG);
         }
         Ok(buf)
     }
@@ -1277,13 +1125,13 @@ impl permissions::Judge for FsJudge<'_> {
         } else {
             self.fs.place(p, OsStr::new(name), None)
         };
-        let d = self.fs.decide(self.ctx, p, &place, op);
+        let d = self.fs.gate.decide(self.ctx, p, &place, op);
         let right = permissions::right(&d, self.scopes, path);
         if right.allowed
             && kind == EntryKind::File
             && place == Place::Content
             && matches!(op, Op::Write | Op::Delete)
-            && let Err((_, why)) = self.fs.writeback_gate(self.ctx, path)
+            && let Err((_, why)) = self.fs.gate.writeback_check(self.ctx, path)
         {
             return permissions::Right {
                 allowed: false,

@@ -15,7 +15,8 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use rustix::fs::Stat;
 
-use super::errno::{Errno, FsResult};
+use super::error::{Error, FsResult};
+use super::gate::Change;
 use super::inode::{Ino, Node};
 use crate::authz::Op;
 use crate::session::Session;
@@ -48,7 +49,10 @@ pub(crate) struct Staged {
     /// descriptor goes away: a shell opens, `dup2`s and closes the original descriptor before
     /// it writes, and that first close must not commit an empty payload.
     pub(super) touched: bool,
-    pub(super) failed: Option<Errno>,
+    pub(super) failed: Option<Error>,
+    /// After a commit, the file it placed: reads of this handle go on from it until the next
+    /// write stages a new copy.
+    pub(super) placed: Option<File>,
 }
 
 #[derive(Debug)]
@@ -74,6 +78,9 @@ pub(crate) struct Handle {
     /// The operations that authorized this handle (read, write, create, see), decided again on
     /// the node's path whenever the session's grants change.
     pub(super) grants: [Option<Op>; 2],
+    /// The gate's proof for writing through this handle (its open's write or create), which
+    /// also lets it set the file's size and times.
+    pub(super) change: Option<Change>,
     /// The session epoch the grants were last decided under.
     pub(super) checked: AtomicU64,
     /// Set once a re-decision refused: the handle carries nothing any more.
@@ -87,6 +94,7 @@ impl Handle {
         session: Option<Arc<Session>>,
         (read, write): (bool, bool),
         grants: [Option<Op>; 2],
+        change: Option<Change>,
     ) -> Handle {
         let epoch = session.as_ref().map_or(0, |s| s.epoch());
         Handle {
@@ -96,6 +104,7 @@ impl Handle {
             read,
             write,
             grants,
+            change,
             checked: AtomicU64::new(epoch),
             cut: std::sync::atomic::AtomicBool::new(false),
         }
@@ -127,7 +136,7 @@ impl Handles {
     }
 
     pub(super) fn get(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.table.read().get(&fh).cloned().ok_or(Errno::EBADF)
+        self.table.read().get(&fh).cloned().ok_or(Error::EBADF)
     }
 
     pub(super) fn remove(&self, fh: u64) -> Option<Arc<Handle>> {

@@ -22,17 +22,17 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use rustix::fs::{OFlags, RenameFlags, Stat};
 
-use super::core::{Caller, Ctx, Errno, FsResult, GuardFs, Seen};
+use super::core::{Caller, Error, FsResult, GuardFs, Seen};
+use super::gate::{Change, Ctx, Refusal, WritebackPermit};
 use super::handle_table::{Body, DirItem, Handle, Opened, Staged};
 use super::inode::{Ino, Node, NodeKind};
 use super::mirror::Kind;
-use crate::audit::{Event, Outcome};
+use crate::audit::Outcome;
 use crate::authz::{Op, Place};
-use crate::session::{Denial, Session, State};
+use crate::session::{Session, State};
 use crate::writeback::{self, SchemaSource};
 
-/// Payloads bigger than this are not validated (and so refused).
-const MAX_PAYLOAD: u64 = 64 << 20;
+use crate::writeback::MAX_PAYLOAD;
 
 /// Schemas looked up inside the mirror through descriptors: `/.relay/schemas/<ref>.json`, else
 /// `<ref>.schema.json` beside the written file.
@@ -91,30 +91,8 @@ impl SchemaSource for MirrorSchemas<'_> {
         let bytes = self
             .fs
             .read_all(fd.as_fd(), 8 << 20)
-            .map_err(|e| format!("schema {schema_ref} cannot be read (errno {})", e.0))?;
+            .map_err(|e| format!("schema {schema_ref} cannot be read (errno {})", e.errno()))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("schema {schema_ref} is not JSON: {e}"))
-    }
-}
-
-/// The schema source for writes into `parent`.
-pub(crate) fn mirror_schemas(fs: &GuardFs, parent: Option<Arc<Node>>) -> impl SchemaSource + '_ {
-    MirrorSchemas { fs, parent }
-}
-
-fn session_ctx(session: &Option<Arc<Session>>, pid: u32) -> Ctx {
-    match session {
-        Some(s) => Ctx {
-            session: Some(s.clone()),
-            grants: Some(s.grants()),
-            state: Some(s.state(SystemTime::now())),
-            pid,
-        },
-        None => Ctx {
-            session: None,
-            grants: None,
-            state: None,
-            pid,
-        },
     }
 }
 
@@ -135,110 +113,43 @@ fn quarantine_name(path: &str) -> OsString {
     OsString::from(format!("{stamp}-{}", &flat[start..]))
 }
 
+/// One entry of a `readdirplus` reply.
+pub struct PlusEntry<'a> {
+    pub name: &'a OsStr,
+    /// The offset of the entry after this one.
+    pub next: u64,
+    pub kind: fuser::FileType,
+    /// The attributes to hand the kernel; `None` for a name it is not to cache (node 0).
+    pub entry: Option<super::core::Entry>,
+}
+
 static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl GuardFs {
-    /// Policy, scope and freshness for a writeback to `path`: `Ok(None)` for a local path,
-    /// `Ok(Some(policy id))` for an allowed writeback.
-    pub(crate) fn writeback_gate(
+    /// Validate `content` as the payload of the writeback `permit` allows to `path`, with
+    /// schemas found from `parent`. The policy is the one the permit names: a reload that
+    /// dropped it since fails closed.
+    pub(crate) fn validate_payload(
         &self,
-        ctx: &Ctx,
+        permit: &WritebackPermit,
         path: &str,
-    ) -> Result<Option<(String, String)>, (Errno, String)> {
-        if !self.opts.backing.is_provider_backed(path) {
-            return Ok(None);
-        }
-        let (Some(grants), Some(session)) = (&ctx.grants, &ctx.session) else {
-            return Err((Errno::EACCES, "no session".to_owned()));
+        content: &[u8],
+        parent: Option<Arc<Node>>,
+    ) -> Result<(), Refusal> {
+        let policies = self.gate.policies();
+        let Some(policy) = policies.by_id(permit.policy_id()) else {
+            return Err((
+                Error::EACCES,
+                format!(
+                    "writeback policy {} was removed while {path} was being written",
+                    permit.policy_id()
+                ),
+            ));
         };
-        let policies = self.policies();
-        let policy = policies
-            .authorize(&grants.scopes, path)
-            .map_err(|r| (Errno(r.errno()), r.message().to_owned()))?;
-        match session.since_confirmed() {
-            None => {
-                return Err((
-                    Errno::EACCES,
-                    "relayauth has not confirmed this session yet (writebacks need a confirmation); \
-                     the write is refused until it does"
-                        .to_owned(),
-                ));
-            }
-            Some(quiet) if quiet > self.opts.fail_closed_after => {
-                return Err((
-                    Errno::EACCES,
-                    format!(
-                        "relayauth has not confirmed this session for {}s (writebacks need a confirmation within {}s); \
-                         the write is refused until it does",
-                        quiet.as_secs(),
-                        self.opts.fail_closed_after.as_secs()
-                    ),
-                ));
-            }
-            Some(_) => {}
-        }
-        Ok(Some((policy.id.clone(), policy.provider_action.clone())))
-    }
-
-    /// The writeback gate for `operation` on `path`, with a refusal audited as
-    /// `writeback.rejected` before it is returned.
-    pub(crate) fn gated(
-        &self,
-        ctx: &Ctx,
-        path: &str,
-        operation: &str,
-    ) -> FsResult<Option<(String, String)>> {
-        self.writeback_gate(ctx, path).map_err(|(e, why)| {
-            self.note_writeback(ctx, path, operation, Outcome::Denied, &why, None);
-            e
-        })
-    }
-
-    /// Count, remember and audit a writeback decision (`writeback.queued` or
-    /// `writeback.rejected`).
-    pub(crate) fn note_writeback(
-        &self,
-        ctx: &Ctx,
-        path: &str,
-        operation: &str,
-        outcome: Outcome,
-        reason: &str,
-        policy: Option<(&str, &str)>,
-    ) {
-        let action = if outcome == Outcome::Allowed {
-            "writeback.queued"
-        } else {
-            "writeback.rejected"
-        };
-        if outcome == Outcome::Allowed {
-            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            if let Some(s) = &ctx.session {
-                s.remember_denial(Denial {
-                    at: SystemTime::now(),
-                    path: path.to_owned(),
-                    operation: operation.to_owned(),
-                    reason: reason.to_owned(),
-                });
-            }
-        }
-        if let Some(audit) = &self.audit {
-            let actor = ctx
-                .grants
-                .as_ref()
-                .map(|g| g.actor.clone())
-                .unwrap_or_default();
-            let mut ev = Event::new(action, outcome, &actor, operation)
-                .pid(ctx.pid)
-                .path(path)
-                .reason(reason);
-            if let Some((id, provider_action)) = policy {
-                ev.writeback_policy_id = Some(id.to_owned());
-                ev.provider_action = Some(provider_action.to_owned());
-            }
-            audit.record(ev);
-        }
+        let schemas = MirrorSchemas { fs: self, parent };
+        policies
+            .check_payload(policy, path, content, &schemas)
+            .map_err(|r| (Error::of(r.errno()), r.message().to_owned()))
     }
 
     /// A new staging file, optionally holding a copy of `from`.
@@ -252,18 +163,16 @@ impl GuardFs {
             std::process::id(),
             STAGE_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let (mut file, _, _) =
-            self.mirror
-                .create_file(self.staging.as_fd(), &name, mode, OFlags::RDWR)?;
+        let mut file = self.mirror.stage(&self.area, &name, mode)?;
         if let Some(src) = from {
             let copied = (|| -> io::Result<()> {
-                let mut src = self.mirror.reopen(src, OFlags::RDONLY)?;
+                let mut src = self.mirror.inspect(src)?;
                 io::copy(&mut src, &mut file)?;
                 file.seek(SeekFrom::Start(0))?;
                 Ok(())
             })();
             if let Err(e) = copied {
-                let _ = self.mirror.unlink(self.staging.as_fd(), &name);
+                self.mirror.unstage(&self.area, &name);
                 return Err(e.into());
             }
         }
@@ -278,8 +187,8 @@ impl GuardFs {
         from: Option<BorrowedFd<'_>>,
     ) -> FsResult<(File, OsString)> {
         let (file, name) = self.stage(like.st_mode & 0o777, from)?;
-        if let Err(e) = self.keep_owner(file.as_fd(), like) {
-            let _ = self.mirror.unlink(self.staging.as_fd(), &name);
+        if let Err(e) = self.keep_owner(&file, like) {
+            self.mirror.unstage(&self.area, &name);
             return Err(e);
         }
         Ok((file, name))
@@ -288,36 +197,39 @@ impl GuardFs {
     // ------------------------------------------------------------------ open / create
 
     /// Open `ino`.
-    pub fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<Opened> {
+    pub fn open(&self, caller: &Caller, ino: Ino, flags: OFlags) -> FsResult<Opened> {
         let Seen {
             ctx,
             node,
             place,
             path,
         } = self.visible_node(caller, ino)?;
-        let acc = flags & libc::O_ACCMODE;
-        let write = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let read = acc != libc::O_WRONLY;
+        let acc = flags & OFlags::RWMODE;
+        let write = acc != OFlags::RDONLY || flags.contains(OFlags::TRUNC);
+        let read = acc != OFlags::WRONLY;
         // Writing the notice where an ordinary file of its name could be made is accepted, and
         // what is written is discarded (see `notice`).
         let sink = match &node.kind {
             NodeKind::Permissions { dir } if write => self.notice_writable(&ctx, *dir),
             _ => false,
         };
-        if read {
-            let d = self.decide(&ctx, &path, &place, Op::Read);
-            if !write || !d.allowed() {
-                self.note(&ctx, &path, "open", &d);
-            }
-            super::core::errno_of(&d)?;
-        }
+        // One audit per open: the write decision when it writes, else the read's.
+        let read_proof = match (read, write) {
+            (false, _) => None,
+            (true, false) => Some(self.gate.permit(&ctx, &path, &place, Op::Read, "open")?),
+            (true, true) => Some(
+                self.gate
+                    .check(&ctx, &path, &place, Op::Read)
+                    .map_err(|d| self.gate.refuse(&ctx, &path, &d, "open"))?,
+            ),
+        };
+        let mut write_proof = None;
         if sink {
             self.note_discarded(&ctx, super::inode::parent_path(&path), Op::Write, "open");
         } else if write {
-            let d = self.decide(&ctx, &path, &place, Op::Write);
-            self.note(&ctx, &path, "open", &d);
-            super::core::errno_of(&d)?;
+            write_proof = Some(self.gate.permit(&ctx, &path, &place, Op::Write, "open")?);
         }
+        let mut kept = None;
         let body = match &node.kind {
             NodeKind::Permissions { .. } if sink => {
                 Body::Sink(self.render_permissions(&ctx, &node)?)
@@ -327,23 +239,21 @@ impl GuardFs {
             NodeKind::Backed(b) => {
                 let kind = b.read().kind;
                 match kind {
-                    Kind::Dir => return Err(Errno::EISDIR),
-                    Kind::Symlink | Kind::Special => return Err(Errno::EACCES),
+                    Kind::Dir => return Err(Error::EISDIR),
+                    Kind::Symlink | Kind::Special => return Err(Error::EACCES),
                     Kind::File => {}
                 }
                 let fd = self.fd_of(&node)?;
-                let path_str = String::from_utf8_lossy(&path).into_owned();
-                let gate = if write {
-                    self.gated(&ctx, &path_str, "open")?
-                } else {
-                    None
+                let change = match write_proof {
+                    Some(w) => Some(self.gate.change(&ctx, w, Kind::File, "open")?),
+                    None => None,
                 };
-                match gate {
-                    Some(_) => {
+                let body = match &change {
+                    Some(c) if c.writeback().is_some() => {
                         let st = self.mirror.stat(fd.as_fd())?;
-                        let copy = (flags & libc::O_TRUNC == 0).then(|| fd.as_fd());
+                        let copy = (!flags.contains(OFlags::TRUNC)).then(|| fd.as_fd());
                         let (file, name) = self.stage_like(&st, copy)?;
-                        let truncated = flags & libc::O_TRUNC != 0;
+                        let truncated = flags.contains(OFlags::TRUNC);
                         Body::Staged(Mutex::new(Staged {
                             file: Some(file),
                             name,
@@ -352,18 +262,26 @@ impl GuardFs {
                             dirty: false,
                             touched: truncated,
                             failed: None,
+                            placed: None,
                         }))
                     }
-                    None => {
-                        let keep = libc::O_ACCMODE
-                            | libc::O_APPEND
-                            | libc::O_TRUNC
-                            | libc::O_SYNC
-                            | libc::O_DSYNC;
-                        let f = OFlags::from_bits_retain((flags & keep) as u32);
-                        Body::File(self.mirror.reopen(fd.as_fd(), f)?)
+                    _ => {
+                        let keep = OFlags::RWMODE
+                            | OFlags::APPEND
+                            | OFlags::TRUNC
+                            | OFlags::SYNC
+                            | OFlags::DSYNC;
+                        let f = flags & keep;
+                        let file = match (&change, &read_proof) {
+                            (Some(c), _) => self.mirror.open_write(c, fd.as_fd(), f)?,
+                            (None, Some(r)) => self.mirror.open_read(r, fd.as_fd(), f)?,
+                            (None, None) => return Err(Error::EACCES),
+                        };
+                        Body::File(file)
                     }
-                }
+                };
+                kept = change;
+                body
             }
         };
         let opened = self.opened_flags(&body);
@@ -374,6 +292,7 @@ impl GuardFs {
             ctx.session.clone(),
             (read, write),
             grants,
+            kept,
         ));
         Ok(Opened { fh, ..opened })
     }
@@ -386,9 +305,9 @@ impl GuardFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        flags: OFlags,
     ) -> FsResult<(super::core::Entry, Opened)> {
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         let dir = self.located(parent)?;
         let dir_fd = self.dir_fd(&dir)?;
         let path = self.child_of(&dir, name)?;
@@ -398,39 +317,37 @@ impl GuardFs {
         let place = self.place(&path, name, None);
         if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
             let d = crate::authz::Decision::forbidden(crate::authz::Forbidden::SetId);
-            self.note(&ctx, &path, "create", &d);
-            return Err(Errno::EPERM);
+            return Err(self.gate.refuse(&ctx, &path, &d, "create"));
         }
-        let d = self.decide(&ctx, &path, &place, Op::Create);
-        self.note(&ctx, &path, "create", &d);
-        super::core::errno_of(&d)?;
+        let allowed = self
+            .gate
+            .permit(&ctx, &path, &place, Op::Create, "create")?;
         if place != Place::Content {
-            return Err(Errno::EACCES);
+            return Err(Error::EACCES);
         }
-        let path_str = String::from_utf8_lossy(&path).into_owned();
-        let gate = self.gated(&ctx, &path_str, "create")?;
+        let change = self.gate.change(&ctx, allowed, Kind::File, "create")?;
         let mode = mode & !umask & 0o777;
         let dir_st = self.mirror.stat(dir_fd.as_fd())?;
-        let (body, node, st) = match gate {
+        let (body, node, st) = match change.writeback() {
             Some(_) => {
                 // The name must be free now; it is claimed again when the file is committed.
                 if self.pending.lock().contains_key(&(parent, name.to_owned())) {
-                    return Err(Errno(libc::EEXIST));
+                    return Err(Error::of(libc::EEXIST));
                 }
                 match self.mirror.lookup(dir_fd.as_fd(), name) {
-                    Ok(_) => return Err(Errno(libc::EEXIST)),
+                    Ok(_) => return Err(Error::of(libc::EEXIST)),
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                     Err(e) => return Err(e.into()),
                 }
                 let (file, staged_name) = self.stage(mode, None)?;
                 let made = self
-                    .give_to(caller, file.as_fd(), &dir_st)
+                    .give_to(change.allowed(), caller, file.as_fd(), &dir_st)
                     .and_then(|()| Ok(self.mirror.path_of(file.as_fd())?))
                     .and_then(|fd| Ok((self.mirror.stat(fd.as_fd())?, fd)));
                 let (st, path_fd) = match made {
                     Ok(v) => v,
                     Err(e) => {
-                        let _ = self.mirror.unlink(self.staging.as_fd(), &staged_name);
+                        self.mirror.unstage(&self.area, &staged_name);
                         return Err(e);
                     }
                 };
@@ -449,22 +366,23 @@ impl GuardFs {
                     dirty: false,
                     touched: true,
                     failed: None,
+                    placed: None,
                 };
                 (Body::Staged(Mutex::new(staged)), node, st)
             }
             None => {
-                let acc =
-                    OFlags::from_bits_retain((flags & (libc::O_ACCMODE | libc::O_APPEND)) as u32);
+                let acc = flags & (OFlags::RWMODE | OFlags::APPEND);
                 let (file, path_fd, st) =
-                    self.mirror.create_file(dir_fd.as_fd(), name, mode, acc)?;
+                    self.mirror
+                        .create_file(&change, dir_fd.as_fd(), name, mode, acc)?;
                 let owned = self
-                    .give_to(caller, file.as_fd(), &dir_st)
+                    .give_to(change.allowed(), caller, file.as_fd(), &dir_st)
                     .and_then(|()| Ok(self.mirror.stat(file.as_fd())?));
                 let st = match owned {
                     Ok(now) => now,
                     Err(e) => {
                         // Nothing half-done: the caller is told it failed, so it is not there.
-                        self.mirror.undo_create(dir_fd.as_fd(), name, &st);
+                        self.mirror.undo_create(&change, dir_fd.as_fd(), name, &st);
                         return Err(e);
                     }
                 };
@@ -475,9 +393,8 @@ impl GuardFs {
             }
         };
         let attr = self.backed_attr(&ctx, &node, &Place::Content, &st);
-        let acc = flags & libc::O_ACCMODE;
         let opened = self.opened_flags(&body);
-        let read = acc != libc::O_WRONLY;
+        let read = flags & OFlags::RWMODE != OFlags::WRONLY;
         let grants = [read.then_some(Op::Read), Some(Op::Create)];
         let fh = self.handles.insert(Handle::new(
             body,
@@ -485,6 +402,7 @@ impl GuardFs {
             ctx.session.clone(),
             (read, true),
             grants,
+            Some(change),
         ));
         let entry = super::core::Entry {
             attr,
@@ -501,7 +419,7 @@ impl GuardFs {
         parent: Ino,
         dir_path: &[u8],
         path: Arc<[u8]>,
-        flags: i32,
+        flags: OFlags,
     ) -> FsResult<(super::core::Entry, Opened)> {
         self.unmark_notice(ctx, parent);
         self.note_discarded(ctx, dir_path, Op::Create, "create");
@@ -510,13 +428,14 @@ impl GuardFs {
         let attr = self.attr_of(ctx, &node, &Place::PermissionsFile)?;
         let body = Body::Sink(self.render_permissions(ctx, &node)?);
         let opened = self.opened_flags(&body);
-        let read = flags & libc::O_ACCMODE != libc::O_WRONLY;
+        let read = flags & OFlags::RWMODE != OFlags::WRONLY;
         let fh = self.handles.insert(Handle::new(
             body,
             node,
             ctx.session.clone(),
             (read, true),
             [None, None],
+            None,
         ));
         let entry = super::core::Entry {
             attr,
@@ -537,7 +456,7 @@ impl GuardFs {
 
     pub fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<u64> {
         let items = self.list_dir(caller, ino)?;
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         let node = self.node(ino)?;
         Ok(self.handles.insert(Handle::new(
             Body::Dir(items),
@@ -545,6 +464,7 @@ impl GuardFs {
             ctx.session,
             (true, false),
             [Some(Op::See), None],
+            None,
         )))
     }
 
@@ -559,7 +479,7 @@ impl GuardFs {
     ) -> FsResult<()> {
         let h = self.handles.get(fh)?;
         let Body::Dir(items) = &h.body else {
-            return Err(Errno::ENOTDIR);
+            return Err(Error::ENOTDIR);
         };
         // A directory listed before its session ended (or lost the right to see it) lists
         // nothing more.
@@ -570,6 +490,49 @@ impl GuardFs {
             }
         }
         Ok(())
+    }
+
+    /// `readdirplus`: [`GuardFs::readdir`] with each entry looked up, so the kernel gets its
+    /// attributes with the name. `.`, `..` and `_PERMISSIONS.md` come without (node 0): the
+    /// kernel never looks the first two up, and the notice is left for a plain lookup, so that
+    /// listing a directory does not render it. Each entry handed over with attributes counts as a
+    /// lookup; one the reply had no room for is forgotten again.
+    pub fn readdirplus(
+        &self,
+        caller: &Caller,
+        dir: Ino,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(PlusEntry<'_>) -> bool,
+    ) -> FsResult<()> {
+        self.readdir(fh, offset, |next, item| {
+            let plain = item.name == "."
+                || item.name == ".."
+                || item.name == crate::authz::PERMISSIONS_FILE;
+            if plain {
+                return add(PlusEntry {
+                    name: &item.name,
+                    next,
+                    kind: item.kind,
+                    entry: None,
+                });
+            }
+            // Gone or hidden since the listing: left out.
+            let Ok(entry) = self.lookup(caller, dir, &item.name) else {
+                return false;
+            };
+            let ino = entry.attr.ino.0;
+            let full = add(PlusEntry {
+                name: &item.name,
+                next,
+                kind: item.kind,
+                entry: Some(entry),
+            });
+            if full {
+                self.forget(ino, 1);
+            }
+            full
+        })
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -591,32 +554,32 @@ impl GuardFs {
         let s = match &h.session {
             Some(s) if s.state(SystemTime::now()) == State::Active => s,
             _ if generated => return Ok(()),
-            _ => return Err(Errno::EACCES),
+            _ => return Err(Error::EACCES),
         };
         if generated {
             return Ok(());
         }
         if h.cut.load(Ordering::Acquire) {
-            return Err(Errno::EACCES);
+            return Err(Error::EACCES);
         }
         let epoch = s.epoch();
         if h.checked.load(Ordering::Acquire) != epoch {
-            let ctx = session_ctx(&h.session, 0);
+            let ctx = Ctx::of(h.session.clone(), 0);
             let path = h.node.path();
             let place = self.place_of_node(&h.node)?;
             let still = h
                 .grants
                 .iter()
                 .flatten()
-                .all(|op| self.decide(&ctx, &path, &place, *op).allowed());
+                .all(|op| self.gate.decide(&ctx, &path, &place, *op).allowed());
             if !still {
                 h.cut.store(true, Ordering::Release);
-                return Err(Errno::EACCES);
+                return Err(Error::EACCES);
             }
             h.checked.store(epoch, Ordering::Release);
         }
-        if self.unconfirmed_for(s) > self.opts.max_staleness {
-            return Err(Errno::EACCES);
+        if self.gate.freshness(s).stale() {
+            return Err(Error::EACCES);
         }
         Ok(())
     }
@@ -632,20 +595,17 @@ impl GuardFs {
     pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> FsResult<usize> {
         let h = self.handles.get(fh)?;
         if !h.read {
-            return Err(Errno::EBADF);
+            return Err(Error::EBADF);
         }
         self.live(&h)?;
         Ok(match &h.body {
             Body::File(f) => read_at(f, buf, offset)?,
             Body::Staged(s) => {
                 let s = s.lock();
-                match &s.file {
+                // After a commit, the file it placed (until the next write stages again).
+                match s.file.as_ref().or(s.placed.as_ref()) {
                     Some(f) => read_at(f, buf, offset)?,
-                    None => {
-                        let fd = self.fd_of(&h.node)?;
-                        let f = self.mirror.reopen(fd.as_fd(), OFlags::RDONLY)?;
-                        read_at(&f, buf, offset)?
-                    }
+                    None => return Err(Error::EIO),
                 }
             }
             Body::Bytes(b) | Body::Sink(b) => {
@@ -654,14 +614,14 @@ impl GuardFs {
                 buf[..end - start].copy_from_slice(&b[start..end]);
                 end - start
             }
-            Body::Dir(_) => return Err(Errno::EISDIR),
+            Body::Dir(_) => return Err(Error::EISDIR),
         })
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let h = self.handles.get(fh)?;
         if !h.write {
-            return Err(Errno::EBADF);
+            return Err(Error::EBADF);
         }
         self.live(&h)?;
         match &h.body {
@@ -673,15 +633,15 @@ impl GuardFs {
                 Ok(n as u32)
             }
             Body::Sink(_) => Ok(data.len() as u32),
-            Body::Bytes(_) => Err(Errno::EACCES),
-            Body::Dir(_) => Err(Errno::EISDIR),
+            Body::Bytes(_) => Err(Error::EACCES),
+            Body::Dir(_) => Err(Error::EISDIR),
         }
     }
 
     /// The staging copy behind a writeback handle, made from the mirror's file on first use.
     fn staged_file<'s>(&self, h: &Handle, s: &'s mut Staged) -> FsResult<&'s File> {
         if s.failed.is_some() {
-            return Err(Errno::EIO);
+            return Err(Error::EIO);
         }
         if s.file.is_none() {
             let fd = self.fd_of(&h.node)?;
@@ -690,7 +650,7 @@ impl GuardFs {
             s.file = Some(file);
             s.name = name;
         }
-        s.file.as_ref().ok_or(Errno::EIO)
+        s.file.as_ref().ok_or(Error::EIO)
     }
 
     /// `close()` of one descriptor: a dirty staged write is validated and committed here, so
@@ -699,8 +659,8 @@ impl GuardFs {
         let h = self.handles.get(fh)?;
         if let Body::Staged(s) = &h.body {
             let mut s = s.lock();
-            if let Some(e) = s.failed {
-                return Err(e);
+            if let Some(e) = &s.failed {
+                return Err(e.clone());
             }
             if s.dirty && crate::session::callers::thread_group(pid) == s.opener {
                 return self.commit(&h.node, &h.session, &mut s, pid);
@@ -718,7 +678,7 @@ impl GuardFs {
             let result = self.commit(&h.node, &h.session, &mut s, pid);
             if s.file.is_some() {
                 // Never committed (failed, or the file was removed meanwhile): drop the bytes.
-                let _ = self.mirror.unlink(self.staging.as_fd(), &s.name);
+                self.mirror.unstage(&self.area, &s.name);
             }
             if !s.existing {
                 self.forget_pending(&h.node);
@@ -750,7 +710,7 @@ impl GuardFs {
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         let h = self.handles.get(fh)?;
         if !h.write {
-            return Err(Errno::EBADF);
+            return Err(Error::EBADF);
         }
         self.live(&h)?;
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
@@ -763,7 +723,7 @@ impl GuardFs {
                 Ok(())
             }
             Body::Sink(_) => Ok(()),
-            _ => Err(Errno::EACCES),
+            _ => Err(Error::EACCES),
         }
     }
 
@@ -794,13 +754,13 @@ impl GuardFs {
         s: &mut Staged,
         pid: u32,
     ) -> FsResult<()> {
-        if let Some(e) = s.failed {
-            return Err(e);
+        if let Some(e) = &s.failed {
+            return Err(e.clone());
         }
         if !s.dirty && !s.touched {
             return Ok(());
         }
-        let ctx = session_ctx(session, pid);
+        let ctx = Ctx::of(session.clone(), pid);
         let loc = node.location();
         let path = String::from_utf8_lossy(&loc.path).into_owned();
         if !ctx.active() {
@@ -808,7 +768,7 @@ impl GuardFs {
                 &ctx,
                 node,
                 s,
-                Errno::EACCES,
+                Error::EACCES,
                 "the session ended before the file was closed",
                 None,
             );
@@ -821,19 +781,21 @@ impl GuardFs {
         }
         // The right to put bytes at this path, decided again now.
         let op = if s.existing { Op::Write } else { Op::Create };
-        let d = self.decide(&ctx, &loc.path, &Place::Content, op);
-        if !d.allowed() {
-            let why = match &ctx.grants {
-                Some(g) => d.describe(&g.scopes, &path),
-                None => "the caller has no session in this mount".to_owned(),
-            };
-            return self.quarantine(&ctx, node, s, Errno::EACCES, &why, None);
-        }
-        let (policy_id, provider_action) = match self.writeback_gate(&ctx, &path) {
-            Ok(Some(p)) => p,
-            Ok(None) => (String::new(), String::new()),
+        let allowed = match self.gate.check(&ctx, &loc.path, &Place::Content, op) {
+            Ok(allowed) => allowed,
+            Err(d) => {
+                let why = match &ctx.grants {
+                    Some(g) => d.describe(&g.scopes, &path),
+                    None => "the caller has no session in this mount".to_owned(),
+                };
+                return self.quarantine(&ctx, node, s, Error::EACCES, &why, None);
+            }
+        };
+        let change = match self.gate.try_change(&ctx, allowed, Kind::File) {
+            Ok(change) => change,
             Err((e, why)) => return self.quarantine(&ctx, node, s, e, &why, None),
         };
+        let permit = change.writeback();
         let Some(file) = s.file.as_ref() else {
             return Ok(());
         };
@@ -841,30 +803,19 @@ impl GuardFs {
         let mut reader = file.try_clone()?;
         reader.seek(SeekFrom::Start(0))?;
         reader.take(MAX_PAYLOAD + 1).read_to_end(&mut content)?;
-        let ids = (policy_id.as_str(), provider_action.as_str());
         if content.len() as u64 > MAX_PAYLOAD {
             let why = format!("{path} is larger than {MAX_PAYLOAD} bytes and cannot be validated");
-            return self.quarantine(&ctx, node, s, Errno::EFBIG, &why, Some(ids));
+            return self.quarantine(&ctx, node, s, Error::EFBIG, &why, permit);
         }
         let Ok(parent) = self.located(loc.parent) else {
             let why =
                 format!("the directory of {path} moved or went away before the file was closed");
-            return self.quarantine(&ctx, node, s, Errno::ENOENT, &why, Some(ids));
+            return self.quarantine(&ctx, node, s, Error::ENOENT, &why, permit);
         };
-        if !policy_id.is_empty() {
-            let policies = self.policies();
-            // Policies reloaded since the gate and this one gone: fail closed.
-            let Some(policy) = policies.policies().iter().find(|p| p.id == policy_id) else {
-                let why = format!("writeback policy {policy_id} was removed while {path} was open");
-                return self.quarantine(&ctx, node, s, Errno::EACCES, &why, Some(ids));
-            };
-            let schemas = MirrorSchemas {
-                fs: self,
-                parent: Some(parent.clone()),
-            };
-            if let Err(r) = policies.check_payload(policy, &path, &content, &schemas) {
-                return self.quarantine(&ctx, node, s, Errno(r.errno()), r.message(), Some(ids));
-            }
+        if let Some(p) = permit
+            && let Err((e, why)) = self.validate_payload(p, &path, &content, Some(parent.clone()))
+        {
+            return self.quarantine(&ctx, node, s, e, &why, permit);
         }
         file.sync_all()?;
         let parent_fd = self.dir_fd(&parent)?;
@@ -873,33 +824,35 @@ impl GuardFs {
         } else {
             RenameFlags::NOREPLACE
         };
-        if let Err(e) = self.mirror.rename(
-            self.staging.as_fd(),
+        if let Err(e) = self.mirror.place_staged(
+            &self.area,
+            &change,
             &s.name,
-            parent_fd.as_fd(),
-            &loc.name,
+            (parent_fd.as_fd(), &loc.name),
             flags,
         ) {
             let why = format!("{path} could not be placed in the mirror: {e}");
-            return self.quarantine(&ctx, node, s, Errno::from(e), &why, Some(ids));
+            return self.quarantine(&ctx, node, s, Error::from(e).warn(), &why, permit);
         }
-        let committed = s.file.take().ok_or(Errno::EIO)?;
+        let committed = s.file.take().ok_or(Error::EIO)?;
         let path_fd = self.mirror.path_of(committed.as_fd())?;
         let st = self.mirror.stat(path_fd.as_fd())?;
         self.inodes.replace_backing(node.ino, path_fd, &st);
+        s.placed = Some(committed);
         if !s.existing {
             self.forget_pending(node);
             s.existing = true;
         }
         s.dirty = false;
         s.touched = false;
-        self.note_writeback(
+        let policy_id = permit.map_or("", |p| p.policy_id());
+        self.gate.note_writeback(
             &ctx,
             &path,
             "close",
             Outcome::Allowed,
             &format!("validated and placed for writeback by policy {policy_id}"),
-            Some(ids),
+            permit,
         );
         Ok(())
     }
@@ -914,13 +867,13 @@ impl GuardFs {
         }
     }
 
-    /// Whether `fh` is a live handle of `node` open for writing: such a handle carries the
-    /// right to change the file's size and times (`ftruncate`), as it carries the right to
-    /// write. A handle of a session that is no longer active carries nothing.
-    pub(crate) fn writes(&self, fh: u64, node: &Arc<Node>) -> bool {
-        self.handles
-            .get(fh)
-            .is_ok_and(|h| h.write && Arc::ptr_eq(&h.node, node) && self.live(&h).is_ok())
+    /// The proof a live handle of `node` open for writing carries: such a handle carries the
+    /// right to change the file's size and times (`ftruncate`, `futimens`), as it carries the
+    /// right to write. A handle of a session that is no longer active carries nothing.
+    pub(crate) fn handle_change(&self, fh: u64, node: &Arc<Node>) -> Option<Change> {
+        let h = self.handles.get(fh).ok()?;
+        let usable = h.write && Arc::ptr_eq(&h.node, node) && self.live(&h).is_ok();
+        usable.then(|| h.change.clone()).flatten()
     }
 
     /// Truncate through a handle open for writing (see [`GuardFs::writes`]); `None` when `fh` is
@@ -939,20 +892,20 @@ impl GuardFs {
             return Some(Err(e));
         }
         Some(match &h.body {
-            Body::File(f) => f.set_len(size).map_err(Errno::from),
+            Body::File(f) => f.set_len(size).map_err(Error::from),
             Body::Staged(s) => {
                 let mut s = s.lock();
                 let r = self
                     .staged_file(&h, &mut s)
-                    .and_then(|f| f.set_len(size).map_err(Errno::from));
+                    .and_then(|f| f.set_len(size).map_err(Error::from));
                 if r.is_ok() {
                     s.dirty = true;
                 }
                 r
             }
             Body::Sink(_) => Ok(()),
-            Body::Bytes(_) => Err(Errno::EACCES),
-            Body::Dir(_) => Err(Errno::EISDIR),
+            Body::Bytes(_) => Err(Error::EACCES),
+            Body::Dir(_) => Err(Error::EISDIR),
         })
     }
 
@@ -970,10 +923,11 @@ impl GuardFs {
             dirty: true,
             touched: false,
             failed: None,
+            placed: None,
         };
         let result = self.commit(node, &ctx.session, &mut staged, ctx.pid);
         if staged.file.is_some() {
-            let _ = self.mirror.unlink(self.staging.as_fd(), &staged.name);
+            self.mirror.unstage(&self.area, &staged.name);
         }
         result
     }
@@ -983,26 +937,18 @@ impl GuardFs {
         ctx: &Ctx,
         node: &Node,
         s: &mut Staged,
-        errno: Errno,
+        errno: Error,
         why: &str,
-        policy: Option<(&str, &str)>,
+        permit: Option<&WritebackPermit>,
     ) -> FsResult<()> {
         let path = String::from_utf8_lossy(&node.path()).into_owned();
         let kept = quarantine_name(&path);
-        let moved = self
-            .mirror
-            .rename(
-                self.staging.as_fd(),
-                &s.name,
-                self.quarantine.as_fd(),
-                &kept,
-                RenameFlags::NOREPLACE,
-            )
-            .is_ok();
+        let moved = self.mirror.quarantine(&self.area, &s.name, &kept).is_ok();
         if moved {
             s.file = None;
         }
-        s.failed = Some(errno);
+        let errno = errno.with_message(format!("{path}: {why}"));
+        s.failed = Some(errno.clone());
         s.dirty = false;
         s.touched = false;
         if !s.existing {
@@ -1016,13 +962,13 @@ impl GuardFs {
         } else {
             String::new()
         };
-        self.note_writeback(
+        self.gate.note_writeback(
             ctx,
             &path,
             "close",
             Outcome::Denied,
             &format!("{why}{where_kept}"),
-            policy,
+            permit,
         );
         Err(errno)
     }

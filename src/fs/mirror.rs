@@ -8,6 +8,13 @@
 //! outside the mirror by a link. Regular files and directories are reopened for I/O through
 //! `/proc/self/fd/<n>`, which names the very inode the descriptor holds (the model of libfuse's
 //! `passthrough_hp`).
+//!
+//! Every method that changes the mirror or opens one of its objects for I/O takes a proof from
+//! the gate ([`Allowed`] or [`Change`], see `gate`) and checks that the proof is for that kind
+//! of change. What needs none: resolving names, `stat`, `readlink` and listing (names and
+//! metadata, which the core filters per entry through the gate before a caller sees them), the
+//! guard's own reads for its checks ([`Mirror::inspect`]: schemas, runtime records, the payload
+//! being validated), and the guard's own folder ([`GuardArea`]), which no caller can reach.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -18,26 +25,10 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Dir, Mode, OFlags, RenameFlags, Stat, StatVfs, Timestamps};
 
-/// The type of a mirror object, from its `st_mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    /// FIFOs, sockets and device nodes: shown, never opened.
-    Special,
-}
+use super::gate::{Allowed, Change};
+use crate::authz::Op;
 
-impl Kind {
-    pub fn of(stat: &Stat) -> Kind {
-        match stat.st_mode & libc::S_IFMT {
-            libc::S_IFREG => Kind::File,
-            libc::S_IFDIR => Kind::Dir,
-            libc::S_IFLNK => Kind::Symlink,
-            _ => Kind::Special,
-        }
-    }
-}
+pub use super::kind::Kind;
 
 /// Whether `name` is a single, real directory entry name.
 pub fn valid_name(name: &OsStr) -> bool {
@@ -142,9 +133,41 @@ impl Mirror {
         Ok(rustix::fs::fstat(fd)?)
     }
 
-    /// Open the object behind an `O_PATH` descriptor for I/O. The caller has checked that it is
-    /// a regular file or a directory (never a symlink).
-    pub fn reopen(&self, fd: BorrowedFd<'_>, flags: OFlags) -> io::Result<File> {
+    /// Open the object behind an `O_PATH` descriptor for reading, as `proof` allows. The caller
+    /// has checked that it is a regular file or a directory (never a symlink).
+    pub fn open_read(
+        &self,
+        proof: &Allowed,
+        fd: BorrowedFd<'_>,
+        flags: OFlags,
+    ) -> io::Result<File> {
+        proof.require(&[Op::Read, Op::See])?;
+        self.reopen(
+            fd,
+            flags & !(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC | OFlags::APPEND),
+        )
+    }
+
+    /// Open a local file behind an `O_PATH` descriptor for writing (and reading, when `flags`
+    /// say so), as `proof` allows. A provider file is never opened for writing in place.
+    pub fn open_write(
+        &self,
+        proof: &Change,
+        fd: BorrowedFd<'_>,
+        flags: OFlags,
+    ) -> io::Result<File> {
+        proof.require_local(&[Op::Write, Op::Create])?;
+        self.reopen(fd, flags)
+    }
+
+    /// Open the object behind a descriptor read-only for the guard's own checks: a schema, a
+    /// runtime record, a payload being validated or copied into staging. What it reads goes to
+    /// those checks, never to a caller.
+    pub fn inspect(&self, fd: BorrowedFd<'_>) -> io::Result<File> {
+        self.reopen(fd, OFlags::RDONLY)
+    }
+
+    fn reopen(&self, fd: BorrowedFd<'_>, flags: OFlags) -> io::Result<File> {
         let flags = (flags | OFlags::CLOEXEC) - OFlags::CREATE - OFlags::EXCL - OFlags::NOFOLLOW;
         let fd = rustix::fs::openat(&self.proc_fd, fd_name(fd), flags, Mode::empty())?;
         Ok(File::from(fd))
@@ -187,8 +210,20 @@ impl Mirror {
         Ok(out)
     }
 
-    /// Create a new regular file (never following or replacing anything) and open it.
+    /// Create a new local regular file (never following or replacing anything) and open it.
     pub fn create_file(
+        &self,
+        proof: &Change,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        mode: u32,
+        flags: OFlags,
+    ) -> io::Result<(File, OwnedFd, Stat)> {
+        proof.require_local(&[Op::Create])?;
+        self.create_in(dir, name, mode, flags)
+    }
+
+    fn create_in(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
@@ -214,7 +249,7 @@ impl Mirror {
             Ok((path, st)) => Ok((File::from(fd), path, st)),
             Err(e) => {
                 if let Ok(st) = rustix::fs::fstat(&fd) {
-                    self.undo_create(dir, name, &st);
+                    self.undo_in(dir, name, &st);
                 }
                 Err(e)
             }
@@ -222,6 +257,17 @@ impl Mirror {
     }
 
     pub fn mkdir(
+        &self,
+        proof: &Allowed,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        mode: u32,
+    ) -> io::Result<(OwnedFd, Stat)> {
+        proof.require(&[Op::Create])?;
+        self.mkdir_in(dir, name, mode)
+    }
+
+    fn mkdir_in(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
@@ -236,10 +282,12 @@ impl Mirror {
 
     pub fn symlink(
         &self,
+        proof: &Allowed,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         target: &Path,
     ) -> io::Result<(OwnedFd, Stat)> {
+        proof.require(&[Op::Create])?;
         check(name)?;
         rustix::fs::symlinkat(target, dir, name)?;
         self.lookup(dir, name).inspect_err(|_| {
@@ -249,7 +297,14 @@ impl Mirror {
 
     /// Remove what was just created as `name` in `dir` (a step after the create failed), but
     /// only if the name still holds that very object.
-    pub fn undo_create(&self, dir: BorrowedFd<'_>, name: &OsStr, created: &Stat) {
+    pub fn undo_create(&self, proof: &Change, dir: BorrowedFd<'_>, name: &OsStr, created: &Stat) {
+        if proof.allowed().require(&[Op::Create]).is_err() {
+            return;
+        }
+        self.undo_in(dir, name, created);
+    }
+
+    fn undo_in(&self, dir: BorrowedFd<'_>, name: &OsStr, created: &Stat) {
         let Ok(now) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
             return;
         };
@@ -264,29 +319,33 @@ impl Mirror {
         let _ = rustix::fs::unlinkat(dir, name, flags);
     }
 
-    pub fn unlink(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        check(name)?;
-        Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
+    /// Remove a file, symlink or special object (the proof passed the writeback gate).
+    pub fn unlink(&self, proof: &Change, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        proof.allowed().require(&[Op::Delete])?;
+        unlink_in(dir, name)
     }
 
-    pub fn rmdir(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    pub fn rmdir(&self, proof: &Allowed, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        proof.require(&[Op::Delete])?;
         check(name)?;
         Ok(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
     }
 
+    /// Rename (or exchange) as `from` (a delete of the source) and `to` (a create at the
+    /// destination) allow.
+    #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
+        (from_proof, to_proof): (&Change, &Change),
         from_dir: BorrowedFd<'_>,
         from: &OsStr,
         to_dir: BorrowedFd<'_>,
         to: &OsStr,
         flags: RenameFlags,
     ) -> io::Result<()> {
-        check(from)?;
-        check(to)?;
-        Ok(rustix::fs::renameat_with(
-            from_dir, from, to_dir, to, flags,
-        )?)
+        from_proof.allowed().require(&[Op::Delete])?;
+        to_proof.allowed().require(&[Op::Create])?;
+        rename_in(from_dir, from, to_dir, to, flags)
     }
 
     /// The target of a symlink held as an `O_PATH | O_NOFOLLOW` descriptor.
@@ -294,12 +353,14 @@ impl Mirror {
         Ok(rustix::fs::readlinkat(fd, "", Vec::new())?.into_bytes())
     }
 
-    pub fn truncate(&self, fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-        let f = self.reopen(fd, OFlags::WRONLY)?;
+    /// Truncate a local file in place (a provider file is truncated in staging).
+    pub fn truncate(&self, proof: &Change, fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+        let f = self.open_write(proof, fd, OFlags::WRONLY)?;
         f.set_len(size)
     }
 
-    pub fn chmod(&self, fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    pub fn chmod(&self, proof: &Change, fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+        proof.allowed().require(&[Op::Write])?;
         Ok(rustix::fs::chmodat(
             &self.proc_fd,
             fd_name(fd),
@@ -308,21 +369,28 @@ impl Mirror {
         )?)
     }
 
-    /// Change the owner and/or group of the object behind a descriptor (an `O_PATH` one
-    /// included; a symlink itself, never its target).
-    pub fn chown(&self, fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-        Ok(rustix::fs::chownat(
-            fd,
-            "",
-            uid.map(rustix::fs::Uid::from_raw),
-            gid.map(rustix::fs::Gid::from_raw),
-            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
-        )?)
+    /// Change the owner and/or group of an object the caller just created or is replacing,
+    /// behind a descriptor (an `O_PATH` one included; a symlink itself, never its target).
+    pub fn chown(
+        &self,
+        proof: &Allowed,
+        fd: BorrowedFd<'_>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<()> {
+        proof.require(&[Op::Create, Op::Write])?;
+        chown_fd(fd, uid, gid)
     }
 
     /// The times of a symlink itself (never its target), through its `O_PATH | O_NOFOLLOW`
     /// descriptor.
-    pub fn set_link_times(&self, fd: BorrowedFd<'_>, times: &Timestamps) -> io::Result<()> {
+    pub fn set_link_times(
+        &self,
+        proof: &Allowed,
+        fd: BorrowedFd<'_>,
+        times: &Timestamps,
+    ) -> io::Result<()> {
+        proof.require(&[Op::Write])?;
         Ok(rustix::fs::utimensat(
             fd,
             "",
@@ -331,7 +399,15 @@ impl Mirror {
         )?)
     }
 
-    pub fn set_times(&self, fd: BorrowedFd<'_>, times: &Timestamps) -> io::Result<()> {
+    /// A file's or directory's times, as a write allows (or the create of the very file, by
+    /// the handle that created it).
+    pub fn set_times(
+        &self,
+        proof: &Change,
+        fd: BorrowedFd<'_>,
+        times: &Timestamps,
+    ) -> io::Result<()> {
+        proof.allowed().require(&[Op::Write, Op::Create])?;
         Ok(rustix::fs::utimensat(
             &self.proc_fd,
             fd_name(fd),
@@ -340,14 +416,170 @@ impl Mirror {
         )?)
     }
 
+    /// A `user.` extended attribute, as a read of the object allows.
+    pub fn getxattr(
+        &self,
+        proof: &Allowed,
+        fd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<Vec<u8>> {
+        proof.require(&[Op::Read, Op::See])?;
+        let mut buf = vec![0u8; XATTR_MAX];
+        let n = rustix::fs::getxattr(proc_path(fd).as_str(), name, &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// The extended attribute names (NUL-separated), as a read of the object allows.
+    pub fn listxattr(&self, proof: &Allowed, fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+        proof.require(&[Op::Read, Op::See])?;
+        let mut buf = vec![0u8; XATTR_MAX];
+        let n = rustix::fs::listxattr(proc_path(fd).as_str(), &mut buf[..])?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    pub fn setxattr(
+        &self,
+        proof: &Change,
+        fd: BorrowedFd<'_>,
+        name: &OsStr,
+        value: &[u8],
+        flags: rustix::fs::XattrFlags,
+    ) -> io::Result<()> {
+        proof.allowed().require(&[Op::Write])?;
+        Ok(rustix::fs::setxattr(
+            proc_path(fd).as_str(),
+            name,
+            value,
+            flags,
+        )?)
+    }
+
+    pub fn removexattr(&self, proof: &Change, fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        proof.allowed().require(&[Op::Write])?;
+        Ok(rustix::fs::removexattr(proc_path(fd).as_str(), name)?)
+    }
+
     pub fn statvfs(&self) -> io::Result<StatVfs> {
         Ok(rustix::fs::fstatvfs(&self.root)?)
     }
 
-    /// The `/proc/self/fd/<n>` path of a descriptor, for the xattr calls that only take paths.
-    pub fn proc_path(&self, fd: BorrowedFd<'_>) -> String {
-        format!("/proc/self/fd/{}", fd.as_raw_fd())
+    /// The guard's folders inside the mirror's `/.relay` (made when missing), with what a
+    /// previous run left in staging dropped: those bytes were never committed.
+    pub fn guard_area(&self) -> io::Result<GuardArea> {
+        let dir_at = |parent: BorrowedFd<'_>, name: &str| -> io::Result<OwnedFd> {
+            match self.lookup(parent, OsStr::new(name)) {
+                Ok((fd, st)) if Kind::of(&st) == Kind::Dir => Ok(fd),
+                Ok(_) => Err(io::Error::other(format!(
+                    "{name} in the mirror is not a directory; the guard needs it for staged writes"
+                ))),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    Ok(self.mkdir_in(parent, OsStr::new(name), 0o700)?.0)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let relay = dir_at(self.root(), ".relay")?;
+        let guard = dir_at(relay.as_fd(), crate::authz::relay::GUARD_DIR)?;
+        let area = GuardArea {
+            staging: dir_at(guard.as_fd(), "staging")?,
+            quarantine: dir_at(guard.as_fd(), "quarantine")?,
+        };
+        for e in self.list(area.staging.as_fd())? {
+            let _ = unlink_in(area.staging.as_fd(), &e.name);
+        }
+        Ok(area)
     }
+
+    /// A new file in the guard's staging folder, open for reading and writing.
+    pub fn stage(&self, area: &GuardArea, name: &OsStr, mode: u32) -> io::Result<File> {
+        Ok(self
+            .create_in(area.staging.as_fd(), name, mode, OFlags::RDWR)?
+            .0)
+    }
+
+    /// Drop a staged file (never committed, or quarantined elsewhere).
+    pub fn unstage(&self, area: &GuardArea, name: &OsStr) {
+        let _ = unlink_in(area.staging.as_fd(), name);
+    }
+
+    /// Give a staged file (open as `file`) the owner of the file it replaces.
+    pub fn own_staged(&self, _area: &GuardArea, file: &File, uid: u32, gid: u32) -> io::Result<()> {
+        chown_fd(file.as_fd(), Some(uid), Some(gid))
+    }
+
+    /// Keep a refused staged file in the quarantine folder under `kept`.
+    pub fn quarantine(&self, area: &GuardArea, name: &OsStr, kept: &OsStr) -> io::Result<()> {
+        rename_in(
+            area.staging.as_fd(),
+            name,
+            area.quarantine.as_fd(),
+            kept,
+            RenameFlags::NOREPLACE,
+        )
+    }
+
+    /// Place a validated staged file at `to` in `dir`, as `proof` (the writeback's or a local
+    /// create's or write's) allows: one `rename`, so nothing half-written is ever there.
+    pub fn place_staged(
+        &self,
+        area: &GuardArea,
+        proof: &Change,
+        name: &OsStr,
+        (dir, to): (BorrowedFd<'_>, &OsStr),
+        flags: RenameFlags,
+    ) -> io::Result<()> {
+        proof.allowed().require(&[Op::Create, Op::Write])?;
+        rename_in(area.staging.as_fd(), name, dir, to, flags)
+    }
+}
+
+/// The guard's own folders in the mirror (`/.relay/.relayauth-mount/{staging,quarantine}`):
+/// staged writebacks wait in one, refused payloads are kept in the other. No caller can reach
+/// them (the `/.relay` rules hide the guard's folder from everyone), so what is done there needs
+/// no decision; only [`Mirror::guard_area`] makes one.
+#[derive(Debug)]
+pub struct GuardArea {
+    staging: OwnedFd,
+    quarantine: OwnedFd,
+}
+
+/// How much one extended attribute value (or name list) may hold (the kernel's `XATTR_SIZE_MAX`).
+const XATTR_MAX: usize = 64 * 1024;
+
+/// The `/proc/self/fd/<n>` path of a descriptor, for the xattr calls that only take paths.
+fn proc_path(fd: BorrowedFd<'_>) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn unlink_in(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    check(name)?;
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?)
+}
+
+fn rename_in(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+    flags: RenameFlags,
+) -> io::Result<()> {
+    check(from)?;
+    check(to)?;
+    Ok(rustix::fs::renameat_with(
+        from_dir, from, to_dir, to, flags,
+    )?)
+}
+
+fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    Ok(rustix::fs::chownat(
+        fd,
+        "",
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 fn fd_name(fd: BorrowedFd<'_>) -> String {
@@ -366,6 +598,8 @@ fn check(name: &OsStr) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    use crate::fs::gate::{Allowed, Change};
 
     #[test]
     fn lookup_never_follows_symlinks() {
@@ -400,7 +634,7 @@ mod tests {
         std::fs::rename(root.path().join("a"), root.path().join("b")).unwrap();
         std::fs::write(root.path().join("a"), b"impostor").unwrap();
         let mut s = String::new();
-        m.reopen(fd.as_fd(), OFlags::RDONLY)
+        m.inspect(fd.as_fd())
             .unwrap()
             .read_to_string(&mut s)
             .unwrap();
@@ -419,6 +653,7 @@ mod tests {
             tv_nsec: 0,
         };
         m.set_link_times(
+            &Allowed::for_test(Op::Write),
             fd.as_fd(),
             &Timestamps {
                 last_access: t,
@@ -434,16 +669,63 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_for_one_operation_is_not_one_for_another() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("x"), b"keep").unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        let m = Mirror::open(root.path()).unwrap();
+        let eacces = |r: io::Result<()>| r.unwrap_err().raw_os_error() == Some(libc::EACCES);
+        let read = Change::for_test(Op::Read);
+        let write = Change::for_test(Op::Write);
+        let x = OsStr::new("x");
+        assert!(eacces(m.unlink(&read, m.root(), x)));
+        assert!(eacces(m.unlink(&write, m.root(), x)));
+        assert!(eacces(m.rmdir(read.allowed(), m.root(), OsStr::new("d"))));
+        let delete = Change::for_test(Op::Delete);
+        let moved = m.rename(
+            (&delete, &delete),
+            m.root(),
+            x,
+            m.root(),
+            OsStr::new("y"),
+            RenameFlags::empty(),
+        );
+        assert!(eacces(moved));
+        assert!(
+            m.create_file(&read, m.root(), OsStr::new("n"), 0o644, OFlags::WRONLY)
+                .is_err()
+        );
+        let (fd, _) = m.lookup(m.root(), x).unwrap();
+        assert!(m.open_write(&read, fd.as_fd(), OFlags::WRONLY).is_err());
+        assert!(eacces(m.chmod(&read, fd.as_fd(), 0o600)));
+        assert!(
+            m.open_read(delete.allowed(), fd.as_fd(), OFlags::RDONLY)
+                .is_err()
+        );
+        // A read proof opens for reading only, whatever flags it is given.
+        let f = m
+            .open_read(read.allowed(), fd.as_fd(), OFlags::RDWR | OFlags::TRUNC)
+            .unwrap();
+        assert!(std::io::Write::write(&mut &f, b"x").is_err());
+        assert_eq!(std::fs::read(root.path().join("x")).unwrap(), b"keep");
+        assert!(root.path().join("d").is_dir());
+        // The right proof does it.
+        m.unlink(&delete, m.root(), x).unwrap();
+        assert!(!root.path().join("x").exists());
+    }
+
+    #[test]
     fn create_never_replaces() {
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("x"), b"old").unwrap();
         let m = Mirror::open(root.path()).unwrap();
+        let create = Change::for_test(Op::Create);
         let e = m
-            .create_file(m.root(), OsStr::new("x"), 0o644, OFlags::WRONLY)
+            .create_file(&create, m.root(), OsStr::new("x"), 0o644, OFlags::WRONLY)
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
         let (mut f, _, st) = m
-            .create_file(m.root(), OsStr::new("y"), 0o644, OFlags::WRONLY)
+            .create_file(&create, m.root(), OsStr::new("y"), 0o644, OFlags::WRONLY)
             .unwrap();
         assert_eq!(Kind::of(&st), Kind::File);
         f.write_all(b"new").unwrap();

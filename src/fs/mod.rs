@@ -4,7 +4,7 @@
 //! - [`modify`]: namespace and metadata changes.
 //! - [`handles`]: open files, directories and staged writebacks.
 //! - [`handle_table`]: the records of open handles, held by the core.
-//! - [`errno`]: the errno the core answers with.
+//! - [`error`]: the core's one error type.
 //! - [`attr`]: attributes with permission bits that reflect the caller's rights.
 //! - [`mirror`]: confined, descriptor-based access to the mirror directory.
 //! - [`inode`]: the inode table (FUSE inode numbers, lookup counts, paths).
@@ -13,16 +13,18 @@
 
 pub mod attr;
 pub mod core;
-pub mod errno;
+pub mod error;
+pub mod gate;
 pub mod handle_table;
 pub mod handles;
 pub mod inode;
+pub mod kind;
 pub mod mirror;
 pub mod modify;
 pub mod notice;
 pub mod relay_files;
 
-pub use self::core::{Caller, DirItem, Entry, Errno, FsResult, GuardFs, Options};
+pub use self::core::{Caller, DirItem, Entry, Error, FsResult, GuardFs, Options};
 pub use handle_table::Opened;
 pub use modify::SetAttr;
 

@@ -14,9 +14,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, TimeOrNow};
-use rustix::fs::{RenameFlags, Stat, Timestamps};
+use rustix::fs::{OFlags, RenameFlags, Stat, Timestamps};
 
-use super::core::{Caller, Ctx, Entry, Errno, FsResult, GuardFs, Seen, errno_of};
+use super::core::{Caller, Entry, Error, FsResult, GuardFs, Seen};
+use super::gate::{Allowed, Change, Ctx};
 use super::inode::{Ino, NodeKind, parent_path};
 use super::mirror::Kind;
 use super::notice::is_notice;
@@ -63,6 +64,7 @@ struct Child {
     path: std::sync::Arc<[u8]>,
     place: Place,
     found: Option<Stat>,
+    allowed: Allowed,
 }
 
 impl GuardFs {
@@ -86,14 +88,13 @@ impl GuardFs {
                 Err(_) => (self.place(&path, name, None), None),
             }
         };
-        let d = self.decide(ctx, &path, &place, op);
-        self.note(ctx, &path, operation, &d);
-        errno_of(&d)?;
+        let allowed = self.gate.permit(ctx, &path, &place, op, operation)?;
         Ok(Child {
             dir_fd: fd,
             path,
             place,
             found,
+            allowed,
         })
     }
 
@@ -105,26 +106,26 @@ impl GuardFs {
         parent: Ino,
         name: &OsStr,
         kind: Kind,
-        make: impl FnOnce(BorrowedFd<'_>) -> std::io::Result<(OwnedFd, Stat)>,
+        make: impl FnOnce(&Allowed, BorrowedFd<'_>) -> std::io::Result<(OwnedFd, Stat)>,
     ) -> FsResult<Entry> {
         let operation = if kind == Kind::Symlink {
             "symlink"
         } else {
             "mkdir"
         };
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         if is_notice(name) && !self.notice_removed(&ctx, parent) {
             // The notice is there.
-            return Err(Errno(libc::EEXIST));
+            return Err(Error::of(libc::EEXIST));
         }
         let child = self.decide_child(&ctx, parent, name, Op::Create, operation)?;
         if child.place != Place::Content {
-            return Err(Errno::EACCES);
+            return Err(Error::EACCES);
         }
         if kind == Kind::Symlink {
             self.refuse_provider_symlink(&ctx, &child.path, operation)?;
         }
-        let (nfd, st) = self.make_as(caller, || make(child.dir_fd.as_fd()))?;
+        let (nfd, st) = self.make_as(caller, || make(&child.allowed, child.dir_fd.as_fd()))?;
         let node = self.inodes.remember(parent, name, child.path, nfd, &st);
         if kind == Kind::Dir {
             // A directory its maker just created is empty to it, as natively, so `cp -r` and
@@ -147,8 +148,8 @@ impl GuardFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Entry> {
-        self.make_child(caller, parent, name, Kind::Dir, |fd| {
-            self.mirror.mkdir(fd, name, mode & !umask & 0o777)
+        self.make_child(caller, parent, name, Kind::Dir, |proof, fd| {
+            self.mirror.mkdir(proof, fd, name, mode & !umask & 0o777)
         })
     }
 
@@ -159,8 +160,8 @@ impl GuardFs {
         name: &OsStr,
         target: &std::path::Path,
     ) -> FsResult<Entry> {
-        self.make_child(caller, parent, name, Kind::Symlink, |fd| {
-            self.mirror.symlink(fd, name, target)
+        self.make_child(caller, parent, name, Kind::Symlink, |proof, fd| {
+            self.mirror.symlink(proof, fd, name, target)
         })
     }
 
@@ -168,19 +169,21 @@ impl GuardFs {
     /// push whatever it points to, past every policy and schema.
     fn refuse_provider_symlink(&self, ctx: &Ctx, path: &[u8], operation: &str) -> FsResult<()> {
         let path = String::from_utf8_lossy(path);
-        if !self.opts.backing.is_provider_backed(&path) {
+        if !self.gate.backing().is_provider_backed(&path) {
             return Ok(());
         }
         let why = "a symbolic link cannot be a writeback; write the content itself";
-        self.note_writeback(ctx, &path, operation, Outcome::Denied, why, None);
-        Err(Errno::EACCES)
+        self.gate
+            .note_writeback(ctx, &path, operation, Outcome::Denied, why, None);
+        Err(Error::EACCES)
     }
 
     pub fn unlink(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         if is_notice(name) {
             let dir = self.located(parent)?;
             if self
+                .gate
                 .decide(&ctx, &dir.path(), &Place::Content, Op::See)
                 .allowed()
                 && self.notice_accepts(&ctx, &dir.path(), Op::Delete)
@@ -201,25 +204,27 @@ impl GuardFs {
         {
             return Ok(());
         }
-        let st = child.found.ok_or(Errno::ENOENT)?;
-        if Kind::of(&st) == Kind::File {
-            let path = String::from_utf8_lossy(&child.path);
-            self.gated(&ctx, &path, "unlink")?;
-        }
-        Ok(self.mirror.unlink(child.dir_fd.as_fd(), name)?)
+        let st = child.found.ok_or(Error::ENOENT)?;
+        let change = self
+            .gate
+            .change(&ctx, child.allowed, Kind::of(&st), "unlink")?;
+        Ok(self.mirror.unlink(&change, child.dir_fd.as_fd(), name)?)
     }
 
     pub fn rmdir(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
-        let ctx = self.ctx(caller);
+        let ctx = self.gate.ctx(caller);
         if is_notice(name) {
-            return Err(Errno::ENOTDIR);
+            return Err(Error::ENOTDIR);
         }
         let child = self.decide_child(&ctx, parent, name, Op::Delete, "rmdir")?;
         // A file being written in it (staged, not yet in the mirror) makes it not empty.
         if self.handles.staged_below(&child.path) {
-            return Err(Errno(libc::ENOTEMPTY));
+            return Err(Error::of(libc::ENOTEMPTY));
         }
-        match self.mirror.rmdir(child.dir_fd.as_fd(), name) {
+        match self
+            .mirror
+            .rmdir(&child.allowed, child.dir_fd.as_fd(), name)
+        {
             // Not empty, but nothing in it is visible to this caller: ENOTEMPTY would reveal
             // that hidden entries exist.
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
@@ -238,26 +243,23 @@ impl GuardFs {
         name: &OsStr,
         path: &[u8],
         operation: &str,
-    ) -> Errno {
+    ) -> Error {
         let visible = self.mirror.lookup(parent_fd, name).is_ok_and(|(fd, _)| {
             self.mirror.list(fd.as_fd()).is_ok_and(|entries| {
                 entries.iter().any(|e| {
-                    super::inode::checked_child_path(path, &e.name)
-                        .is_ok_and(|p| self.decide(ctx, &p, &Place::Content, Op::See).allowed())
+                    super::inode::checked_child_path(path, &e.name).is_ok_and(|p| {
+                        self.gate
+                            .decide(ctx, &p, &Place::Content, Op::See)
+                            .allowed()
+                    })
                 })
             })
         });
         if visible {
-            return Errno(libc::ENOTEMPTY);
+            return Error::of(libc::ENOTEMPTY);
         }
-        let d = Decision::new(
-            crate::authz::Verdict::Deny,
-            Op::Delete,
-            None,
-            crate::authz::Reason::HoldsHidden,
-        );
-        self.note(ctx, path, operation, &d);
-        Errno::EACCES
+        self.gate
+            .refuse(ctx, path, &Decision::holds_hidden(Op::Delete), operation)
     }
 
     /// A directory moves with everything in it, so each entry below it must be one the caller
@@ -274,10 +276,10 @@ impl GuardFs {
         to: &[u8],
     ) -> FsResult<()> {
         if self.handles.staged_below(from) {
-            return Err(Errno(libc::EBUSY));
+            return Err(Error::of(libc::EBUSY));
         }
         let Some(g) = &ctx.grants else {
-            return Err(Errno::EACCES);
+            return Err(Error::EACCES);
         };
         use crate::scope::Requirement;
         if g.scopes.grants_all_below(Requirement::FS_DELETE, from)
@@ -289,7 +291,7 @@ impl GuardFs {
         const BUDGET: usize = 20_000;
         let mut seen = 0usize;
         let mut stack: Vec<(OwnedFd, Vec<u8>, Vec<u8>)> = vec![(
-            rustix::io::dup(dir).map_err(Errno::from)?,
+            rustix::io::dup(dir).map_err(Error::from)?,
             from.to_vec(),
             to.to_vec(),
         )];
@@ -297,18 +299,24 @@ impl GuardFs {
             for e in self.mirror.list(fd.as_fd())? {
                 seen += 1;
                 if seen > BUDGET {
-                    return Err(Errno::EXDEV);
+                    return Err(Error::EXDEV);
                 }
                 let (Ok(s), Ok(d)) = (
                     super::inode::checked_child_path(&src, &e.name),
                     super::inode::checked_child_path(&dst, &e.name),
                 ) else {
-                    return Err(Errno::EXDEV);
+                    return Err(Error::EXDEV);
                 };
-                let movable = self.decide(ctx, &s, &Place::Content, Op::Delete).allowed()
-                    && self.decide(ctx, &d, &Place::Content, Op::Create).allowed();
+                let movable = self
+                    .gate
+                    .decide(ctx, &s, &Place::Content, Op::Delete)
+                    .allowed()
+                    && self
+                        .gate
+                        .decide(ctx, &d, &Place::Content, Op::Create)
+                        .allowed();
                 if !movable {
-                    return Err(Errno::EXDEV);
+                    return Err(Error::EXDEV);
                 }
                 if e.kind == Some(Kind::Dir) || e.kind.is_none() {
                     match self.mirror.lookup(fd.as_fd(), &e.name) {
@@ -336,8 +344,7 @@ impl GuardFs {
         let dir = self.located(new_parent)?;
         let target = self.child_of(&dir, new_name)?;
         let d = Decision::forbidden(Forbidden::HardLink);
-        self.note(&ctx, &target, "link", &d);
-        Err(Errno::EPERM)
+        Err(self.gate.refuse(&ctx, &target, &d, "link"))
     }
 
     /// `mknod`: regular files are created like `create`; FIFOs, sockets and devices are refused.
@@ -350,15 +357,14 @@ impl GuardFs {
         umask: u32,
     ) -> FsResult<Entry> {
         if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            let ctx = self.ctx(caller);
+            let ctx = self.gate.ctx(caller);
             let dir = self.located(parent)?;
             let path = self.child_of(&dir, name)?;
             let d = Decision::forbidden(Forbidden::DeviceNode);
-            self.note(&ctx, &path, "mknod", &d);
-            return Err(Errno::EPERM);
+            return Err(self.gate.refuse(&ctx, &path, &d, "mknod"));
         }
         let (entry, opened) =
-            self.create(caller, parent, name, mode & 0o7777, umask, libc::O_WRONLY)?;
+            self.create(caller, parent, name, mode & 0o7777, umask, OFlags::WRONLY)?;
         self.release(opened.fh, caller.pid)?;
         Ok(entry)
     }
@@ -370,12 +376,11 @@ impl GuardFs {
         name: &OsStr,
         new_parent: Ino,
         new_name: &OsStr,
-        flags: u32,
+        flags: RenameFlags,
     ) -> FsResult<()> {
-        let ctx = self.ctx(caller);
-        let flags = RenameFlags::from_bits_retain(flags);
+        let ctx = self.gate.ctx(caller);
         if flags.contains(RenameFlags::WHITEOUT) {
-            return Err(Errno::EINVAL);
+            return Err(Error::EINVAL);
         }
         let exchange = flags.contains(RenameFlags::EXCHANGE);
         let src_dir = self.located(parent)?;
@@ -386,14 +391,18 @@ impl GuardFs {
         let dst_path = self.child_of(&dst_dir, new_name)?;
         if is_notice(name) {
             // The notice belongs to its directory: it cannot be moved (or swapped) away.
-            let d = self.decide(&ctx, &src_path, &Place::PermissionsFile, Op::Delete);
-            self.note(&ctx, &src_path, "rename", &d);
-            errno_of(&d)?;
-            return Err(Errno::EACCES);
+            self.gate.permit(
+                &ctx,
+                &src_path,
+                &Place::PermissionsFile,
+                Op::Delete,
+                "rename",
+            )?;
+            return Err(Error::EACCES);
         }
         if self.pending.lock().contains_key(&(parent, name.to_owned())) {
             // Still being written by a staged handle: it has no content in the mirror yet.
-            return Err(Errno(libc::EBUSY));
+            return Err(Error::of(libc::EBUSY));
         }
         if is_notice(new_name) {
             let noreplace = flags.contains(RenameFlags::NOREPLACE);
@@ -429,23 +438,26 @@ impl GuardFs {
             checks.push((&src_path, &src_place, Op::Create));
             checks.push((&src_path, &src_place, Op::Write));
         }
-        let mut last = None;
+        // Decided together, audited once: the first refusal, or the whole as allowed.
+        let mut proofs = Vec::with_capacity(checks.len());
         for (path, place, op) in checks {
-            let d = self.decide(&ctx, path, place, op);
-            if !d.allowed() {
-                self.note(&ctx, path, "rename", &d);
-                return errno_of(&d);
+            match self.gate.check(&ctx, path, place, op) {
+                Ok(allowed) => proofs.push(allowed),
+                Err(d) => return Err(self.gate.refuse(&ctx, path, &d, "rename")),
             }
-            last = Some(d);
         }
-        if let Some(d) = &last {
-            self.note(&ctx, &src_path, "rename", d);
+        let (Some(src_delete), Some(dst_create)) = (proofs.first(), proofs.get(1)) else {
+            return Err(Error::EACCES);
+        };
+        if let Some(last) = proofs.last() {
+            self.gate.note(&ctx, &src_path, "rename", last.decision());
         }
-        let (src_file, src_st) = src_found.map_err(Errno::from)?;
+        let (src_delete, dst_create) = (src_delete.clone(), dst_create.clone());
+        let (src_file, src_st) = src_found.map_err(Error::from)?;
         let src_kind = Kind::of(&src_st);
         let src_str = String::from_utf8_lossy(&src_path).into_owned();
         let dst_str = String::from_utf8_lossy(&dst_path).into_owned();
-        let backing = &self.opts.backing;
+        let backing = self.gate.backing();
         let area = |p: &str| backing.is_provider_area(p.rsplit_once('/').map_or("", |(d, _)| d));
         let provider_area = |p: &str| backing.is_provider_area(p);
         // An exchange puts each side at the other's path at once, unvalidated, and descriptors
@@ -459,8 +471,9 @@ impl GuardFs {
                 || provider_area(&dst_str))
         {
             let why = "an exchange cannot be validated as a writeback; rename each file instead";
-            self.note_writeback(&ctx, &dst_str, "rename", Outcome::Denied, why, None);
-            return Err(Errno::EACCES);
+            self.gate
+                .note_writeback(&ctx, &dst_str, "rename", Outcome::Denied, why, None);
+            return Err(Error::EACCES);
         }
         // The errors a directory rename gives before anything is looked at below it.
         if src_kind == Kind::Dir && !exchange {
@@ -468,21 +481,21 @@ impl GuardFs {
                 .as_ref()
                 .is_some_and(|(_, st)| Kind::of(st) != Kind::Dir)
             {
-                return Err(Errno::ENOTDIR);
+                return Err(Error::ENOTDIR);
             }
             let mut inside = src_path.to_vec();
             inside.push(b'/');
             if dst_path.starts_with(&inside) {
-                return Err(Errno::EINVAL);
+                return Err(Error::EINVAL);
             }
         }
         if src_kind == Kind::Dir {
             if provider_area(&src_str) || provider_area(&dst_str) {
                 if self.handles.staged_below(&src_path) {
-                    return Err(Errno(libc::EBUSY));
+                    return Err(Error::of(libc::EBUSY));
                 }
                 if !self.mirror.list(src_file.as_fd())?.is_empty() {
-                    return Err(Errno::EXDEV);
+                    return Err(Error::EXDEV);
                 }
             }
             self.check_dir_move(&ctx, src_file.as_fd(), &src_path, &dst_path)?;
@@ -496,18 +509,16 @@ impl GuardFs {
         if src_kind == Kind::Symlink {
             self.refuse_provider_symlink(&ctx, &dst_path, "rename")?;
         }
-        if src_kind == Kind::File {
-            for p in [&src_str, &dst_str] {
-                self.gated(&ctx, p, "rename")?;
-            }
-            if backing.is_provider_backed(&dst_str) {
-                return self.rename_into_writeback(
-                    &ctx,
-                    (&src_fd, name, src_file, &src_st),
-                    (new_parent, &dst_fd, new_name, &dst_str),
-                    flags.contains(RenameFlags::NOREPLACE),
-                );
-            }
+        // A file leaving or reaching a provider path passes the writeback gate on that side.
+        let from = self.gate.change(&ctx, src_delete, src_kind, "rename")?;
+        let to = self.gate.change(&ctx, dst_create, src_kind, "rename")?;
+        if src_kind == Kind::File && to.writeback().is_some() {
+            return self.rename_into_writeback(
+                &ctx,
+                (&from, &src_fd, name, src_file, &src_st),
+                (&to, new_parent, &dst_fd, new_name),
+                flags.contains(RenameFlags::NOREPLACE),
+            );
         }
         let mut rflags = RenameFlags::empty();
         if flags.contains(RenameFlags::NOREPLACE) {
@@ -516,10 +527,14 @@ impl GuardFs {
         if exchange {
             rflags |= RenameFlags::EXCHANGE;
         }
-        if let Err(e) = self
-            .mirror
-            .rename(src_fd.as_fd(), name, dst_fd.as_fd(), new_name, rflags)
-        {
+        if let Err(e) = self.mirror.rename(
+            (&from, &to),
+            src_fd.as_fd(),
+            name,
+            dst_fd.as_fd(),
+            new_name,
+            rflags,
+        ) {
             if e.raw_os_error() == Some(libc::ENOTEMPTY) {
                 return Err(self.not_empty(&ctx, dst_fd.as_fd(), new_name, &dst_path, "rename"));
             }
@@ -551,22 +566,20 @@ impl GuardFs {
     ) -> FsResult<()> {
         let (found, st) = self.mirror.lookup(src_dir.as_fd(), name)?;
         let place = self.place(src_path, name, Some((found.as_fd(), &st)));
-        let d = self.decide(ctx, src_path, &place, Op::Delete);
-        self.note(ctx, src_path, "rename", &d);
-        errno_of(&d)?;
+        let allowed = self
+            .gate
+            .permit(ctx, src_path, &place, Op::Delete, "rename")?;
         if exchange
             || Kind::of(&st) == Kind::Dir
             || !self.notice_accepts(ctx, dst_dir_path, Op::Create)
         {
-            return Err(Errno::EACCES);
+            return Err(Error::EACCES);
         }
         if noreplace && !self.notice_removed(ctx, new_parent) {
-            return Err(Errno(libc::EEXIST));
+            return Err(Error::of(libc::EEXIST));
         }
-        if Kind::of(&st) == Kind::File {
-            self.gated(ctx, &String::from_utf8_lossy(src_path), "rename")?;
-        }
-        match self.mirror.unlink(src_dir.as_fd(), name) {
+        let change = self.gate.change(ctx, allowed, Kind::of(&st), "rename")?;
+        match self.mirror.unlink(&change, src_dir.as_fd(), name) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e.into()),
@@ -583,33 +596,34 @@ impl GuardFs {
     fn rename_into_writeback(
         &self,
         ctx: &Ctx,
-        (src_dir, name, src_file, src_st): (&OwnedFd, &OsStr, OwnedFd, &Stat),
-        (new_parent, dst_dir, new_name, dst_path): (Ino, &OwnedFd, &OsStr, &str),
+        (from, src_dir, name, src_file, src_st): (&Change, &OwnedFd, &OsStr, OwnedFd, &Stat),
+        (to, new_parent, dst_dir, new_name): (&Change, Ino, &OwnedFd, &OsStr),
         noreplace: bool,
     ) -> FsResult<()> {
+        let dst_path = String::from_utf8_lossy(to.allowed().path()).into_owned();
         let (copy, staged) = self.stage_like(src_st, Some(src_file.as_fd()))?;
         let placed = (|| {
-            self.validate_as(ctx, dst_path, copy.as_fd(), new_parent)?;
+            self.validate_as(ctx, to, copy.as_fd(), new_parent)?;
             copy.sync_all()?;
             let flags = if noreplace {
                 RenameFlags::NOREPLACE
             } else {
                 RenameFlags::empty()
             };
-            self.mirror.rename(
-                self.staging.as_fd(),
+            self.mirror.place_staged(
+                &self.area,
+                to,
                 &staged,
-                dst_dir.as_fd(),
-                new_name,
+                (dst_dir.as_fd(), new_name),
                 flags,
             )?;
             Ok(())
         })();
         if let Err(e) = placed {
-            let _ = self.mirror.unlink(self.staging.as_fd(), &staged);
+            self.mirror.unstage(&self.area, &staged);
             return Err(e);
         }
-        match self.mirror.unlink(src_dir.as_fd(), name) {
+        match self.mirror.unlink(from, src_dir.as_fd(), name) {
             Ok(()) => {}
             // Removed meanwhile by someone else: the rename's effect is complete.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -626,35 +640,27 @@ impl GuardFs {
         Ok(())
     }
 
-    /// Validate the file at `fd` as the payload of a writeback to `path`.
-    fn validate_as(
-        &self,
-        ctx: &Ctx,
-        path: &str,
-        fd: std::os::fd::BorrowedFd<'_>,
-        parent: Ino,
-    ) -> FsResult<()> {
-        let policies = self.policies();
-        let Some(policy) = policies.matching(path) else {
-            return Ok(());
-        };
-        let content = self.read_all(fd, 64 << 20)?;
-        let schemas = super::handles::mirror_schemas(self, self.inodes.get(parent));
-        if let Err(r) = policies.check_payload(policy, path, &content, &schemas) {
-            let ids = (policy.id.as_str(), policy.provider_action.as_str());
-            self.note_writeback(ctx, path, "rename", Outcome::Denied, r.message(), Some(ids));
+    /// Validate the file at `fd` as the payload of the writeback `to` permits.
+    fn validate_as(&self, ctx: &Ctx, to: &Change, fd: BorrowedFd<'_>, parent: Ino) -> FsResult<()> {
+        let path = String::from_utf8_lossy(to.allowed().path()).into_owned();
+        let permit = to.writeback().ok_or(Error::EACCES)?;
+        let content = self.read_all(fd, crate::writeback::MAX_PAYLOAD)?;
+        if let Err((_, why)) =
+            self.validate_payload(permit, &path, &content, self.inodes.get(parent))
+        {
+            self.gate
+                .note_writeback(ctx, &path, "rename", Outcome::Denied, &why, Some(permit));
             // EACCES, not EINVAL: `mv` reads EINVAL from rename(2) as "moving a directory
             // into itself" and would tell the agent something false.
-            return Err(Errno::EACCES);
+            return Err(Error::EACCES);
         }
-        let ids = (policy.id.as_str(), policy.provider_action.as_str());
-        self.note_writeback(
+        self.gate.note_writeback(
             ctx,
-            path,
+            &path,
             "rename",
             Outcome::Allowed,
             "validated and renamed into place",
-            Some(ids),
+            Some(permit),
         );
         Ok(())
     }
@@ -682,63 +688,71 @@ impl GuardFs {
         if node.location().name.as_bytes() == PERMISSIONS_FILE.as_bytes()
             || node.backing().is_none()
         {
-            let d = self.decide(&ctx, &path, &place, Op::Write);
-            self.note(&ctx, &path, "setattr", &d);
-            errno_of(&d)?;
-            return Err(Errno::EACCES);
+            self.gate
+                .permit(&ctx, &path, &place, Op::Write, "setattr")?;
+            return Err(Error::EACCES);
         }
-        let b = node.backing().ok_or(Errno::EACCES)?;
+        let b = node.backing().ok_or(Error::EACCES)?;
         let fd = self.fd_of(&node)?;
         let st = self.mirror.stat(fd.as_fd())?;
         let chown =
             set.uid.is_some_and(|u| u != st.st_uid) || set.gid.is_some_and(|g| g != st.st_gid);
         if chown {
             let d = Decision::forbidden(Forbidden::Chown);
-            self.note(&ctx, &path, "setattr", &d);
-            return Err(Errno::EPERM);
+            return Err(self.gate.refuse(&ctx, &path, &d, "setattr"));
         }
         if let Some(mode) = set.mode
             && mode & (libc::S_ISUID | libc::S_ISGID) != 0
         {
             let d = Decision::forbidden(Forbidden::SetId);
-            self.note(&ctx, &path, "setattr", &d);
-            return Err(Errno::EPERM);
+            return Err(self.gate.refuse(&ctx, &path, &d, "setattr"));
         }
         // `ftruncate` on a descriptor open for writing is authorized by that descriptor, like
         // its writes (a file created where the caller may create but not overwrite can still be
         // sized by the one who created it); everything else is decided on the path.
-        let by_handle = set.fh.is_some_and(|fh| self.writes(fh, &node));
+        let by_handle = set.fh.and_then(|fh| self.handle_change(fh, &node));
         let changes = set.mode.is_some()
-            || !by_handle && (set.size.is_some() || set.atime.is_some() || set.mtime.is_some());
-        if changes {
-            let d = self.decide(&ctx, &path, &place, Op::Write);
-            self.note(&ctx, &path, "setattr", &d);
-            errno_of(&d)?;
+            || by_handle.is_none()
+                && (set.size.is_some() || set.atime.is_some() || set.mtime.is_some());
+        let change = if changes {
+            let allowed = self
+                .gate
+                .permit(&ctx, &path, &place, Op::Write, "setattr")?;
             // relayfile pushes a provider file whose metadata changes like one whose content
             // does, so chmod and utimes pass the writeback gate too (truncation is staged).
-            if b.kind == Kind::File && set.size.is_none() {
-                self.gated(&ctx, &String::from_utf8_lossy(&path), "setattr")?;
-            }
-        }
+            let operation = if set.size.is_some() {
+                "truncate"
+            } else {
+                "setattr"
+            };
+            Some(self.gate.change(&ctx, allowed, b.kind, operation)?)
+        } else {
+            by_handle
+        };
         if let Some(size) = set.size {
-            self.truncate(&ctx, &node, set.fh, size)?;
+            self.truncate(&ctx, &node, set.fh, size, change.as_ref())?;
         }
+        // A chown to the owner it has already (`cp -a`, `rsync -a`) changes nothing and needs
+        // nothing more.
+        let changed = || change.as_ref().ok_or(Error::EACCES);
         if let Some(mode) = set.mode {
             if b.kind == Kind::Symlink {
-                return Err(Errno::EPERM);
+                return Err(Error::EPERM);
             }
-            self.mirror.chmod(fd.as_fd(), mode & 0o777)?;
+            self.mirror.chmod(changed()?, fd.as_fd(), mode & 0o777)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
+            let change = changed()?;
             let times = Timestamps {
                 last_access: set.atime.map_or(OMIT, timespec),
                 last_modification: set.mtime.map_or(OMIT, timespec),
             };
             if b.kind == Kind::Symlink {
                 // `touch -h`, `cp -a` and `rsync -a` set a link's own times.
-                self.mirror.set_link_times(fd.as_fd(), &times)?;
+                self.mirror
+                    .set_link_times(change.allowed(), fd.as_fd(), &times)?;
             } else {
-                self.mirror.set_times(fd.as_fd(), &times)?;
+                self.mirror.set_times(change, fd.as_fd(), &times)?;
             }
         }
         self.getattr(caller, ino, set.fh)
@@ -752,19 +766,22 @@ impl GuardFs {
         node: &std::sync::Arc<super::inode::Node>,
         fh: Option<u64>,
         size: u64,
+        change: Option<&Change>,
     ) -> FsResult<()> {
         if let Some(fh) = fh
             && let Some(done) = self.truncate_handle(fh, node, size)
         {
             return done;
         }
-        let path = String::from_utf8_lossy(&node.path()).into_owned();
-        let b = node.backing().ok_or(Errno::EACCES)?;
+        let b = node.backing().ok_or(Error::EACCES)?;
         if b.kind != Kind::File {
-            return Err(Errno::EISDIR);
+            return Err(Error::EISDIR);
         }
-        match self.gated(ctx, &path, "truncate")? {
-            None => Ok(self.mirror.truncate(self.fd_of(node)?.as_fd(), size)?),
+        let change = change.ok_or(Error::EACCES)?;
+        match change.writeback() {
+            None => Ok(self
+                .mirror
+                .truncate(change, self.fd_of(node)?.as_fd(), size)?),
             Some(_) => self.staged_truncate(ctx, node, size),
         }
     }

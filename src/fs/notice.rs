@@ -23,9 +23,10 @@
 
 use std::ffi::OsStr;
 
-use super::core::{Ctx, GuardFs};
+use super::core::GuardFs;
+use super::gate::Ctx;
 use super::inode::{Ino, child_path};
-use crate::authz::{Decision, Op, PERMISSIONS_FILE, Place, Reason, Verdict};
+use crate::authz::{Decision, Op, PERMISSIONS_FILE, Place};
 
 /// Whether `name` is the notice's name.
 pub fn is_notice(name: &OsStr) -> bool {
@@ -42,14 +43,14 @@ impl GuardFs {
     /// discarded.
     pub(crate) fn notice_accepts(&self, ctx: &Ctx, dir_path: &[u8], op: Op) -> bool {
         let path = child_path(dir_path, OsStr::new(PERMISSIONS_FILE));
-        self.decide(ctx, &path, &Place::Content, op).allowed()
+        self.gate.decide(ctx, &path, &Place::Content, op).allowed()
     }
 
     /// Audit a change to the notice that was accepted and discarded.
     pub(crate) fn note_discarded(&self, ctx: &Ctx, dir_path: &[u8], op: Op, operation: &str) {
         let path = child_path(dir_path, OsStr::new(PERMISSIONS_FILE));
-        let d = Decision::new(Verdict::Allow, op, None, Reason::NoticeDiscarded);
-        self.note(ctx, &path, operation, &d);
+        let d = Decision::notice_discarded(op);
+        self.gate.note(ctx, &path, operation, &d);
     }
 
     /// The session removed the notice of directory `dir`: it stays absent for that

@@ -11,7 +11,6 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use rustix::fs::OFlags;
 use serde_json::{Map, Value};
 
 use super::mirror::Mirror;
@@ -20,7 +19,7 @@ use super::mirror::Mirror;
 const MAX_RECORD: u64 = 1 << 20;
 
 fn read_small(mirror: &Mirror, fd: BorrowedFd<'_>, cap: u64) -> Option<Vec<u8>> {
-    let f = mirror.reopen(fd, OFlags::RDONLY).ok()?;
+    let f = mirror.inspect(fd).ok()?;
     let mut buf = Vec::new();
     f.take(cap + 1).read_to_end(&mut buf).ok()?;
     (buf.len() as u64 <= cap).then_some(buf)

@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::core::{Caller, Errno, GuardFs, Options};
+use super::core::{Caller, Error, GuardFs, Options};
 use super::inode::ROOT;
 use super::mirror::Mirror;
 use super::modify::SetAttr;
@@ -12,6 +12,7 @@ use crate::audit::AuditLog;
 use crate::session::testing::session;
 use crate::session::{Callers, Session};
 use crate::writeback::PolicySet;
+use rustix::fs::{Access, OFlags, RenameFlags};
 
 const ME: Caller = Caller {
     pid: 1,
@@ -78,7 +79,7 @@ fn scratch_local() -> Options {
 }
 
 /// Walk `path` from the root with lookups; the inode of the last component.
-fn walk(fs: &GuardFs, path: &str) -> Result<u64, Errno> {
+fn walk(fs: &GuardFs, path: &str) -> Result<u64, Error> {
     let mut ino = ROOT;
     for part in path.split('/').filter(|p| !p.is_empty()) {
         ino = fs.lookup(&ME, ino, OsStr::new(part))?.attr.ino.0;
@@ -86,9 +87,9 @@ fn walk(fs: &GuardFs, path: &str) -> Result<u64, Errno> {
     Ok(ino)
 }
 
-fn read_path(fs: &GuardFs, path: &str) -> Result<Vec<u8>, Errno> {
+fn read_path(fs: &GuardFs, path: &str) -> Result<Vec<u8>, Error> {
     let ino = walk(fs, path)?;
-    let fh = fs.open(&ME, ino, libc::O_RDONLY)?.fh;
+    let fh = fs.open(&ME, ino, OFlags::RDONLY)?.fh;
     let mut out = Vec::new();
     loop {
         let chunk = fs.read(fh, out.len() as u64, 65536)?;
@@ -126,8 +127,8 @@ fn hidden_paths_are_enoent_and_unlisted() {
     let (_d, root) = fixture_copy();
     let fs = guard(&root, session(&["relayfile:fs:read:/slack/**"]), None);
     assert_eq!(names(&fs, "/"), ["slack", "_PERMISSIONS.md"]);
-    assert_eq!(walk(&fs, "/github"), Err(Errno::ENOENT));
-    assert_eq!(walk(&fs, "/.relay"), Err(Errno::ENOENT));
+    assert_eq!(walk(&fs, "/github"), Err(Error::ENOENT));
+    assert_eq!(walk(&fs, "/.relay"), Err(Error::ENOENT));
     assert!(read_path(&fs, "/slack/users/U04ALICE01.json").is_ok());
 }
 
@@ -139,13 +140,13 @@ fn reads_allowed_writes_refused_eacces() {
     assert!(!body.is_empty());
     let ino = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
     assert_eq!(
-        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
-        Errno::EACCES
+        fs.open(&ME, ino, OFlags::WRONLY).unwrap_err(),
+        Error::EACCES
     );
     assert_eq!(
-        fs.open(&ME, ino, libc::O_RDONLY | libc::O_TRUNC)
+        fs.open(&ME, ino, OFlags::RDONLY | OFlags::TRUNC)
             .unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     let (attr, _) = fs.getattr(&ME, ino, None).unwrap();
     assert_eq!(attr.perm & 0o222, 0, "no w bits where writing is refused");
@@ -172,11 +173,11 @@ fn relay_rules() {
     assert!(state.get("localRoot").is_none());
     let ino = walk(&fs, "/.relay/state.json").unwrap();
     assert_eq!(
-        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
-        Errno::EACCES
+        fs.open(&ME, ino, OFlags::WRONLY).unwrap_err(),
+        Error::EACCES
     );
     let fs_only = guard(&root, session(&["relayfile:fs:*:*"]), None);
-    assert_eq!(walk(&fs_only, "/.relay"), Err(Errno::ENOENT));
+    assert_eq!(walk(&fs_only, "/.relay"), Err(Error::ENOENT));
 }
 
 #[test]
@@ -200,19 +201,19 @@ fn permissions_file_is_virtual_and_read_only() {
     // Where the caller could not make an ordinary file of that name, writing it is refused...
     let ino = walk(&fs, "/github/repos/acme/web/_PERMISSIONS.md").unwrap();
     assert_eq!(
-        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
-        Errno::EACCES
+        fs.open(&ME, ino, OFlags::WRONLY).unwrap_err(),
+        Error::EACCES
     );
     let web = walk(&fs, "/github/repos/acme/web").unwrap();
     assert_eq!(
         fs.unlink(&ME, web, OsStr::new("_PERMISSIONS.md"))
             .unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     // ...where it could, the write is accepted and discarded, and nothing reaches the mirror.
     let ino = walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap();
     let fh = fs
-        .open(&ME, ino, libc::O_WRONLY | libc::O_TRUNC)
+        .open(&ME, ino, OFlags::WRONLY | OFlags::TRUNC)
         .unwrap()
         .fh;
     assert_eq!(fs.write(fh, 0, b"forged").unwrap(), 6);
@@ -227,7 +228,7 @@ fn permissions_file_is_virtual_and_read_only() {
     fs.unlink(&ME, api, OsStr::new("_PERMISSIONS.md")).unwrap();
     assert_eq!(
         walk(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap_err(),
-        Errno::ENOENT
+        Error::ENOENT
     );
     // Listing the directory brings it back...
     assert!(names(&fs, "/github/repos/acme/api").contains(&"_PERMISSIONS.md".to_owned()));
@@ -241,7 +242,7 @@ fn permissions_file_is_virtual_and_read_only() {
             OsStr::new("_PERMISSIONS.md"),
             0o644,
             0o022,
-            libc::O_WRONLY | libc::O_EXCL,
+            OFlags::WRONLY | OFlags::EXCL,
         )
         .unwrap();
     fs.write(opened.fh, 0, b"copied").unwrap();
@@ -263,7 +264,7 @@ fn writeback_valid_payload_commits_and_invalid_is_quarantined() {
             OsStr::new("new-review.json"),
             0o644,
             0o022,
-            libc::O_WRONLY,
+            OFlags::WRONLY,
         )
         .unwrap();
     let fh = opened.fh;
@@ -288,13 +289,13 @@ fn writeback_valid_payload_commits_and_invalid_is_quarantined() {
             OsStr::new("bad-review.json"),
             0o644,
             0o022,
-            libc::O_WRONLY,
+            OFlags::WRONLY,
         )
         .unwrap();
     let fh = opened.fh;
     fs.write(fh, 0, br#"{"event": "LGTM", "body": "x"}"#)
         .unwrap();
-    assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Errno::EINVAL);
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Error::EINVAL);
     fs.release(fh, ME.pid).unwrap_err();
     assert!(
         !root
@@ -313,8 +314,8 @@ fn no_policy_means_no_write_even_with_fs_write_everywhere() {
     let fs = guard(&root, session(&["relayfile:fs:*:*"]), None);
     let ino = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
     assert_eq!(
-        fs.open(&ME, ino, libc::O_WRONLY).unwrap_err(),
-        Errno::EACCES
+        fs.open(&ME, ino, OFlags::WRONLY).unwrap_err(),
+        Error::EACCES
     );
     let before = std::fs::read(root.join("github/repos/acme/web/pulls/18/metadata.json")).unwrap();
     let ino = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
@@ -322,7 +323,7 @@ fn no_policy_means_no_write_even_with_fs_write_everywhere() {
         size: Some(0),
         ..Default::default()
     };
-    assert_eq!(fs.setattr(&ME, ino, set).unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.setattr(&ME, ino, set).unwrap_err(), Error::EACCES);
     assert_eq!(
         std::fs::read(root.join("github/repos/acme/web/pulls/18/metadata.json")).unwrap(),
         before
@@ -337,7 +338,7 @@ fn hard_links_are_eperm_and_rename_needs_both_sides() {
     let d = walk(&fs, "/github/repos/acme/api/issues/7").unwrap();
     assert_eq!(
         fs.link(&ME, f, d, OsStr::new("alias.json")).unwrap_err(),
-        Errno::EPERM
+        Error::EPERM
     );
     // Rename from a writable area into a read-only one.
     let web = walk(&fs, "/github/repos/acme/web").unwrap();
@@ -349,10 +350,10 @@ fn hard_links_are_eperm_and_rename_needs_both_sides() {
             OsStr::new("metadata.json"),
             web,
             OsStr::new("stolen.json"),
-            0
+            RenameFlags::empty()
         )
         .unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     assert!(root.join("github/repos/acme/api/metadata.json").exists());
     assert!(!root.join("github/repos/acme/web/stolen.json").exists());
@@ -461,7 +462,7 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
     let fs = bare_guard(&root, s.clone(), scratch_local());
     let dir = walk(&fs, "/scratch/drop").unwrap();
     let (entry, opened) = fs
-        .create(&ME, dir, OsStr::new("new.bin"), 0o644, 0o022, libc::O_RDWR)
+        .create(&ME, dir, OsStr::new("new.bin"), 0o644, 0o022, OFlags::RDWR)
         .unwrap();
     let ino = entry.attr.ino.0;
     fs.write(opened.fh, 0, b"hello").unwrap();
@@ -476,14 +477,14 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
     // ... but not by path, nor change its mode: overwriting needs fs:write.
     assert_eq!(
         fs.setattr(&ME, ino, resize(0, None)).unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     let chmod = SetAttr {
         mode: Some(0o600),
         fh: Some(opened.fh),
         ..SetAttr::default()
     };
-    assert_eq!(fs.setattr(&ME, ino, chmod).unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.setattr(&ME, ino, chmod).unwrap_err(), Error::EACCES);
     fs.release(opened.fh, ME.pid).unwrap();
     assert_eq!(
         std::fs::metadata(root.join("scratch/drop/new.bin"))
@@ -492,10 +493,10 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
         4096
     );
     // A read-only handle of the same file carries no such right.
-    let ro = fs.open(&ME, ino, libc::O_RDONLY).unwrap();
+    let ro = fs.open(&ME, ino, OFlags::RDONLY).unwrap();
     assert_eq!(
         fs.setattr(&ME, ino, resize(0, Some(ro.fh))).unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     fs.release(ro.fh, ME.pid).unwrap();
     // Nor does a writable handle once the session has ended.
@@ -506,7 +507,7 @@ fn ftruncate_rides_on_the_handle_that_may_write() {
             OsStr::new("other.bin"),
             0o644,
             0o022,
-            libc::O_RDWR,
+            OFlags::RDWR,
         )
         .unwrap();
     fs.write(again.fh, 0, b"kept").unwrap();
@@ -537,11 +538,11 @@ fn a_revoked_session_loses_the_files_it_holds_open() {
     let s = session(LEAD);
     let fs = bare_guard(&root, s.clone(), Options::default());
     let ino = walk(&fs, "/github/repos/acme/api/pulls/42/metadata.json").unwrap();
-    let fh = fs.open(&ME, ino, libc::O_RDONLY).unwrap().fh;
+    let fh = fs.open(&ME, ino, OFlags::RDONLY).unwrap().fh;
     assert!(!fs.read(fh, 0, 16).unwrap().is_empty());
     s.revoke("revoked at relayauth");
     // Strict I/O: the next read of the descriptor opened before the revocation is refused.
-    assert_eq!(fs.read(fh, 0, 16).unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.read(fh, 0, 16).unwrap_err(), Error::EACCES);
     fs.release(fh, ME.pid).unwrap();
 }
 
@@ -554,7 +555,7 @@ fn ftruncate_of_a_writeback_before_any_write_is_staged_and_validated() {
     let before = std::fs::read(root.join(path)).unwrap();
     // Emptying then rewriting through one descriptor: the truncation is staged, not applied
     // to the mirror, and the result is validated at close.
-    let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
+    let fh = fs.open(&ME, ino, OFlags::RDWR).unwrap().fh;
     fs.setattr(&ME, ino, resize(0, Some(fh))).unwrap();
     assert_eq!(std::fs::read(root.join(path)).unwrap(), before);
     let good = br#"{"event": "APPROVE", "body": "Eviction landed."}"#;
@@ -564,13 +565,13 @@ fn ftruncate_of_a_writeback_before_any_write_is_staged_and_validated() {
     assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
     // Emptying alone leaves an invalid payload: refused at close, the mirror keeps the last
     // good version.
-    let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
+    let fh = fs.open(&ME, ino, OFlags::RDWR).unwrap().fh;
     fs.setattr(&ME, ino, resize(0, Some(fh))).unwrap();
-    assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Errno::EINVAL);
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Error::EINVAL);
     let _ = fs.release(fh, ME.pid);
     assert_eq!(std::fs::read(root.join(path)).unwrap(), good);
     // Preallocating before the first write is staged the same way.
-    let fh = fs.open(&ME, ino, libc::O_RDWR).unwrap().fh;
+    let fh = fs.open(&ME, ino, OFlags::RDWR).unwrap().fh;
     fs.fallocate(fh, 0, 8, 0).unwrap();
     fs.flush(fh, ME.pid).unwrap();
     fs.release(fh, ME.pid).unwrap();
@@ -591,7 +592,7 @@ fn a_descriptor_open_on_a_renamed_temp_file_cannot_change_the_writeback() {
             OsStr::new("late.json.tmp"),
             0o644,
             0o022,
-            libc::O_RDWR,
+            OFlags::RDWR,
         )
         .unwrap();
     let good = br#"{"event": "COMMENT", "body": "Validated."}"#;
@@ -602,7 +603,7 @@ fn a_descriptor_open_on_a_renamed_temp_file_cannot_change_the_writeback() {
         OsStr::new("late.json.tmp"),
         dir,
         OsStr::new("late.json"),
-        0,
+        RenameFlags::empty(),
     )
     .unwrap();
     assert_eq!(std::fs::read(reviews.join("late.json")).unwrap(), good);
@@ -633,7 +634,7 @@ fn an_exchange_in_a_provider_area_is_refused() {
             OsStr::new("x.json.tmp"),
             0o644,
             0o022,
-            libc::O_WRONLY,
+            OFlags::WRONLY,
         )
         .unwrap();
     fs.write(tmp.fh, 0, b"not json").unwrap();
@@ -651,10 +652,10 @@ fn an_exchange_in_a_provider_area_is_refused() {
                 OsStr::new(a),
                 dir,
                 OsStr::new(b),
-                libc::RENAME_EXCHANGE
+                RenameFlags::EXCHANGE
             )
             .unwrap_err(),
-            Errno::EACCES,
+            Error::EACCES,
             "{a} <-> {b}"
         );
         assert_eq!(snapshot_dir(&reviews), before);
@@ -703,7 +704,7 @@ fn symlinks_are_never_provider_content() {
     assert_eq!(
         fs.symlink(&ME, dir, OsStr::new("leak.json"), Path::new("/etc/passwd"))
             .unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     // Nor may one be renamed there from a name relayfile ignores.
     fs.symlink(
@@ -720,10 +721,10 @@ fn symlinks_are_never_provider_content() {
             OsStr::new("leak.json.tmp"),
             dir,
             OsStr::new("leak.json"),
-            0
+            RenameFlags::empty()
         )
         .unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     assert!(!reviews.join("leak.json").exists() && !reviews.join("leak.json").is_symlink());
     std::fs::remove_file(reviews.join("leak.json.tmp")).unwrap();
@@ -747,18 +748,24 @@ fn access_answers_from_the_rights_not_the_mirror_mode() {
     let s = session(&["relayfile:fs:read:*", "relayfile:fs:write:/scratch/**"]);
     let fs = bare_guard(&root, s, scratch_local());
     let locked = walk(&fs, "/scratch/locked.txt").unwrap();
-    assert_eq!(fs.access(&ME, locked, libc::W_OK), Ok(()));
-    assert_eq!(fs.access(&ME, locked, libc::R_OK | libc::W_OK), Ok(()));
-    assert_eq!(fs.access(&ME, locked, libc::X_OK), Err(Errno::EACCES));
+    assert_eq!(fs.access(&ME, locked, Access::WRITE_OK), Ok(()));
+    assert_eq!(
+        fs.access(&ME, locked, Access::READ_OK | Access::WRITE_OK),
+        Ok(())
+    );
+    assert_eq!(fs.access(&ME, locked, Access::EXEC_OK), Err(Error::EACCES));
     let meta = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
-    assert_eq!(fs.access(&ME, meta, libc::R_OK), Ok(()));
-    assert_eq!(fs.access(&ME, meta, libc::W_OK), Err(Errno::EACCES));
+    assert_eq!(fs.access(&ME, meta, Access::READ_OK), Ok(()));
+    assert_eq!(fs.access(&ME, meta, Access::WRITE_OK), Err(Error::EACCES));
     // The notice is writable (the write is discarded) where a file of its name could be made.
     let notice = walk(&fs, "/scratch/_PERMISSIONS.md").unwrap();
-    assert_eq!(fs.access(&ME, notice, libc::R_OK), Ok(()));
-    assert_eq!(fs.access(&ME, notice, libc::W_OK), Ok(()));
+    assert_eq!(fs.access(&ME, notice, Access::READ_OK), Ok(()));
+    assert_eq!(fs.access(&ME, notice, Access::WRITE_OK), Ok(()));
     let elsewhere = walk(&fs, "/github/_PERMISSIONS.md").unwrap();
-    assert_eq!(fs.access(&ME, elsewhere, libc::W_OK), Err(Errno::EACCES));
+    assert_eq!(
+        fs.access(&ME, elsewhere, Access::WRITE_OK),
+        Err(Error::EACCES)
+    );
 }
 
 #[test]
@@ -769,9 +776,16 @@ fn a_non_empty_directory_moves_in_or_out_of_a_provider_area_file_by_file() {
     // EXDEV makes `mv` copy file by file, each write checked, instead of moving a tree of
     // provider files past validation.
     assert_eq!(
-        fs.rename(&ME, issues, OsStr::new("7"), issues, OsStr::new("70"), 0)
-            .unwrap_err(),
-        Errno::EXDEV
+        fs.rename(
+            &ME,
+            issues,
+            OsStr::new("7"),
+            issues,
+            OsStr::new("70"),
+            RenameFlags::empty()
+        )
+        .unwrap_err(),
+        Error::EXDEV
     );
     assert!(root.join("github/repos/acme/api/issues/7").is_dir());
     // An empty directory has nothing to validate and moves.
@@ -783,7 +797,7 @@ fn a_non_empty_directory_moves_in_or_out_of_a_provider_area_file_by_file() {
         OsStr::new("empty"),
         issues,
         OsStr::new("moved"),
-        0,
+        RenameFlags::empty(),
     )
     .unwrap();
     assert!(root.join("github/repos/acme/api/issues/moved").is_dir());
@@ -800,10 +814,10 @@ fn open_handles_lose_what_the_new_grants_refuse() {
     ]);
     let fs = guard(&root, s.clone(), None);
     let ino = walk(&fs, "/node_modules/a.txt").unwrap();
-    let reader = fs.open(&ME, ino, libc::O_RDONLY).unwrap().fh;
-    let writer = fs.open(&ME, ino, libc::O_WRONLY).unwrap().fh;
+    let reader = fs.open(&ME, ino, OFlags::RDONLY).unwrap().fh;
+    let writer = fs.open(&ME, ino, OFlags::WRONLY).unwrap().fh;
     let gh = walk(&fs, "/github/repos/acme/api/metadata.json").unwrap();
-    let other = fs.open(&ME, gh, libc::O_RDONLY).unwrap().fh;
+    let other = fs.open(&ME, gh, OFlags::RDONLY).unwrap().fh;
     let dir = fs
         .opendir(&ME, walk(&fs, "/node_modules").unwrap())
         .unwrap();
@@ -812,14 +826,14 @@ fn open_handles_lose_what_the_new_grants_refuse() {
     // Same session, narrower token: reading the file stays, writing it and /github go.
     crate::session::testing::replace_scopes(&s, &["relayfile:fs:read:/node_modules/**"]);
     assert!(fs.read(reader, 0, 16).is_ok());
-    assert_eq!(fs.write(writer, 0, b"{").unwrap_err(), Errno::EACCES);
-    assert_eq!(fs.read(other, 0, 16).unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.write(writer, 0, b"{").unwrap_err(), Error::EACCES);
+    assert_eq!(fs.read(other, 0, 16).unwrap_err(), Error::EACCES);
     assert!(fs.readdir(dir, 0, |_, _| false).is_ok());
     // A handle cut off stays cut off, even if the grants come back.
     crate::session::testing::replace_scopes(&s, &["relayfile:fs:manage:*"]);
-    assert_eq!(fs.write(writer, 0, b"{").unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.write(writer, 0, b"{").unwrap_err(), Error::EACCES);
     crate::session::testing::replace_scopes(&s, &["relayfile:fs:read:/github/**"]);
-    assert_eq!(fs.readdir(dir, 0, |_, _| false).unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.readdir(dir, 0, |_, _| false).unwrap_err(), Error::EACCES);
 }
 
 #[test]
@@ -833,20 +847,20 @@ fn metadata_changes_of_provider_files_pass_the_writeback_gate() {
         mode: Some(0o600),
         ..SetAttr::default()
     };
-    assert_eq!(fs.setattr(&ME, ino, chmod).unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.setattr(&ME, ino, chmod).unwrap_err(), Error::EACCES);
     let touch = SetAttr {
         mtime: Some(fuser::TimeOrNow::Now),
         ..SetAttr::default()
     };
-    assert_eq!(fs.setattr(&ME, ino, touch).unwrap_err(), Errno::EACCES);
+    assert_eq!(fs.setattr(&ME, ino, touch).unwrap_err(), Error::EACCES);
     assert_eq!(
         fs.setxattr(&ME, ino, OsStr::new("user.x"), b"1", 0)
             .unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     assert_eq!(
         fs.removexattr(&ME, ino, OsStr::new("user.x")).unwrap_err(),
-        Errno::EACCES
+        Error::EACCES
     );
     let after = std::fs::metadata(root.join(&path[1..])).unwrap();
     use std::os::unix::fs::MetadataExt;
@@ -858,6 +872,27 @@ fn metadata_changes_of_provider_files_pass_the_writeback_gate() {
     let local = walk(&fs, "/node_modules/x").unwrap();
     assert!(fs.setattr(&ME, local, chmod).is_ok());
     assert!(fs.setattr(&ME, local, touch).is_ok());
+}
+
+#[test]
+fn a_chown_to_the_current_owner_changes_nothing_and_succeeds() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(&["relayfile:fs:read:*"]), None);
+    let ino = walk(&fs, "/slack/users/U04ALICE01.json").unwrap();
+    let st = std::fs::metadata(root.join("slack/users/U04ALICE01.json")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    // `cp -a` and `rsync -a` set the owner they read; read-only callers may do that.
+    let same = SetAttr {
+        uid: Some(st.uid()),
+        gid: Some(st.gid()),
+        ..SetAttr::default()
+    };
+    assert!(fs.setattr(&ME, ino, same).is_ok());
+    let other = SetAttr {
+        uid: Some(st.uid() + 1),
+        ..SetAttr::default()
+    };
+    assert_eq!(fs.setattr(&ME, ino, other).unwrap_err(), Error::EPERM);
 }
 
 #[test]
@@ -911,7 +946,7 @@ fn nothing_hidden_shows_through_counts_times_xattrs_or_records() {
     assert_eq!(
         fs.getxattr(&ME, ino, OsStr::new("trusted.secret"))
             .unwrap_err(),
-        Errno::ENODATA
+        Error::ENODATA
     );
     assert_eq!(
         fs.getxattr(&ME, ino, OsStr::new("user.note")).unwrap(),
@@ -920,7 +955,7 @@ fn nothing_hidden_shows_through_counts_times_xattrs_or_records() {
     assert_eq!(
         fs.getxattr(&ME, ino, OsStr::new("system.posix_acl_access"))
             .unwrap_err(),
-        Errno::ENOTSUP
+        Error::ENOTSUP
     );
 
     // `/.relay` is judged by its own rules at the root: an fs-only token does not list it, an
@@ -984,7 +1019,7 @@ fn descriptors_are_bounded_and_found_again_by_name() {
     assert!(fds_now() < before + 100, "{before} -> {}", fds_now());
     // Every node still works: its descriptor is taken again by name.
     for (i, ino) in inos.iter().enumerate() {
-        let fh = fs.open(&ME, *ino, libc::O_RDONLY).unwrap().fh;
+        let fh = fs.open(&ME, *ino, OFlags::RDONLY).unwrap().fh;
         assert_eq!(fs.read(fh, 0, 16).unwrap(), format!("{i}").as_bytes());
         fs.release(fh, ME.pid).unwrap();
     }
@@ -997,12 +1032,12 @@ fn descriptors_are_bounded_and_found_again_by_name() {
     std::fs::rename(many.join("impostor"), many.join("f299")).unwrap();
     let last = inos[299];
     assert_eq!(
-        fs.open(&ME, last, libc::O_RDONLY).unwrap_err(),
-        Errno::ENOENT
+        fs.open(&ME, last, OFlags::RDONLY).unwrap_err(),
+        Error::ENOENT
     );
     // Looked up again, the name is the new object.
     let again = walk(&fs, "/node_modules/many/f299").unwrap();
-    let fh = fs.open(&ME, again, libc::O_RDONLY).unwrap().fh;
+    let fh = fs.open(&ME, again, OFlags::RDONLY).unwrap().fh;
     assert_eq!(fs.read(fh, 0, 16).unwrap(), b"impostor");
 }
 
@@ -1029,7 +1064,7 @@ fn a_sibling_schema_a_session_may_change_does_not_count() {
         let fs = guard(&root, session(scopes), None);
         let dir = walk(&fs, "/github/repos/acme/api/notes").unwrap();
         let (_, opened) = fs
-            .create(&ME, dir, OsStr::new(name), 0o644, 0o022, libc::O_WRONLY)
+            .create(&ME, dir, OsStr::new(name), 0o644, 0o022, OFlags::WRONLY)
             .unwrap();
         fs.write(opened.fh, 0, body).unwrap();
         fs.release(opened.fh, ME.pid)
@@ -1039,7 +1074,7 @@ fn a_sibling_schema_a_session_may_change_does_not_count() {
     let manager = ["relayfile:fs:manage:/github/repos/acme/api/notes/**"];
     assert_eq!(
         write_note(&manager, "a.json", br#"{"body": "x"}"#),
-        Err(Errno::EINVAL)
+        Err(Error::EINVAL)
     );
     assert!(!notes.join("a.json").exists());
     // A writer who may only create its own file: the sibling counts and is applied.
@@ -1047,7 +1082,7 @@ fn a_sibling_schema_a_session_may_change_does_not_count() {
         "relayfile:fs:read:/github/**",
         "relayfile:fs:create:/github/repos/acme/api/notes/b.json",
     ];
-    assert_eq!(write_note(&narrow, "b.json", b"{}"), Err(Errno::EINVAL));
+    assert_eq!(write_note(&narrow, "b.json", b"{}"), Err(Error::EINVAL));
     assert!(write_note(&narrow, "b.json", br#"{"body": "x"}"#).is_ok());
     assert!(notes.join("b.json").exists());
 }
@@ -1087,7 +1122,7 @@ fn a_staged_new_file_survives_descriptor_pressure() {
             OsStr::new("staged.json"),
             0o644,
             0o022,
-            libc::O_WRONLY,
+            OFlags::WRONLY,
         )
         .unwrap();
     let ino = entry.attr.ino.0;
