@@ -7,6 +7,7 @@ pub mod audit;
 pub mod authz;
 pub mod cli;
 pub mod daemon;
+pub mod failure;
 pub mod files;
 pub mod fs;
 pub mod fuse;

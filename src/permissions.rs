@@ -182,11 +182,11 @@ impl Judge for ScopeJudge<'_> {
     fn right(&self, path: &str, name: &str, _kind: EntryKind, op: Op) -> Right {
         let place = (self.place_for)(path, name);
         let d = if *self.state == State::Active {
-            authz::decide(&self.grants.scopes, path.as_bytes(), &place, op)
+            authz::decide(self.grants.scopes(), path.as_bytes(), &place, op)
         } else {
             authz::decide_inactive(path.as_bytes(), &place, op, self.state.name())
         };
-        right(&d, &self.grants.scopes, path)
+        right(&d, self.grants.scopes(), path)
     }
 }
 
@@ -208,7 +208,7 @@ pub fn compute(
         now,
         denials,
     } = subject;
-    let scopes = &grants.scopes;
+    let scopes = &grants.scopes();
     let active = *state == State::Active;
     let dir_name = dir.rsplit('/').next().unwrap_or("");
     let list = judge.right(dir, dir_name, EntryKind::Dir, Op::See).allowed;
@@ -244,17 +244,17 @@ pub fn compute(
             problem: p.reason().to_owned(),
         })
         .collect();
-    let expires = grants.expires_at;
+    let expires = grants.expires_at();
     View {
         directory: dir.to_owned(),
         who: Who {
-            agent: grants.actor.identity_id.clone(),
-            sponsor: grants.actor.sponsor_id.clone(),
-            sponsor_chain: grants.actor.sponsor_chain.clone(),
-            org: grants.actor.org_id.clone(),
-            workspace: grants.actor.workspace_id.clone(),
-            token_id: grants.actor.token_id.clone(),
-            session_id: grants.actor.session_id.clone(),
+            agent: grants.actor().identity_id.clone(),
+            sponsor: grants.actor().sponsor_id.clone(),
+            sponsor_chain: grants.actor().sponsor_chain.clone(),
+            org: grants.actor().org_id.clone(),
+            workspace: grants.actor().workspace_id.clone(),
+            token_id: grants.actor().token_id.clone(),
+            session_id: grants.actor().session_id.clone(),
             expires_at: crate::token::time::format_rfc3339(expires),
             state: state.name().to_owned(),
             state_detail: describe_state(state, expires, now),
@@ -662,7 +662,7 @@ mod tests {
                 (&e.write, Op::Write),
                 (&e.delete, Op::Delete),
             ] {
-                let d = authz::decide(&g.scopes, e.path.as_bytes(), &Place::Content, op);
+                let d = authz::decide(g.scopes(), e.path.as_bytes(), &Place::Content, op);
                 assert!(claim_matches(right, &d), "{} {op:?}", e.path);
             }
         }

@@ -370,3 +370,19 @@ fn help_and_version_exit_0() {
         assert!(!out.is_empty());
     }
 }
+
+#[test]
+fn mount_refuses_an_io_mode_that_is_not_built_naming_the_one_that_is() {
+    let (code, _, err) = run(&[
+        "mount",
+        "/nonexistent-src",
+        "/nonexistent-mnt",
+        "--workspace",
+        "ws",
+        "--token-env",
+        "--io",
+        "passthrough",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--io") && err.contains("strict"), "{err}");
+}

@@ -357,6 +357,11 @@ fn check_leeway_flag() {
     assert_eq!(code, 0, "{v}");
     let (code, v) = check(&f, &token, "fs:read", PATH, &["--leeway", "5"]);
     assert_eq!((code, v["error_code"].as_str()), (1, Some("token_expired")));
+    // One meaning of --leeway everywhere: seconds, or a duration as `mount` takes it.
+    let (code, v) = check(&f, &token, "fs:read", PATH, &["--leeway", "5s"]);
+    assert_eq!((code, v["error_code"].as_str()), (1, Some("token_expired")));
+    let (code, v) = check(&f, &token, "fs:read", PATH, &["--leeway", "1m"]);
+    assert_eq!(code, 0, "{v}");
     // An absurd leeway cannot overflow into a panic; it refuses (fails closed).
     let (code, v) = check(
         &f,

@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args};
 use serde_json::json;
 
 use super::token::TokenArgs;
-use super::{CliError, Outcome, print_json};
+use super::{Exit, Failure, Outcome, print_json};
 use crate::scope::{Requirement, ScopeSet};
 
 #[derive(Debug, Args)]
@@ -42,9 +42,9 @@ pub fn run(args: CheckArgs) -> Outcome {
     let requirement = match (&args.require, &args.op) {
         (Some(r), _) => Requirement::parse(r),
         (None, Some(op)) => Requirement::fs(op),
-        (None, None) => return Err(CliError::input("give --require RESOURCE:ACTION or --op OP")),
+        (None, None) => return Err(Failure::input("give --require RESOURCE:ACTION or --op OP")),
     }
-    .map_err(|e| CliError::input(format!("{e}")))?;
+    .map_err(|e| Failure::input(format!("{e}")))?;
     let token = if args.token.source().is_some() {
         match args.token.verify()? {
             Ok(token) => Some(token),
@@ -60,11 +60,11 @@ pub fn run(args: CheckArgs) -> Outcome {
                 } else {
                     println!("denied: the token was refused ({}): {}", e.code, e.message);
                 }
-                return Ok(1);
+                return Ok(Exit::No);
             }
         }
     } else if args.token.has_verification_options() {
-        return Err(CliError::input(
+        return Err(Failure::input(
             "--jwks, --workspace, --org, --issuer and --leeway apply only to a token: add --token-file F, --token-env VAR or --credentials BUNDLE, or drop them",
         ));
     } else {
@@ -96,13 +96,13 @@ pub fn run(args: CheckArgs) -> Outcome {
         let verdict = if allowed { "allowed" } else { "denied" };
         println!("{verdict}: {}", explained.reason);
     }
-    Ok(if allowed { 0 } else { 1 })
+    Ok(Exit::answer(allowed))
 }
 
 /// `--scopes-json`: a JSON array of strings, nothing else.
-pub(crate) fn parse_scopes_json(text: &str) -> Result<Vec<String>, CliError> {
+pub(crate) fn parse_scopes_json(text: &str) -> Result<Vec<String>, Failure> {
     serde_json::from_str::<Vec<String>>(text).map_err(|e| {
-        CliError::input(format!(
+        Failure::input(format!(
             "--scopes-json must be a JSON array of strings, e.g. '[\"relayfile:fs:read:/github/**\"]': {e}"
         ))
     })

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{CliError, Outcome};
+use super::{Exit, Failure, Outcome};
 use crate::issuer::ids::new_admin_key;
 use crate::issuer::{DEFAULT_ISS, IssuerConfig, RunningIssuer, Seed, StartError, serve};
 use crate::token::KeyAlgorithm;
@@ -51,9 +51,9 @@ enum Alg {
     EdDsa,
 }
 
-fn parse_listen(text: &str) -> Result<SocketAddr, CliError> {
+fn parse_listen(text: &str) -> Result<SocketAddr, Failure> {
     let bad = |why: String| {
-        CliError::input(format!(
+        Failure::input(format!(
             "--listen {text:?}: {why}; give HOST:PORT, e.g. 127.0.0.1:8787 (port 0 picks a free port)"
         ))
     };
@@ -66,13 +66,13 @@ fn parse_listen(text: &str) -> Result<SocketAddr, CliError> {
         .ok_or_else(|| bad("it resolves to no address".into()))
 }
 
-fn start_error(e: StartError) -> CliError {
-    let code = match e {
-        StartError::Bind { .. } | StartError::Keys(_) => 1,
-        _ => 2,
+fn start_error(e: StartError) -> Failure {
+    let exit = match e {
+        StartError::Bind { .. } | StartError::Keys(_) => Exit::No,
+        _ => Exit::Usage,
     };
-    CliError {
-        code,
+    Failure {
+        exit,
         message: format!("dev-issuer: {e}"),
     }
 }
@@ -82,9 +82,8 @@ pub fn run(args: DevIssuerArgs) -> Outcome {
     let generated = args.admin_key.is_none();
     let admin_key = match args.admin_key {
         Some(k) => k,
-        None => new_admin_key().ok_or_else(|| CliError {
-            code: 1,
-            message: "the system gave no randomness for an admin key; pass --admin-key".into(),
+        None => new_admin_key().ok_or_else(|| {
+            Failure::failed("the system gave no randomness for an admin key; pass --admin-key")
         })?,
     };
     let seed = args
@@ -108,10 +107,7 @@ pub fn run(args: DevIssuerArgs) -> Outcome {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| CliError {
-            code: 1,
-            message: format!("cannot start the async runtime: {e}"),
-        })?;
+        .map_err(|e| Failure::failed(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(serve_until_signal(config, generated))
 }
 
@@ -119,10 +115,8 @@ async fn serve_until_signal(config: IssuerConfig, generated: bool) -> Outcome {
     // Handlers first, so a signal sent as soon as READY is read is handled, not fatal.
     let signals =
         signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
-    let (mut term, mut int) = signals.map_err(|e| CliError {
-        code: 1,
-        message: format!("cannot install signal handlers: {e}"),
-    })?;
+    let (mut term, mut int) =
+        signals.map_err(|e| Failure::failed(format!("cannot install signal handlers: {e}")))?;
     let running = serve(config).await.map_err(start_error)?;
     if !running.addr().ip().is_loopback() {
         eprintln!(
@@ -137,7 +131,7 @@ async fn serve_until_signal(config: IssuerConfig, generated: bool) -> Outcome {
     }
     eprintln!("relayauth-mount dev-issuer: stopping");
     running.shutdown().await.map_err(start_error)?;
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 fn print_banner(running: &RunningIssuer, generated: bool) {

@@ -9,8 +9,6 @@ mod mount;
 mod scopes;
 mod token;
 
-use std::fmt;
-
 use clap::{Parser, Subcommand};
 
 /// relayauth-mount: enforce relayauth scopes over a relayfile mirror.
@@ -41,40 +39,23 @@ enum Command {
     DevIssuer(issuer::DevIssuerArgs),
 }
 
-/// A command's failure: what to print and which exit code to use.
-#[derive(Debug)]
-pub struct CliError {
-    pub code: i32,
-    pub message: String,
-}
+pub use crate::failure::{Exit, Failure};
 
-impl CliError {
-    /// Bad input (exit 2).
-    pub fn input(message: impl Into<String>) -> CliError {
-        CliError {
-            code: 2,
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// Exit status of a command that ran: 0 or 1 (2 is a [`CliError`]).
-pub type Outcome = Result<i32, CliError>;
+/// How a command that ran ended ([`Exit::Ok`] or [`Exit::No`]; bad input is a [`Failure`]).
+pub type Outcome = Result<Exit, Failure>;
 
 /// Parse the process arguments, run the command and return the exit code.
 pub fn run() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            let exit = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
             let _ = e.print();
-            return code;
+            return exit.code();
         }
     };
     let outcome = match cli.command {
@@ -87,10 +68,10 @@ pub fn run() -> i32 {
         Command::DevIssuer(args) => issuer::run(args),
     };
     match outcome {
-        Ok(code) => code,
+        Ok(exit) => exit.code(),
         Err(e) => {
             eprintln!("relayauth-mount: error: {e}");
-            e.code
+            e.code()
         }
     }
 }

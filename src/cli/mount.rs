@@ -6,20 +6,17 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 use serde_json::json;
 
-use super::{CliError, Outcome, print_json};
+use super::token::{TokenSourceArgs, duration};
+use super::{Exit, Failure, Outcome, print_json};
 use crate::daemon::{self, MountSpec, control};
 use crate::relayauth::Strategy;
-use crate::token::credentials::CredentialSource;
 
-fn duration(text: &str) -> Result<Duration, String> {
-    if let Ok(secs) = text.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Duration::try_from_secs_f64(secs)
-                .map_err(|e| format!("{text:?} is too long a duration: {e}"));
-        }
-    }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration (e.g. 2s, 500ms, 5m): {e}"))
+/// How reads and writes reach the mirror.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoMode {
+    /// Every read and write goes through the daemon and is checked, so revocation cuts off
+    /// open files too. The only mode built.
+    Strict,
 }
 
 #[derive(Debug, Args)]
@@ -35,16 +32,8 @@ pub struct MountArgs {
     /// The org the token must be for, when given.
     #[arg(long)]
     org: Option<String>,
-    /// A file holding the access token (a JWT, optionally `relay_ag_`-prefixed).
-    #[arg(long, value_name = "F")]
-    token_file: Option<PathBuf>,
-    /// relayfile's delegated credentials bundle (JSON); refreshed before expiry.
-    #[arg(long, value_name = "BUNDLE")]
-    credentials: Option<PathBuf>,
-    /// An environment variable holding the access token (`--token-env` alone: RELAYAUTH_TOKEN).
-    #[arg(long = "token-env", value_name = "VAR", num_args = 0..=1,
-          default_missing_value = crate::token::credentials::DEFAULT_TOKEN_ENV)]
-    token_env: Option<String>,
+    #[command(flatten)]
+    token: TokenSourceArgs,
     /// relayauth's base URL (revocation checks, refresh, default JWKS).
     #[arg(long, value_name = "URL", env = "RELAYAUTH_URL")]
     relayauth_url: Option<String>,
@@ -62,12 +51,12 @@ pub struct MountArgs {
     /// The accepted token issuer (`iss`).
     #[arg(long, value_name = "ISS", default_value = crate::token::verify::DEFAULT_ISSUER)]
     issuer: String,
-    /// Clock-skew allowance for exp/nbf, in seconds.
-    #[arg(long, value_name = "S", default_value = "30", value_parser = duration)]
+    /// Clock-skew allowance for exp/nbf/iat: seconds or a duration.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = duration)]
     leeway: Duration,
-    /// I/O mode. Only `strict` is available: every read and write goes through the daemon.
-    #[arg(long, value_name = "MODE", default_value = "strict")]
-    io: String,
+    /// How reads and writes reach the mirror.
+    #[arg(long, value_enum, default_value = "strict")]
+    io: IoMode,
     /// How often relayauth is asked whether each session is revoked.
     #[arg(long, value_name = "D", default_value = "2s", value_parser = duration)]
     poll_interval: Duration,
@@ -105,21 +94,11 @@ pub struct MountArgs {
 }
 
 pub fn run_mount(args: MountArgs) -> Outcome {
-    if args.io != "strict" {
-        return Err(CliError::input(format!(
-            "--io {} is not available: only strict I/O is built (every read and write is checked, so revocation cuts off open files)",
-            args.io
-        )));
-    }
-    let credentials = match (&args.token_file, &args.credentials, &args.token_env) {
-        (Some(f), _, _) => CredentialSource::JwtFile(f.clone()),
-        (None, Some(b), _) => CredentialSource::Bundle(b.clone()),
-        (None, None, Some(v)) => CredentialSource::Env(v.clone()),
-        _ => {
-            return Err(CliError::input(
-                "give --token-file F, --credentials BUNDLE or --token-env VAR",
-            ));
-        }
+    let IoMode::Strict = args.io;
+    let Some(credentials) = args.token.source() else {
+        return Err(Failure::input(
+            "give --token-file F, --credentials BUNDLE or --token-env VAR",
+        ));
     };
     let spec = MountSpec {
         source: args.source,
@@ -148,10 +127,7 @@ pub fn run_mount(args: MountArgs) -> Outcome {
         threads: args.threads.unwrap_or_else(crate::fuse::default_threads),
         foreground: args.foreground,
     };
-    daemon::run(spec).map_err(|f| CliError {
-        code: f.code,
-        message: f.message,
-    })
+    daemon::run(spec)
 }
 
 #[derive(Debug, Args)]
@@ -164,22 +140,19 @@ pub struct StatusArgs {
 }
 
 pub fn run_status(args: StatusArgs) -> Outcome {
-    let v = control::request(&args.mountpoint, &json!({"op": "status"})).map_err(|e| CliError {
-        code: 1,
-        message: e,
-    })?;
+    let v =
+        control::request(&args.mountpoint, &json!({"op": "status"})).map_err(Failure::failed)?;
     if v["ok"] != true {
-        return Err(CliError {
-            code: 1,
-            message: v["error"]
+        return Err(Failure::failed(
+            v["error"]
                 .as_str()
                 .unwrap_or("the daemon refused")
                 .to_owned(),
-        });
+        ));
     }
     if args.json {
         print_json(&v);
-        return Ok(0);
+        return Ok(Exit::Ok);
     }
     let s = &v["session"];
     println!(
@@ -212,7 +185,7 @@ pub fn run_status(args: StatusArgs) -> Outcome {
         v["allowed"], v["denied"]
     );
     println!("  audit log: {}", v["audit_log"].as_str().unwrap_or("?"));
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 #[derive(Debug, Args)]
@@ -231,37 +204,32 @@ pub fn run_unmount(args: UnmountArgs) -> Outcome {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if daemon::is_mount_point(&mp) {
-                return Err(CliError {
-                    code: 1,
-                    message: format!(
-                        "{} is still mounted after 15 s; see the daemon's log",
-                        mp.display()
-                    ),
-                });
+                return Err(Failure::failed(format!(
+                    "{} is still mounted after 15 s; see the daemon's log",
+                    mp.display()
+                )));
             }
             println!("unmounted {}", mp.display());
-            Ok(0)
+            Ok(Exit::Ok)
         }
-        Ok(v) => Err(CliError {
-            code: 1,
-            message: v["error"]
+        Ok(v) => Err(Failure::failed(
+            v["error"]
                 .as_str()
                 .unwrap_or("the daemon refused")
                 .to_owned(),
-        }),
+        )),
         Err(e) if daemon::is_mount_point(&mp) => {
             // No daemon answers (it died): take the stale mount down.
-            crate::fuse::unmount(&mp).map_err(|err| CliError {
-                code: 1,
-                message: format!("{e}; and unmounting {} failed: {err}", mp.display()),
+            crate::fuse::unmount(&mp).map_err(|err| {
+                Failure::failed(format!(
+                    "{e}; and unmounting {} failed: {err}",
+                    mp.display()
+                ))
             })?;
             println!("unmounted {} (no daemon answered)", mp.display());
-            Ok(0)
+            Ok(Exit::Ok)
         }
-        Err(e) => Err(CliError {
-            code: 1,
-            message: e,
-        }),
+        Err(e) => Err(Failure::failed(e)),
     }
 }
 

@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{Outcome, print_json};
+use super::{Exit, Outcome, print_json};
 use crate::scope::{Scope, path, within};
 
 #[derive(Debug, Subcommand)]
@@ -85,7 +85,7 @@ pub fn run(cmd: ScopesCommand) -> Outcome {
                     println!("{n}");
                 }
             }
-            Ok(0)
+            Ok(Exit::Ok)
         }
         ScopesCommand::Contains(args) => {
             let contains = path::contains(&args.base, &args.candidate);
@@ -107,7 +107,7 @@ pub fn run(cmd: ScopesCommand) -> Outcome {
                     path::normalize(&args.candidate)
                 );
             }
-            Ok(if contains { 0 } else { 1 })
+            Ok(Exit::answer(contains))
         }
     }
 }
@@ -142,7 +142,7 @@ fn validate(args: ValidateArgs) -> Outcome {
             }
         }
     }
-    Ok(if all_valid { 0 } else { 1 })
+    Ok(Exit::answer(all_valid))
 }
 
 fn run_within(args: WithinArgs) -> Outcome {
@@ -164,5 +164,5 @@ fn run_within(args: WithinArgs) -> Outcome {
         }
         println!("not within: {}", parts.join("; "));
     }
-    Ok(if answer.within { 0 } else { 1 })
+    Ok(Exit::answer(answer.within))
 }

@@ -13,15 +13,16 @@ use std::time::{Duration, SystemTime};
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::json;
 
-use super::{CliError, Outcome, print_json};
+use super::{Exit, Failure, Outcome, print_json};
 use crate::token::time::{expiry_words, format_rfc3339, unix_seconds};
 use crate::token::{
     CredentialSource, JwksCache, JwksSource, TokenError, VerifiedToken, Verifier, VerifierConfig,
 };
 
-/// Where the token comes from and what it must match.
+/// Where the token comes from: one of three sources, the same flags for every command that
+/// takes a token (`check`, `token inspect`, `mount`).
 #[derive(Debug, Args)]
-pub struct TokenArgs {
+pub struct TokenSourceArgs {
     /// A file holding the access token (a JWT, optionally relay_ag_-prefixed).
     #[arg(long = "token-file", value_name = "F")]
     pub token_file: Option<PathBuf>,
@@ -29,9 +30,49 @@ pub struct TokenArgs {
     #[arg(long = "token-env", value_name = "VAR", num_args = 0..=1,
           default_missing_value = crate::token::credentials::DEFAULT_TOKEN_ENV)]
     pub token_env: Option<String>,
-    /// relayfile's delegated credentials bundle (JSON with accessToken).
+    /// relayfile's delegated credentials bundle (JSON with accessToken); `mount` refreshes it
+    /// before expiry.
     #[arg(long = "credentials", value_name = "BUNDLE")]
     pub credentials: Option<PathBuf>,
+}
+
+impl TokenSourceArgs {
+    /// The token source given, if any (the flags exclude each other; this order is the one
+    /// precedence should a caller build the struct by hand).
+    pub fn source(&self) -> Option<CredentialSource> {
+        if let Some(f) = &self.token_file {
+            Some(CredentialSource::JwtFile(f.clone()))
+        } else if let Some(b) = &self.credentials {
+            Some(CredentialSource::Bundle(b.clone()))
+        } else {
+            self.token_env.clone().map(CredentialSource::Env)
+        }
+    }
+}
+
+/// A duration flag: whole seconds (`30`, saturating, never a panic), fractional seconds
+/// (`0.5`) or a duration with a unit (`2s`, `500ms`, `5m`). `--leeway` means the same in every
+/// command.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = text.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("{text:?} is too long a duration: {e}"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration (e.g. 30, 2s, 500ms, 5m): {e}"))
+}
+
+/// Where the token comes from and what it must match.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub from: TokenSourceArgs,
     /// The JWKS: an https:// URL (relayauth's /.well-known/jwks.json), a file or a data: URL.
     #[arg(long, value_name = "J")]
     pub jwks: Option<String>,
@@ -44,21 +85,15 @@ pub struct TokenArgs {
     /// The accepted issuer [default: https://relayauth.dev].
     #[arg(long, value_name = "I")]
     pub issuer: Option<String>,
-    /// Clock-skew allowance for exp/nbf/iat, in seconds [default: 30].
-    #[arg(long, value_name = "SECONDS")]
-    pub leeway: Option<u64>,
+    /// Clock-skew allowance for exp/nbf/iat: seconds or a duration [default: 30s].
+    #[arg(long, value_name = "D", value_parser = duration)]
+    pub leeway: Option<Duration>,
 }
 
 impl TokenArgs {
     /// The token source given, if any.
     pub fn source(&self) -> Option<CredentialSource> {
-        if let Some(f) = &self.token_file {
-            Some(CredentialSource::JwtFile(f.clone()))
-        } else if let Some(v) = &self.token_env {
-            Some(CredentialSource::Env(v.clone()))
-        } else {
-            self.credentials.clone().map(CredentialSource::Bundle)
-        }
+        self.from.source()
     }
 
     /// Whether an option that only makes sense with a token was given.
@@ -72,42 +107,42 @@ impl TokenArgs {
 
     /// Read the token, load the keys and verify. The outer error is bad input (exit 2); the
     /// inner one is the token's refusal.
-    pub fn verify(&self) -> Result<Result<VerifiedToken, TokenError>, CliError> {
+    pub fn verify(&self) -> Result<Result<VerifiedToken, TokenError>, Failure> {
         let Some(source) = self.source() else {
-            return Err(CliError::input(
+            return Err(Failure::input(
                 "give the token with --token-file F, --token-env VAR or --credentials BUNDLE",
             ));
         };
         let Some(jwks) = &self.jwks else {
-            return Err(CliError::input(
+            return Err(Failure::input(
                 "--jwks is required with a token: give relayauth's JWKS URL (https://.../.well-known/jwks.json), a JWKS file or a data: URL",
             ));
         };
         let workspace = match self.workspace.as_deref().map(str::trim) {
             Some(w) if !w.is_empty() => w.to_owned(),
             _ => {
-                return Err(CliError::input(
+                return Err(Failure::input(
                     "--workspace is required with a token: give the workspace the token must belong to (its wks claim)",
                 ));
             }
         };
-        let credentials = source.read().map_err(|e| CliError::input(e.to_string()))?;
+        let credentials = source.read().map_err(|e| Failure::input(e.to_string()))?;
         let jwks_source =
-            JwksSource::parse(jwks).map_err(|e| CliError::input(format!("--jwks: {e}")))?;
+            JwksSource::parse(jwks).map_err(|e| Failure::input(format!("--jwks: {e}")))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| CliError::input(format!("cannot start the async runtime: {e}")))?;
+            .map_err(|e| Failure::input(format!("cannot start the async runtime: {e}")))?;
         let cache = runtime
             .block_on(JwksCache::load(jwks_source))
-            .map_err(|e| CliError::input(format!("--jwks: {e}")))?;
+            .map_err(|e| Failure::input(format!("--jwks: {e}")))?;
         let mut config = VerifierConfig::new(workspace);
         config.org = self.org.clone().filter(|o| !o.trim().is_empty());
         if let Some(issuer) = &self.issuer {
             config.issuer = issuer.clone();
         }
         if let Some(leeway) = self.leeway {
-            config.leeway = Duration::from_secs(leeway);
+            config.leeway = leeway;
         }
         let verifier = Verifier::new(config, Arc::new(cache));
         Ok(verifier.verify(&credentials.access_token, SystemTime::now()))
@@ -149,7 +184,7 @@ fn inspect(args: InspectArgs) -> Outcome {
             } else {
                 println!("token refused ({}): {}", e.code, e.message);
             }
-            return Ok(1);
+            return Ok(Exit::No);
         }
     };
     let now = SystemTime::now();
@@ -190,7 +225,7 @@ fn inspect(args: InspectArgs) -> Outcome {
             "scopes": scopes,
             "claims": token.claims(),
         }));
-        return Ok(0);
+        return Ok(Exit::Ok);
     }
     let c = token.claims();
     let row = |label: &str, value: &str| println!("{label:<15} {value}");
@@ -225,5 +260,5 @@ fn inspect(args: InspectArgs) -> Outcome {
             (None, None) => println!("  {}  valid", s.raw),
         }
     }
-    Ok(0)
+    Ok(Exit::Ok)
 }

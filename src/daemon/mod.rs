@@ -18,6 +18,7 @@
 pub mod control;
 mod tasks;
 
+pub use crate::failure::{Exit, Failure};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -64,16 +65,9 @@ pub struct MountSpec {
     pub foreground: bool,
 }
 
-/// Why `mount` could not start: a message and the exit code (1 refused / failed, 2 bad input).
-#[derive(Debug)]
-pub struct Failure {
-    pub code: i32,
-    pub message: String,
-}
-
-fn fail<T>(code: i32, message: impl Into<String>) -> Result<T, Failure> {
+fn fail<T>(exit: Exit, message: impl Into<String>) -> Result<T, Failure> {
     Err(Failure {
-        code,
+        exit,
         message: message.into(),
     })
 }
@@ -108,9 +102,6 @@ pub fn held_descriptor_budget(limit: u64) -> usize {
     (limit / 4).clamp(crate::fs::inode::MIN_HELD as u64, 16_384) as usize
 }
 
-/// Exit status when the mount's own session ended (revoked or expired).
-pub const EXIT_SESSION_ENDED: i32 = 3;
-
 /// Is `path` a mount point (per `/proc/self/mountinfo`)?
 pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -135,7 +126,7 @@ fn unescape_mountinfo(s: &str) -> String {
 pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
     let source = spec.source.canonicalize().or_else(|e| {
         fail(
-            2,
+            Exit::Usage,
             format!(
                 "SOURCE {} is not usable ({e}); give the relayfile mirror directory",
                 spec.source.display()
@@ -144,7 +135,7 @@ pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
     })?;
     if !source.is_dir() {
         return fail(
-            2,
+            Exit::Usage,
             format!(
                 "SOURCE {} is not a directory; give the relayfile mirror directory",
                 source.display()
@@ -161,7 +152,7 @@ pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
             return fail(
-                2,
+                Exit::Usage,
                 format!(
                     "MOUNTPOINT {} is not a directory; create an empty directory to mount on",
                     mountpoint.display()
@@ -170,7 +161,7 @@ pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
         }
         Err(e) => {
             return fail(
-                2,
+                Exit::Usage,
                 format!(
                     "MOUNTPOINT {} is not usable ({e}); create an empty directory to mount on",
                     mountpoint.display()
@@ -180,7 +171,7 @@ pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
     }
     if mountpoint.starts_with(&source) {
         return fail(
-            2,
+            Exit::Usage,
             format!(
                 "MOUNTPOINT {} is inside SOURCE {}: the guard would see itself; mount somewhere outside the mirror",
                 mountpoint.display(),
@@ -190,7 +181,7 @@ pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
     }
     if is_mount_point(&mountpoint) {
         return fail(
-            2,
+            Exit::Usage,
             format!(
                 "MOUNTPOINT {} is already a mount point; unmount it first (relayauth-mount unmount {})",
                 mountpoint.display(),
@@ -203,7 +194,7 @@ pub fn check_paths(spec: &MountSpec) -> Result<(PathBuf, PathBuf), Failure> {
         .unwrap_or(false)
     {
         return fail(
-            2,
+            Exit::Usage,
             format!(
                 "MOUNTPOINT {} is not empty; mount on an empty directory so nothing is hidden under the view",
                 mountpoint.display()
@@ -236,7 +227,7 @@ impl Reporter {
             let _ = writeln!(
                 p,
                 "{}",
-                json!({"ok": false, "code": f.code, "error": f.message})
+                json!({"ok": false, "code": f.code(), "error": f.message})
             );
         }
     }
@@ -244,12 +235,12 @@ impl Reporter {
 
 /// Fork into the background. In the parent: wait for the child's report, print it and give
 /// `Ok(Err(exit code))`. In the child: `Ok(Ok(pipe))`, the pipe to report on.
-fn daemonize(log: &Path) -> Result<Result<File, i32>, Failure> {
+fn daemonize(log: &Path) -> Result<Result<File, Exit>, Failure> {
     let mut fds = [0i32; 2];
     // SAFETY: plain pipe(2) on a local array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return fail(
-            1,
+            Exit::No,
             format!("cannot create a pipe: {}", std::io::Error::last_os_error()),
         );
     }
@@ -261,7 +252,7 @@ fn daemonize(log: &Path) -> Result<Result<File, i32>, Failure> {
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return fail(
-            1,
+            Exit::No,
             format!("cannot fork: {}", std::io::Error::last_os_error()),
         );
     }
@@ -274,12 +265,12 @@ fn daemonize(log: &Path) -> Result<Result<File, i32>, Failure> {
                 "relayauth-mount: the daemon stopped before reporting; see its log at {}",
                 log.display()
             );
-            return Ok(Err(1));
+            return Ok(Err(Exit::No));
         };
         if msg["ok"] == true {
             println!("{}", msg["summary"].as_str().unwrap_or(""));
             println!("daemon pid {pid}; log {}", log.display());
-            return Ok(Err(0));
+            return Ok(Err(Exit::Ok));
         }
         eprintln!(
             "relayauth-mount: {}",
@@ -287,7 +278,7 @@ fn daemonize(log: &Path) -> Result<Result<File, i32>, Failure> {
                 .as_str()
                 .unwrap_or("the daemon failed to start")
         );
-        return Ok(Err(msg["code"].as_i64().unwrap_or(1) as i32));
+        return Ok(Err(Exit::from_code(msg["code"].as_i64().unwrap_or(1))));
     }
     drop(read_end);
     // The child: its own session, no terminal, stdio to the log.
@@ -358,7 +349,7 @@ fn absolutize(mut spec: MountSpec) -> MountSpec {
     spec
 }
 
-pub fn run(spec: MountSpec) -> Result<i32, Failure> {
+pub fn run(spec: MountSpec) -> Result<Exit, Failure> {
     let spec = absolutize(spec);
     let (source, mountpoint) = check_paths(&spec)?;
     let mut reporter = Reporter { pipe: None };
@@ -377,10 +368,7 @@ pub fn run(spec: MountSpec) -> Result<i32, Failure> {
     {
         Ok(r) => r,
         Err(e) => {
-            let f = Failure {
-                code: 1,
-                message: format!("cannot start the background runtime: {e}"),
-            };
+            let f = Failure::failed(format!("cannot start the background runtime: {e}"));
             reporter.failed(&f);
             return Err(f);
         }
@@ -436,24 +424,24 @@ fn jwks_source(spec: &MountSpec, relayauth: Option<&str>) -> Result<JwksSource, 
         (None, Some(url)) => format!("{}/.well-known/jwks.json", url.trim_end_matches('/')),
         (None, None) => {
             return fail(
-                2,
+                Exit::Usage,
                 "no key set to verify the token: give --jwks (URL, file or data:) or --relayauth-url",
             );
         }
     };
-    JwksSource::parse(&text).or_else(|e| fail(2, format!("--jwks {text:?}: {e}")))
+    JwksSource::parse(&text).or_else(|e| fail(Exit::Usage, format!("--jwks {text:?}: {e}")))
 }
 
 fn summary(shared: &Shared, session: &Session, policies: &PolicySet, revocation: &str) -> String {
     let g = session.grants();
-    let a = &g.actor;
+    let a = &g.actor();
     let mut s = format!(
         "relayauth-mount: {} is mounted at {} (strict I/O: every read and write is checked)\n",
         shared.source.display(),
         shared.mountpoint.display()
     );
     let left = g
-        .expires_at
+        .expires_at()
         .duration_since(SystemTime::now())
         .map(|d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
         .unwrap_or_else(|_| "now".to_owned());
@@ -469,10 +457,10 @@ fn summary(shared: &Shared, session: &Session, policies: &PolicySet, revocation:
         "  token {}, session {}, expires {} (in {left})\n",
         a.token_id,
         a.session_id,
-        crate::token::time::format_rfc3339(g.expires_at)
+        crate::token::time::format_rfc3339(g.expires_at())
     ));
     s.push_str("  scopes:\n");
-    for scope in g.scopes.scopes() {
+    for scope in g.scopes().scopes() {
         match (scope.problem(), scope.mounts_at()) {
             (None, Some(at)) => s.push_str(&format!("    {}  (mounts at {at})\n", scope.raw)),
             (None, None) => s.push_str(&format!("    {}\n", scope.raw)),
@@ -486,7 +474,7 @@ fn summary(shared: &Shared, session: &Session, policies: &PolicySet, revocation:
             }
         }
     }
-    let bad: Vec<_> = g.scopes.problems().collect();
+    let bad: Vec<_> = g.scopes().problems().collect();
     if !bad.is_empty() {
         s.push_str(&format!(
             "  warning: {} scope(s) grant nothing (listed above, in every _PERMISSIONS.md and in the audit log)\n",
@@ -523,12 +511,12 @@ async fn serve(
     source: PathBuf,
     mountpoint: PathBuf,
     reporter: &mut Reporter,
-) -> Result<i32, Failure> {
+) -> Result<Exit, Failure> {
     let open_files = raise_open_file_limit();
     let creds = spec
         .credentials
         .read()
-        .or_else(|e| fail(2, format!("cannot read the token ({e})")))?;
+        .or_else(|e| fail(Exit::Usage, format!("cannot read the token ({e})")))?;
     let relayauth_url = spec.relayauth_url.clone().or_else(|| {
         creds
             .bundle
@@ -537,7 +525,7 @@ async fn serve(
     });
     let keys = JwksCache::load(jwks_source(&spec, relayauth_url.as_deref())?)
         .await
-        .or_else(|e| fail(1, format!("cannot load the key set: {e}")))?;
+        .or_else(|e| fail(Exit::No, format!("cannot load the key set: {e}")))?;
     let verifier = Arc::new(Verifier::new(
         VerifierConfig {
             issuer: spec.issuer.clone(),
@@ -552,7 +540,7 @@ async fn serve(
         .verify(&creds.access_token, SystemTime::now())
         .or_else(|e| {
             fail(
-                1,
+                Exit::No,
                 format!(
                     "the token was refused ({}): {}; the mount was not started",
                     e.code.as_str(),
@@ -574,7 +562,7 @@ async fn serve(
             Ok((set, digest)) => (set, Some(digest)),
             Err((e, _)) => {
                 return fail(
-                    1,
+                    Exit::No,
                     format!("{e}; fix the file or point --writeback-policies at a good one"),
                 );
             }
@@ -586,27 +574,27 @@ async fn serve(
         Some(p) => p,
         None => {
             return fail(
-                2,
+                Exit::Usage,
                 "no place for the audit log: give --audit-log FILE (HOME is not set)",
             );
         }
     };
     let audit = Arc::new(AuditLog::open(&audit_path).or_else(|e| {
         fail(
-            1,
+            Exit::No,
             format!("cannot open the audit log {}: {e}", audit_path.display()),
         )
     })?);
     let g = session.grants();
     let invalid: Vec<serde_json::Value> = g
-        .scopes
+        .scopes()
         .problems()
         .map(|(s, p)| json!({"scope": &*s.raw, "code": p.code(), "reason": p.reason()}))
         .collect();
     audit.record(
-        Event::new("token.validated", Outcome::Allowed, &g.actor, "mount")
+        Event::new("token.validated", Outcome::Allowed, g.actor(), "mount")
             .reason("the mount's token verified")
-            .meta("scopes", g.scopes.raw().collect::<Vec<_>>())
+            .meta("scopes", g.scopes().raw().collect::<Vec<_>>())
             .meta("invalidScopes", invalid)
             .meta("mountpoint", mountpoint.display().to_string()),
     );
@@ -619,12 +607,12 @@ async fn serve(
                 spec.revocation,
                 Duration::from_secs(5),
             )
-            .or_else(|e| fail(2, e))?,
+            .or_else(|e| fail(Exit::Usage, e))?,
         )),
         None => None,
     };
     let revocation_note = match &revocation {
-        Some(client) => match client.check(&g.raw, &g.actor.token_id).await {
+        Some(client) => match client.check(g.raw(), &g.actor().token_id).await {
             Ok(Status::Alive) => {
                 session.confirm();
                 format!(
@@ -636,7 +624,7 @@ async fn serve(
             }
             Ok(Status::Revoked(why)) => {
                 return fail(
-                    1,
+                    Exit::No,
                     format!("the token is revoked at relayauth ({why}); the mount was not started"),
                 );
             }
@@ -661,8 +649,12 @@ async fn serve(
         Callers::new(session.clone(), spec.require_registration)
             .allow_other_users(spec.allow_other_users),
     );
-    let mirror = Mirror::open(&source)
-        .or_else(|e| fail(1, format!("cannot open SOURCE {}: {e}", source.display())))?;
+    let mirror = Mirror::open(&source).or_else(|e| {
+        fail(
+            Exit::No,
+            format!("cannot open SOURCE {}: {e}", source.display()),
+        )
+    })?;
     let options = Options {
         backing: Backing {
             local_roots: spec.local_roots.clone(),
@@ -682,7 +674,7 @@ async fn serve(
         )
         .or_else(|e| {
             fail(
-                1,
+                Exit::No,
                 format!(
                     "cannot prepare the guarded view of {}: {e}",
                     source.display()
@@ -697,7 +689,7 @@ async fn serve(
     };
     let bg = crate::fuse::mount(fs.clone(), &mountpoint, &cfg).or_else(|e| {
         fail(
-            1,
+            Exit::No,
             format!(
                 "cannot mount at {}: {e} (is FUSE available: /dev/fuse and fusermount3 from the fuse3 package?)",
                 mountpoint.display()
@@ -722,7 +714,7 @@ async fn serve(
         Ok(l) => l,
         Err(e) => {
             tasks::teardown(bg, &mountpoint, conn).await;
-            return fail(1, format!("cannot create the control socket: {e}"));
+            return fail(Exit::No, format!("cannot create the control socket: {e}"));
         }
     };
     reporter.ready(&summary(&shared, &session, &policies, &revocation_note));
@@ -747,17 +739,17 @@ async fn serve(
         tasks::teardown(bg, &mountpoint, conn).await;
     }
     let (code, reason) = match &stop {
-        Stop::Signal(name) => (0, format!("stopped by {name}")),
-        Stop::Requested => (0, "unmount requested".to_owned()),
-        Stop::Unmounted => (0, "unmounted from outside".to_owned()),
+        Stop::Signal(name) => (Exit::Ok, format!("stopped by {name}")),
+        Stop::Requested => (Exit::Ok, "unmount requested".to_owned()),
+        Stop::Unmounted => (Exit::Ok, "unmounted from outside".to_owned()),
         Stop::SessionEnded(why) => (
-            EXIT_SESSION_ENDED,
+            Exit::SessionEnded,
             format!("the mount's session ended: {why}"),
         ),
     };
     let g = session.grants();
     audit.record(
-        Event::new("mount.unmounted", Outcome::Allowed, &g.actor, "unmount")
+        Event::new("mount.unmounted", Outcome::Allowed, g.actor(), "unmount")
             .reason(reason.clone())
             .meta("mountpoint", mountpoint.display().to_string())
             .meta(
@@ -780,7 +772,7 @@ async fn serve(
     if let Err(e) = audit.close() {
         eprintln!("relayauth-mount: the audit log could not be written completely: {e}");
     }
-    if code != 0 {
+    if code != Exit::Ok {
         eprintln!(
             "relayauth-mount: {reason}; {} was unmounted",
             mountpoint.display()
@@ -800,15 +792,15 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
             let g = s.grants();
             let state = s.state(now);
             json!({
-                "agent": g.actor.identity_id,
-                "sponsor": g.actor.sponsor_id,
-                "sponsor_chain": g.actor.sponsor_chain,
-                "org": g.actor.org_id,
-                "workspace": g.actor.workspace_id,
-                "token_id": g.actor.token_id,
-                "session_id": g.actor.session_id,
-                "expires_at": crate::token::time::format_rfc3339(g.expires_at),
-                "expires_in_secs": g.expires_at.duration_since(now).map(|d| d.as_secs()).unwrap_or(0),
+                "agent": g.actor().identity_id,
+                "sponsor": g.actor().sponsor_id,
+                "sponsor_chain": g.actor().sponsor_chain,
+                "org": g.actor().org_id,
+                "workspace": g.actor().workspace_id,
+                "token_id": g.actor().token_id,
+                "session_id": g.actor().session_id,
+                "expires_at": crate::token::time::format_rfc3339(g.expires_at()),
+                "expires_in_secs": g.expires_at().duration_since(now).map(|d| d.as_secs()).unwrap_or(0),
                 "state": state.name(),
                 "state_detail": state.describe(),
                 "confirmed_secs_ago": s.since_confirmed().map(|d| d.as_secs()),

@@ -183,7 +183,7 @@ async fn watch_session(shared: Arc<Shared>, stop: Sender<Stop>) {
         if state != crate::session::State::Active {
             let g = session.grants();
             shared.audit.record(
-                Event::new("session.revoked", Outcome::Denied, &g.actor, "session")
+                Event::new("session.revoked", Outcome::Denied, g.actor(), "session")
                     .reason(state.describe())
                     .meta("state", state.name()),
             );
@@ -205,21 +205,21 @@ async fn poll_revocation(shared: Arc<Shared>) {
                 continue;
             }
             let g = s.grants();
-            match client.check(&g.raw, &g.actor.token_id).await {
+            match client.check(g.raw(), &g.actor().token_id).await {
                 Ok(Status::Alive) => {
                     s.confirm();
                     warned = false;
                 }
                 // A token that expired while relayauth was being asked is refused there for
                 // that reason: expiry, not revocation, ends such a session.
-                Ok(Status::Revoked(_)) if now_past(g.expires_at) => {}
+                Ok(Status::Revoked(_)) if now_past(g.expires_at()) => {}
                 Ok(Status::Revoked(why)) => {
                     if s.revoke(&why) {
                         shared.audit.record(
                             Event::new(
                                 "token.revoked",
                                 Outcome::Denied,
-                                &g.actor,
+                                g.actor(),
                                 "revocation-check",
                             )
                             .reason(why.clone())
@@ -277,7 +277,7 @@ async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf) {
             return;
         }
         let current = session.grants();
-        if !refresh_due(current.issued_at, current.expires_at, SystemTime::now()) {
+        if !refresh_due(current.issued_at(), current.expires_at(), SystemTime::now()) {
             continue;
         }
         match refresher.refresh().await {
@@ -299,7 +299,7 @@ async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf) {
                         Event::new(
                             "session.revoked",
                             Outcome::Denied,
-                            &session.grants().actor,
+                            session.grants().actor(),
                             "refresh",
                         )
                         .reason(why),
@@ -480,11 +480,11 @@ async fn reload_credentials(shared: &Shared) -> bool {
             return true;
         }
     };
-    if *creds.access_token == *session.grants().raw {
+    if *creds.access_token == **session.grants().raw() {
         return true;
     }
     match shared.verifier.verify_fresh(&creds.access_token).await {
-        Ok(token) if token.token_id() != session.grants().actor.token_id => {
+        Ok(token) if token.token_id() != session.grants().actor().token_id => {
             adopt(
                 shared,
                 &token,
@@ -531,7 +531,7 @@ pub(crate) async fn adopt(
 ) -> bool {
     let session = shared.callers.mount_session().clone();
     let current = session.grants();
-    let a = &current.actor;
+    let a = &current.actor();
     let refusal = if token.subject() != a.identity_id {
         Some(format!(
             "the new token is for {}, not for {} (the mount's agent)",
@@ -600,7 +600,7 @@ pub(crate) async fn adopt(
         Event::new(
             "token.refreshed",
             Outcome::Allowed,
-            &session.grants().actor,
+            session.grants().actor(),
             operation,
         )
         .reason(why)
@@ -621,7 +621,7 @@ fn refuse_token(
     let mut ev = Event::new(
         "token.validated",
         Outcome::Denied,
-        &session.grants().actor,
+        session.grants().actor(),
         operation,
     )
     .reason(why);

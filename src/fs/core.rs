@@ -240,10 +240,10 @@ impl GuardFs {
         let now = SystemTime::now();
         self.gate.callers().sessions().iter().any(|s| {
             s.is_active(now) && {
-                let scopes = &s.grants().scopes;
+                let grants = s.grants();
                 [Op::Write, Op::Create, Op::Delete]
                     .into_iter()
-                    .any(|op| authz::decide(scopes, path, &Place::Content, op).allowed())
+                    .any(|op| authz::decide(grants.scopes(), path, &Place::Content, op).allowed())
             }
         })
     }
@@ -533,7 +533,7 @@ impl GuardFs {
             && ctx
                 .grants
                 .as_ref()
-                .is_some_and(|g| g.scopes.all_visible_below(path));
+                .is_some_and(|g| g.scopes().all_visible_below(path));
         if whole {
             return;
         }
@@ -882,7 +882,7 @@ impl GuardFs {
             fs: self,
             ctx,
             dir_fd: dir_fd.as_fd(),
-            scopes: &grants.scopes,
+            scopes: grants.scopes(),
         };
         let denials = session.denials_in(&dir_path);
         let subject = permissions::Subject {
@@ -913,7 +913,7 @@ impl GuardFs {
         let Some(grants) = &ctx.grants else {
             return Ok(Vec::new());
         };
-        let scopes = &grants.scopes;
+        let scopes = &grants.scopes();
         Ok(match view {
             RelayView::State => {
                 let visible = |p: &[u8]| {

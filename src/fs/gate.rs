@@ -260,7 +260,7 @@ impl Gate {
     pub(crate) fn decide(&self, ctx: &Ctx, path: &[u8], place: &Place, op: Op) -> Decision {
         match (&ctx.grants, &ctx.state, &ctx.session) {
             (Some(g), Some(State::Active), Some(s)) => {
-                authz::decide_fresh(&g.scopes, &self.freshness(s), path, place, op)
+                authz::decide_fresh(g.scopes(), &self.freshness(s), path, place, op)
             }
             (_, Some(state), _) => authz::decide_inactive(path, place, op, state.name()),
             _ => authz::decide_inactive(path, place, op, "not registered with this mount"),
@@ -358,7 +358,7 @@ impl Gate {
         };
         let policies = self.policies();
         let policy = policies
-            .authorize(&grants.scopes, path)
+            .authorize(grants.scopes(), path)
             .map_err(|r| (Error::of(r.errno()), r.message().to_owned()))?;
         self.freshness(session)
             .writeback()
@@ -374,7 +374,7 @@ impl Gate {
         let allowed = d.allowed();
         let path_str = String::from_utf8_lossy(path).into_owned();
         let reason = match &ctx.grants {
-            Some(g) => d.describe(&g.scopes, &path_str),
+            Some(g) => d.describe(g.scopes(), &path_str),
             None => "the caller has no session in this mount".to_owned(),
         };
         let action = match (d.op(), allowed) {
@@ -392,7 +392,7 @@ impl Gate {
             let matched = ctx
                 .grants
                 .as_ref()
-                .and_then(|g| d.matched_scope(&g.scopes).map(str::to_owned));
+                .and_then(|g| d.matched_scope(g.scopes()).map(str::to_owned));
             ev.scopes(d.requirement().map(|r| format!("relayfile:{r}")), matched)
                 .meta("errno", d.errno().unwrap_or(0))
         });
@@ -463,7 +463,7 @@ impl Gate {
         let actor = ctx
             .grants
             .as_ref()
-            .map(|g| g.actor.clone())
+            .map(|g| g.actor().clone())
             .unwrap_or_default();
         let ev = Event::new(action, outcome, &actor, operation)
             .pid(ctx.pid)

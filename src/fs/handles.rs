@@ -785,7 +785,7 @@ impl GuardFs {
             Ok(allowed) => allowed,
             Err(d) => {
                 let why = match &ctx.grants {
-                    Some(g) => d.describe(&g.scopes, &path),
+                    Some(g) => d.describe(g.scopes(), &path),
                     None => "the caller has no session in this mount".to_owned(),
                 };
                 return self.quarantine(&ctx, node, s, Error::EACCES, &why, None);

@@ -282,8 +282,8 @@ impl GuardFs {
             return Err(Error::EACCES);
         };
         use crate::scope::Requirement;
-        if g.scopes.grants_all_below(Requirement::FS_DELETE, from)
-            && g.scopes.grants_all_below(Requirement::FS_CREATE, to)
+        if g.scopes().grants_all_below(Requirement::FS_DELETE, from)
+            && g.scopes().grants_all_below(Requirement::FS_CREATE, to)
         {
             return Ok(());
         }

@@ -61,16 +61,44 @@ impl State {
     }
 }
 
-/// The identity and grants of the token a session currently holds.
+/// The identity and grants of the token a session currently holds. Only this module makes
+/// one, from a verified token, so grants are always what a verified token says.
 #[derive(Debug)]
 pub struct Grants {
-    pub actor: Actor,
-    pub scopes: Arc<ScopeSet>,
-    pub expires_at: SystemTime,
-    pub issued_at: SystemTime,
+    actor: Actor,
+    scopes: Arc<ScopeSet>,
+    expires_at: SystemTime,
+    issued_at: SystemTime,
     /// The raw token (with any prefix), for calls back to relayauth.
-    pub raw: Arc<str>,
-    pub parent_token_id: Option<String>,
+    raw: Arc<str>,
+    parent_token_id: Option<String>,
+}
+
+impl Grants {
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    pub fn scopes(&self) -> &Arc<ScopeSet> {
+        &self.scopes
+    }
+
+    pub fn expires_at(&self) -> SystemTime {
+        self.expires_at
+    }
+
+    pub fn issued_at(&self) -> SystemTime {
+        self.issued_at
+    }
+
+    /// The raw token (with any prefix), for calls back to relayauth.
+    pub fn raw(&self) -> &Arc<str> {
+        &self.raw
+    }
+
+    pub fn parent_token_id(&self) -> Option<&str> {
+        self.parent_token_id.as_deref()
+    }
 }
 
 /// A refused operation remembered for `_PERMISSIONS.md`.
@@ -116,7 +144,7 @@ impl Session {
         Session::from_grants(grants_of(token))
     }
 
-    pub(crate) fn from_grants(grants: Grants) -> Session {
+    fn from_grants(grants: Grants) -> Session {
         Session {
             id: grants.actor.session_id.clone(),
             grants: RwLock::new(Arc::new(grants)),
