@@ -2,9 +2,9 @@
 //! mirror.
 //!
 //! The gate is its own value ([`Gate`], held by the core), so it depends on nothing of the
-//! core's. A handler asks [`Gate::permit`], which decides with [`crate::authz::decide_fresh`]
+//! core's. A handler asks `Gate::permit`, which decides with [`crate::authz::decide_fresh`]
 //! (scopes, session state and freshness together), audits once and hands back an [`Allowed`].
-//! A change to a regular file then passes [`Gate::change`], the writeback gate (policy, scope
+//! A change to a regular file then passes `Gate::change`, the writeback gate (policy, scope
 //! and freshness for provider-backed paths), which turns the `Allowed` into a [`Change`]. Neither
 //! type has a public constructor or public fields, and every [`Mirror`](super::mirror::Mirror)
 //! method that changes or opens something takes one, so a handler that forgot the check does not
@@ -241,6 +241,20 @@ impl Gate {
         *self.policies.write() = Arc::new(policies);
     }
 
+    /// Whether some active session of this mount may write, replace or delete the ordinary
+    /// content path `path`.
+    pub(crate) fn changeable_by_any_session(&self, path: &[u8]) -> bool {
+        let now = SystemTime::now();
+        self.callers.sessions().iter().any(|s| {
+            s.is_active(now) && {
+                let grants = s.grants();
+                [Op::Write, Op::Create, Op::Delete]
+                    .into_iter()
+                    .any(|op| authz::decide(grants.scopes(), path, &Place::Content, op).allowed())
+            }
+        })
+    }
+
     pub(crate) fn ctx(&self, caller: &Caller) -> Ctx {
         Ctx::of(self.callers.resolve(caller.pid, caller.uid), caller.pid)
     }
@@ -328,7 +342,7 @@ impl Gate {
         })
     }
 
-    /// [`Gate::change`] without the audit (a staged commit writes its own).
+    /// `Gate::change` without the audit (a staged commit writes its own).
     pub(crate) fn try_change(
         &self,
         ctx: &Ctx,

@@ -69,7 +69,7 @@ impl SchemaSource for MirrorSchemas<'_> {
                 return None;
             }
             let path = super::inode::child_path(&parent.path(), OsStr::new(&name));
-            if self.fs.changeable_by_any_session(&path) {
+            if self.fs.gate.changeable_by_any_session(&path) {
                 writable_sibling = true;
                 return None;
             }

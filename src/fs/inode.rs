@@ -201,6 +201,10 @@ impl Table {
 }
 
 /// The table. Reads (`get`) take a shared lock; lookups that add nodes take it exclusively.
+///
+/// Lock order: `table` before any node's own locks (its location, its held descriptor, its
+/// backing); `clock` alone or under `table`, never with a node's descriptor lock held (the
+/// descriptors a sweep picks are dropped after the clock's lock is released).
 #[derive(Debug)]
 pub struct Inodes {
     table: RwLock<Table>,

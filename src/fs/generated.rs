@@ -1,0 +1,138 @@
+//! The generated files: `_PERMISSIONS.md` (rendered per caller from the same decisions the
+//! operations make, writeback gate included) and the filtered `/.relay` runtime views.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::SystemTime;
+
+use super::core::GuardFs;
+use super::error::{Error, FsResult};
+use super::gate::Ctx;
+use super::inode::{Node, NodeKind, RelayView};
+use super::mirror::Kind;
+use super::relay_files;
+use crate::authz::{self, Op, Place, RelayItem};
+use crate::permissions::{self, EntryKind, Listed};
+use crate::session::State;
+
+impl GuardFs {
+    /// `_PERMISSIONS.md` of the directory that `node` (a permissions node) belongs to.
+    pub(crate) fn render_permissions(&self, ctx: &Ctx, node: &Node) -> FsResult<Vec<u8>> {
+        let NodeKind::Permissions { dir } = node.kind else {
+            return Err(Error::EINVAL);
+        };
+        let dir_node = self.node(dir)?;
+        let dir_path = String::from_utf8_lossy(&dir_node.path()).into_owned();
+        let (Some(grants), Some(state), Some(session)) = (&ctx.grants, &ctx.state, &ctx.session)
+        else {
+            return Ok(b"# Permissions\n\nThis process is not registered with the mount, so it may see nothing. Start it with `relayauth-mount run` and a token.\n".to_vec());
+        };
+        let listed: Vec<Listed> = if *state == State::Active {
+            let fd = self.dir_fd(&dir_node)?;
+            self.visible_children(ctx, &dir_node, fd.as_fd())?
+                .into_iter()
+                .map(|(name, kind, _)| Listed {
+                    name: name.to_string_lossy().into_owned(),
+                    kind: match kind {
+                        Kind::File => EntryKind::File,
+                        Kind::Dir => EntryKind::Dir,
+                        Kind::Symlink => EntryKind::Symlink,
+                        Kind::Special => EntryKind::Other,
+                    },
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let dir_fd = self.dir_fd(&dir_node)?;
+        let judge = FsJudge {
+            fs: self,
+            ctx,
+            dir_fd: dir_fd.as_fd(),
+            scopes: grants.scopes(),
+        };
+        let denials = session.denials_in(&dir_path);
+        let subject = permissions::Subject {
+            grants,
+            state,
+            now: SystemTime::now(),
+            denials: &denials,
+        };
+        let provider_backed = self.opts.backing.is_provider_area(&dir_path);
+        let view = permissions::compute(
+            subject,
+            &dir_path,
+            &listed,
+            &judge,
+            &self.gate.policies(),
+            provider_backed,
+        );
+        Ok(permissions::render(&view).into_bytes())
+    }
+
+    /// The filtered content of a `/.relay` view node for this caller.
+    pub(crate) fn relay_view_content(&self, ctx: &Ctx, node: &Node) -> FsResult<Vec<u8>> {
+        let NodeKind::RelayView { fd, view } = &node.kind else {
+            return Err(Error::EINVAL);
+        };
+        let fd = fd.read().clone();
+        let raw = relay_files::read_runtime_file(&self.mirror, fd.as_fd());
+        let Some(grants) = &ctx.grants else {
+            return Ok(Vec::new());
+        };
+        let scopes = &grants.scopes();
+        Ok(match view {
+            RelayView::State => {
+                let visible = |p: &[u8]| {
+                    scopes.visible(p)
+                        && scopes
+                            .check_known(crate::scope::Requirement::SYNC_READ, p)
+                            .is_some()
+                };
+                relay_files::filter_state(&raw, &visible)
+            }
+            RelayView::DeniedLog => {
+                relay_files::filter_denied_log(&raw, &|p: &[u8]| scopes.visible(p))
+            }
+        })
+    }
+}
+
+/// Rights for `_PERMISSIONS.md`, from the same decisions the operations make: the caller's
+/// decision, then, for a write or delete of a provider-backed file, the writeback gate.
+struct FsJudge<'a> {
+    fs: &'a GuardFs,
+    ctx: &'a Ctx,
+    dir_fd: BorrowedFd<'a>,
+    scopes: &'a crate::scope::ScopeSet,
+}
+
+impl permissions::Judge for FsJudge<'_> {
+    fn right(&self, path: &str, name: &str, kind: EntryKind, op: Op) -> permissions::Right {
+        let p = path.as_bytes();
+        let place = if authz::classify_relay(p).is_some_and(|i| i.needs_target()) {
+            match self.fs.mirror.lookup(self.dir_fd, OsStr::new(name)) {
+                Ok((fd, st)) => self.fs.place(p, OsStr::new(name), Some((fd.as_fd(), &st))),
+                Err(_) => Place::Relay(RelayItem::Record { target: None }),
+            }
+        } else {
+            self.fs.place(p, OsStr::new(name), None)
+        };
+        let d = self.fs.gate.decide(self.ctx, p, &place, op);
+        let right = permissions::right(&d, self.scopes, path);
+        if right.allowed
+            && kind == EntryKind::File
+            && place == Place::Content
+            && matches!(op, Op::Write | Op::Delete)
+            && let Err((_, why)) = self.fs.gate.writeback_check(self.ctx, path)
+        {
+            return permissions::Right {
+                allowed: false,
+                scope: None,
+                lacks: None,
+                why: Some(why),
+            };
+        }
+        right
+    }
+}
