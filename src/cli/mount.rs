@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args};
-use serde_json::json;
 
 use super::token::{TokenSourceArgs, duration};
 use super::{Exit, Failure, Outcome, print_json};
@@ -141,7 +140,7 @@ pub struct StatusArgs {
 
 pub fn run_status(args: StatusArgs) -> Outcome {
     let v =
-        control::request(&args.mountpoint, &json!({"op": "status"})).map_err(Failure::failed)?;
+        control::request(&args.mountpoint, control::Request::Status).map_err(Failure::failed)?;
     if v["ok"] != true {
         return Err(Failure::failed(
             v["error"]
@@ -196,7 +195,7 @@ pub struct UnmountArgs {
 
 pub fn run_unmount(args: UnmountArgs) -> Outcome {
     let mp = control::canonical_mountpoint(&args.mountpoint);
-    match control::request(&mp, &json!({"op": "unmount"})) {
+    match control::request(&mp, control::Request::Unmount) {
         Ok(v) if v["ok"] == true => {
             // The daemon unmounts after answering; wait until the mount is gone.
             let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -10,7 +10,27 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+/// A request on the control socket: one JSON object per line, tagged by `op`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The mount's session, expiry and decision counts.
+    Status,
+    /// Unmount and stop the daemon.
+    Unmount,
+}
+
+impl Request {
+    /// A request line as the daemon reads it: anything else is refused with the reason.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        serde_json::from_str(line).map_err(|e| {
+            format!("bad request ({e}); send {{\"op\":\"status\"}} or {{\"op\":\"unmount\"}}")
+        })
+    }
+}
 
 /// Where control sockets live: `/run/relayauth-mount` for root, else
 /// `$XDG_RUNTIME_DIR/relayauth-mount`, else `/tmp/relayauth-mount-<uid>`.
@@ -57,7 +77,7 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 }
 
 /// Send one request to the daemon of `mountpoint` and read its answer.
-pub fn request(mountpoint: &Path, req: &Value) -> Result<Value, String> {
+pub fn request(mountpoint: &Path, req: Request) -> Result<Value, String> {
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         format!(
@@ -69,7 +89,7 @@ pub fn request(mountpoint: &Path, req: &Value) -> Result<Value, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(&req).map_err(|e| e.to_string())?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
@@ -84,4 +104,29 @@ pub fn request(mountpoint: &Path, req: &Value) -> Result<Value, String> {
 /// An error answer.
 pub fn error(message: impl Into<String>) -> Value {
     json!({"ok": false, "error": message.into()})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_a_closed_set() {
+        assert_eq!(Request::parse(r#"{"op":"status"}"#), Ok(Request::Status));
+        assert_eq!(Request::parse(r#"{"op":"unmount"}"#), Ok(Request::Unmount));
+        for bad in [
+            r#"{"op":"Status"}"#,
+            r#"{"op":"shutdown"}"#,
+            r#"{}"#,
+            "status",
+            "",
+        ] {
+            let e = Request::parse(bad).unwrap_err();
+            assert!(e.contains("\"op\":\"status\""), "{bad}: {e}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Request::Unmount).unwrap(),
+            r#"{"op":"unmount"}"#
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc::Sender;
@@ -155,16 +155,13 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
             let answer = if !allowed {
                 control::error("only the user running the mount may control it")
             } else {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(req) => match req.get("op").and_then(Value::as_str) {
-                        Some("status") => status_json(&shared),
-                        Some("unmount") => {
-                            let _ = stop.send(Stop::Requested).await;
-                            json!({"ok": true})
-                        }
-                        _ => control::error("unknown request; use status or unmount"),
-                    },
-                    Err(e) => control::error(format!("bad request: {e}")),
+                match control::Request::parse(&line) {
+                    Ok(control::Request::Status) => status_json(&shared),
+                    Ok(control::Request::Unmount) => {
+                        let _ = stop.send(Stop::Requested).await;
+                        json!({"ok": true})
+                    }
+                    Err(e) => control::error(e),
                 }
             };
             let mut text = answer.to_string();
