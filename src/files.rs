@@ -30,6 +30,7 @@ pub enum ReadError {
 }
 
 impl ReadError {
+    #[cfg(test)]
     pub fn is_not_found(&self) -> bool {
         matches!(self, ReadError::NotFound)
     }

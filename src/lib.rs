@@ -3,18 +3,24 @@
 //! The crate is a library with a thin binary on top, so that every decision can be tested
 //! without FUSE. See README.md for what the tool does and DESIGN-level semantics.
 
-pub mod audit;
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+// The surface `main`, the tests, the benches and the docs use: the command line, the rules
+// (scopes, authorization), tokens, the development issuer, and the filesystem core with its
+// gate. Everything else is the daemon's own.
 pub mod authz;
 pub mod cli;
-pub mod daemon;
-pub mod failure;
-pub mod files;
 pub mod fs;
-pub mod fuse;
 pub mod issuer;
-pub mod permissions;
-pub mod relayauth;
 pub mod scope;
-pub mod session;
 pub mod token;
-pub mod writeback;
+
+mod audit;
+mod daemon;
+mod failure;
+mod files;
+mod fuse;
+mod permissions;
+mod relayauth;
+mod session;
+mod writeback;

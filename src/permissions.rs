@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::authz::{self, Decision, Op, Place, Verdict};
+use crate::authz::{self, Decision, Op, Place};
 use crate::scope::pattern::PathPattern;
 use crate::scope::{Requirement, ScopeForm, ScopeSet, path as vpath};
 use crate::session::{Denial, Grants, State};
@@ -70,6 +70,7 @@ pub enum Names {
 }
 
 impl Names {
+    #[cfg(test)]
     pub fn admits(&self, name: &str) -> bool {
         match self {
             Names::Any => true,
@@ -172,12 +173,14 @@ pub trait Judge {
 }
 
 /// A judge over a scope set alone (no mirror, no writeback policies): for tests and tools.
+#[cfg(test)]
 pub struct ScopeJudge<'a> {
     pub grants: &'a Grants,
     pub state: &'a State,
     pub place_for: &'a dyn Fn(&str, &str) -> Place,
 }
 
+#[cfg(test)]
 impl Judge for ScopeJudge<'_> {
     fn right(&self, path: &str, name: &str, _kind: EntryKind, op: Op) -> Right {
         let place = (self.place_for)(path, name);
@@ -597,8 +600,9 @@ pub fn render(view: &View) -> String {
 }
 
 /// Whether a decision would let the entry's `read` claim stand (used by tests).
+#[cfg(test)]
 pub fn claim_matches(right: &Right, d: &Decision) -> bool {
-    right.allowed == (d.verdict() == Verdict::Allow)
+    right.allowed == (d.verdict() == crate::authz::Verdict::Allow)
 }
 
 #[cfg(test)]

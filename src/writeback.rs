@@ -536,8 +536,10 @@ pub fn plain_schema_ref(schema_ref: &str) -> bool {
 
 /// Schemas read from one directory (for tests and `--writeback-policies` without a mirror).
 #[derive(Clone, Debug)]
+#[cfg(test)]
 pub struct DirSchemas(pub PathBuf);
 
+#[cfg(test)]
 impl SchemaSource for DirSchemas {
     fn load(&self, schema_ref: &str, _path: &str) -> Result<Value, String> {
         if !plain_schema_ref(schema_ref) {

@@ -21,7 +21,6 @@ mod tasks;
 pub use crate::failure::{Exit, Failure};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -236,17 +235,10 @@ impl Reporter {
 /// Fork into the background. In the parent: wait for the child's report, print it and give
 /// `Ok(Err(exit code))`. In the child: `Ok(Ok(pipe))`, the pipe to report on.
 fn daemonize(log: &Path) -> Result<Result<File, Exit>, Failure> {
-    let mut fds = [0i32; 2];
-    // SAFETY: plain pipe(2) on a local array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return fail(
-            Exit::No,
-            format!("cannot create a pipe: {}", std::io::Error::last_os_error()),
-        );
-    }
-    // SAFETY: the descriptors were just returned by pipe2 and are owned here.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(ends) => ends,
+        Err(e) => return fail(Exit::No, format!("cannot create a pipe: {e}")),
+    };
     // SAFETY: fork(2) before any thread of this process exists (the command line was parsed,
     // nothing else started); the child only continues single-threaded code.
     let pid = unsafe { libc::fork() };
@@ -282,10 +274,7 @@ fn daemonize(log: &Path) -> Result<Result<File, Exit>, Failure> {
     }
     drop(read_end);
     // The child: its own session, no terminal, stdio to the log.
-    // SAFETY: setsid(2) in the freshly forked, single-threaded child.
-    unsafe {
-        libc::setsid();
-    }
+    let _ = rustix::process::setsid();
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -296,13 +285,9 @@ fn daemonize(log: &Path) -> Result<Result<File, Exit>, Failure> {
         .or_else(|_| std::fs::OpenOptions::new().write(true).open("/dev/null"));
     let null = std::fs::File::open("/dev/null");
     if let (Ok(out), Ok(null)) = (out, null) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto the standard descriptors with descriptors we own.
-        unsafe {
-            libc::dup2(null.as_raw_fd(), 0);
-            libc::dup2(out.as_raw_fd(), 1);
-            libc::dup2(out.as_raw_fd(), 2);
-        }
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&out);
+        let _ = rustix::stdio::dup2_stderr(&out);
     }
     let _ = std::env::set_current_dir("/");
     Ok(Ok(File::from(write_end)))

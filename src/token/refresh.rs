@@ -26,7 +26,6 @@
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -489,15 +488,18 @@ impl BundleLock {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            // SAFETY: flock on a descriptor this function owns; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc == 0 {
-                return Ok(BundleLock {
-                    file,
-                    path: path.to_path_buf(),
-                });
-            }
-            let err = std::io::Error::last_os_error();
+            let err = match rustix::fs::flock(
+                &file,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive,
+            ) {
+                Ok(()) => {
+                    return Ok(BundleLock {
+                        file,
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) => std::io::Error::from(e),
+            };
             let busy = matches!(
                 err.raw_os_error(),
                 Some(libc::EWOULDBLOCK) | Some(libc::EINTR)
@@ -556,10 +558,8 @@ impl BundleLock {
 
 impl Drop for BundleLock {
     fn drop(&mut self) {
-        // SAFETY: as in `acquire`. Closing the descriptor would release the lock too.
-        unsafe {
-            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
-        }
+        // Closing the descriptor would release the lock too.
+        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
     }
 }
 
