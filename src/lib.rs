@@ -6,12 +6,14 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 // The surface `main`, the tests, the benches and the docs use: the command line, the rules
-// (scopes, authorization), tokens, the development issuer, and the filesystem core with its
-// gate. Everything else is the daemon's own.
+// (scopes, authorization), tokens, where they come from and relayauth's endpoints, the
+// development issuer, and the filesystem core with its gate. Everything else is the daemon's own.
 pub mod authz;
 pub mod cli;
+pub mod credentials;
 pub mod fs;
 pub mod issuer;
+pub mod relayauth;
 pub mod scope;
 pub mod token;
 
@@ -21,6 +23,5 @@ mod failure;
 mod files;
 mod fuse;
 mod permissions;
-mod relayauth;
 mod session;
 mod writeback;

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use common::http::{Reply, Server};
 use common::tokens::*;
+use relayauth_mount::relayauth::{RefreshError, RefreshOptions, Refresher, should_refresh};
 use relayauth_mount::scope::Requirement;
-use relayauth_mount::token::{
-    RefreshError, RefreshOptions, Refresher, TokenErrorCode, Verifier, should_refresh,
-};
+use relayauth_mount::token::{TokenErrorCode, Verifier};
 use serde_json::{Value, json};
 
 const NEW_SCOPE: &str = "relayfile:fs:write:/linear/issues/**";

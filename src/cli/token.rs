@@ -14,10 +14,9 @@ use clap::{ArgGroup, Args, Subcommand};
 use serde_json::json;
 
 use super::{Exit, Failure, Outcome, print_json};
+use crate::credentials::CredentialSource;
 use crate::token::time::{expiry_words, format_rfc3339, unix_seconds};
-use crate::token::{
-    CredentialSource, JwksCache, JwksSource, TokenError, VerifiedToken, Verifier, VerifierConfig,
-};
+use crate::token::{JwksCache, JwksSource, TokenError, VerifiedToken, Verifier, VerifierConfig};
 
 /// Where the token comes from: one of three sources, the same flags for every command that
 /// takes a token (`check`, `token inspect`, `mount`).
@@ -28,7 +27,7 @@ pub struct TokenSourceArgs {
     pub token_file: Option<PathBuf>,
     /// An environment variable holding the access token (`--token-env` alone: RELAYAUTH_TOKEN).
     #[arg(long = "token-env", value_name = "VAR", num_args = 0..=1,
-          default_missing_value = crate::token::credentials::DEFAULT_TOKEN_ENV)]
+          default_missing_value = crate::credentials::DEFAULT_TOKEN_ENV)]
     pub token_env: Option<String>,
     /// relayfile's delegated credentials bundle (JSON with accessToken); `mount` refreshes it
     /// before expiry.

@@ -28,11 +28,11 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use crate::audit::{AuditLog, Event, Outcome};
+use crate::credentials::CredentialSource;
 use crate::fs::mirror::Mirror;
 use crate::fs::{GuardFs, Options};
 use crate::relayauth::{RevocationClient, Status, Strategy};
 use crate::session::{Callers, Session};
-use crate::token::credentials::CredentialSource;
 use crate::token::jwks::{JwksCache, JwksSource};
 use crate::token::verify::{Verifier, VerifierConfig};
 use crate::writeback::{Backing, PolicySet};

@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 
 use super::{Shared, Stop, control, status_json};
 use crate::audit::{Event, Outcome};
+use crate::credentials::CredentialSource;
 use crate::relayauth::Status;
-use crate::token::credentials::CredentialSource;
-use crate::token::refresh::{RefreshOptions, Refresher, refresh_due};
+use crate::relayauth::refresh::{RefreshOptions, Refresher, refresh_due};
 use crate::writeback::PolicySet;
 
 /// The FUSE connection number of the mount at `mountpoint` (for aborting it).

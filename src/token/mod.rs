@@ -12,26 +12,22 @@
 //! - [`verify`]: the verifier and [`VerifiedToken`].
 //! - [`keys`] and [`sign`]: signing keys and token signing, for the development issuer and
 //!   the tests.
-//! - [`credentials`]: where a token comes from (a JWT file, relayfile's delegated credentials
-//!   bundle, an environment variable).
-//! - [`refresh`]: rotating a bundle's token pair without ever reusing a refresh token.
+//!
+//! Where a token comes from is `crate::credentials`; rotating a bundle's token pair is
+//! `crate::relayauth::refresh`.
 
 pub mod claims;
-pub mod credentials;
 pub mod error;
 pub mod jwks;
 pub mod keys;
-pub mod refresh;
 pub mod sign;
 pub(crate) mod time;
 pub mod verify;
 
 pub use claims::{Audience, Claims};
-pub use credentials::{Bundle, CredentialError, CredentialSource, Credentials};
 pub use error::{TokenError, TokenErrorCode};
 pub use jwks::{JwksCache, JwksError, JwksOptions, JwksSource, PublicJwk, thumbprint};
 pub use keys::{KeyAlgorithm, KeyError, SigningKey};
-pub use refresh::{RefreshError, RefreshOptions, Refreshed, Refresher, should_refresh};
 pub use sign::Signer;
 pub use verify::{
     DEFAULT_ISSUER, MAX_TOKEN_BYTES, RELAYFILE_AUDIENCE, VerifiedToken, Verifier, VerifierConfig,

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 
-use super::time::format_rfc3339;
+use crate::token::time::format_rfc3339;
 
 /// The environment variable a token is read from by default.
 pub const DEFAULT_TOKEN_ENV: &str = "RELAYAUTH_TOKEN";

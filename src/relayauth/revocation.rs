@@ -74,7 +74,7 @@ impl RevocationClient {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(format!("relayauth URL {base} must be http:// or https://"));
         }
-        if base.scheme() == "http" && !crate::token::jwks::is_loopback(&base) {
+        if base.scheme() == "http" && !super::http::is_loopback(&base) {
             return Err(format!(
                 "relayauth URL {base} is plain http to a non-loopback host; use https"
             ));
@@ -83,7 +83,7 @@ impl RevocationClient {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        let client = crate::token::jwks::secret_client(timeout)?;
+        let client = super::http::secret_client(timeout)?;
         if strategy == Strategy::Introspect && api_key.is_none() {
             return Err("--revocation introspect needs an API key (--relayauth-api-key or RELAYAUTH_API_KEY)".to_owned());
         }
@@ -141,10 +141,7 @@ impl RevocationClient {
 
     async fn ask(&self, strategy: Strategy, token: &str, jti: &str) -> Result<Status, NoAnswer> {
         let transport = |e: reqwest::Error| {
-            NoAnswer(crate::token::jwks::describe_http_error(
-                &e,
-                Duration::from_secs(5),
-            ))
+            NoAnswer(super::http::describe_http_error(&e, Duration::from_secs(5)))
         };
         match strategy {
             Strategy::List => {

@@ -33,11 +33,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::b64url_encode;
-use super::credentials::{Bundle, CredentialError, CredentialSource, Credentials, TokenPair};
-use super::error::TokenError;
-use super::jwks::{describe_http_error, is_loopback, secret_client};
-use super::verify::{VerifiedToken, Verifier};
+use super::http::{describe_http_error, is_loopback, secret_client};
+use crate::credentials::{Bundle, CredentialError, CredentialSource, Credentials, TokenPair};
+use crate::token::b64url_encode;
+use crate::token::error::TokenError;
+use crate::token::verify::{VerifiedToken, Verifier};
 
 /// Whether a token is due for refresh at `now`: 80% of its lifetime (`iat` to `exp`) has passed.
 pub fn should_refresh(token: &VerifiedToken, now: SystemTime) -> bool {
