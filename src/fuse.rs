@@ -24,11 +24,20 @@ use crate::fs::{Caller, Error, FsResult, GuardFs, SetAttr};
 #[derive(Debug)]
 pub struct FuseAdapter {
     fs: Arc<GuardFs>,
+    /// Dropped with the adapter, which fuser drops once every worker thread has stopped: that
+    /// is what [`Ended`] waits for.
+    _alive: tokio::sync::watch::Sender<()>,
 }
 
-impl FuseAdapter {
-    pub fn new(fs: Arc<GuardFs>) -> FuseAdapter {
-        FuseAdapter { fs }
+/// The end of a mount's kernel session (unmounted from outside, aborted, or torn down): every
+/// worker thread has stopped and the filesystem is gone.
+#[derive(Debug)]
+pub struct Ended(tokio::sync::watch::Receiver<()>);
+
+impl Ended {
+    /// Wait until the session has ended.
+    pub async fn wait(&mut self) {
+        while self.0.changed().await.is_ok() {}
     }
 }
 
@@ -623,7 +632,7 @@ pub fn mount(
     fs: Arc<GuardFs>,
     mountpoint: &Path,
     cfg: &MountConfig,
-) -> io::Result<fuser::BackgroundSession> {
+) -> io::Result<(fuser::BackgroundSession, Ended)> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(cfg.source_name.clone()),
@@ -640,8 +649,10 @@ pub fn mount(
     }
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
-    let session = fuser::Session::new(FuseAdapter::new(fs), mountpoint, &config)?;
-    session.spawn()
+    let (alive, watch) = tokio::sync::watch::channel(());
+    let adapter = FuseAdapter { fs, _alive: alive };
+    let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    Ok((session.spawn()?, Ended(watch)))
 }
 
 /// A reasonable number of worker threads for this machine.

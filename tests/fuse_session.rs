@@ -169,6 +169,39 @@ fn status_and_unmount_commands() {
 }
 
 #[test]
+fn an_unmount_from_outside_ends_the_daemon_at_once() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let mut m = TestMount::start(&issuer, &issuer.token(READER), MountOpts::default());
+    assert!(
+        m.sh("cat github/repos/acme/api/metadata.json")
+            .status
+            .success()
+    );
+    let o = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    // The daemon hears of it from the kernel session's end.
+    let (code, stderr) = m.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!is_mounted(&m.mnt));
+    let events = m.audit_events();
+    let last = events.last().unwrap();
+    assert_eq!(last["action"], "mount.unmounted", "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("unmounted from outside")),
+        "{last}"
+    );
+}
+
+#[test]
 fn sigterm_unmounts_cleanly_and_flushes_the_audit_log() {
     if !fuse_available() {
         return;

@@ -672,7 +672,7 @@ async fn serve(
         source_name: source.display().to_string(),
         other_users: spec.allow_other_users,
     };
-    let bg = crate::fuse::mount(fs.clone(), &mountpoint, &cfg).or_else(|e| {
+    let (bg, mut ended) = crate::fuse::mount(fs.clone(), &mountpoint, &cfg).or_else(|e| {
         fail(
             Exit::No,
             format!(
@@ -698,31 +698,22 @@ async fn serve(
     let listener = match tasks::bind_control(&mountpoint) {
         Ok(l) => l,
         Err(e) => {
-            tasks::teardown(bg, &mountpoint, conn).await;
+            tasks::teardown(bg, ended, &mountpoint, conn).await;
             return fail(Exit::No, format!("cannot create the control socket: {e}"));
         }
     };
     reporter.ready(&summary(&shared, &session, &policies, &revocation_note));
     let handles = tasks::spawn_all(shared.clone(), listener, watch, stop_tx.clone());
 
-    let mut bg = Some(bg);
-    let stop = loop {
-        tokio::select! {
-            Some(stop) = stop_rx.recv() => break stop,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                if bg.as_ref().is_some_and(|b| b.guard.is_finished()) {
-                    break Stop::Unmounted;
-                }
-            }
-        }
+    let stop = tokio::select! {
+        Some(stop) = stop_rx.recv() => stop,
+        () = ended.wait() => Stop::Unmounted,
     };
     for h in handles {
         h.abort();
     }
     let _ = std::fs::remove_file(control::socket_path(&mountpoint));
-    if let Some(bg) = bg.take() {
-        tasks::teardown(bg, &mountpoint, conn).await;
-    }
+    tasks::teardown(bg, ended, &mountpoint, conn).await;
     let (code, reason) = match &stop {
         Stop::Signal(name) => (Exit::Ok, format!("stopped by {name}")),
         Stop::Requested => (Exit::Ok, "unmount requested".to_owned()),

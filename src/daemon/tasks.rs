@@ -19,7 +19,7 @@ use super::{Shared, Stop, control, status_json};
 use crate::audit::{Event, Outcome};
 use crate::credentials::CredentialSource;
 use crate::relayauth::Status;
-use crate::relayauth::refresh::{RefreshOptions, Refresher, refresh_due};
+use crate::relayauth::refresh::{RefreshOptions, Refresher, refresh_due_at};
 use crate::writeback::PolicySet;
 
 /// The FUSE connection number of the mount at `mountpoint` (for aborting it).
@@ -32,13 +32,18 @@ pub(crate) fn connection_of(mountpoint: &Path) -> Option<u64> {
 
 /// Take the mount down: lazy unmount, then abort the connection if processes still hold it,
 /// then join the filesystem threads.
-pub(crate) async fn teardown(bg: fuser::BackgroundSession, mountpoint: &Path, conn: Option<u64>) {
+pub(crate) async fn teardown(
+    bg: fuser::BackgroundSession,
+    mut ended: crate::fuse::Ended,
+    mountpoint: &Path,
+    conn: Option<u64>,
+) {
     if super::is_mount_point(mountpoint) {
         let _ = rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)
             .map_err(std::io::Error::from)
             .or_else(|_| crate::fuse::unmount(mountpoint));
     }
-    if !wait_finished(&bg, Duration::from_secs(2)).await
+    if !wait_finished(&mut ended, Duration::from_secs(2)).await
         && let Some(conn) = conn
     {
         let abort = PathBuf::from(format!("/sys/fs/fuse/connections/{conn}/abort"));
@@ -49,22 +54,16 @@ pub(crate) async fn teardown(bg: fuser::BackgroundSession, mountpoint: &Path, co
             );
         }
     }
-    if wait_finished(&bg, Duration::from_secs(5)).await {
+    if wait_finished(&mut ended, Duration::from_secs(5)).await {
         let _ = tokio::task::spawn_blocking(move || bg.join()).await;
     } else {
         tracing::warn!("the filesystem threads did not stop; exiting anyway");
     }
 }
 
-async fn wait_finished(bg: &fuser::BackgroundSession, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !bg.guard.is_finished() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
+/// Whether the kernel session ended within `limit`.
+async fn wait_finished(ended: &mut crate::fuse::Ended, limit: Duration) -> bool {
+    tokio::time::timeout(limit, ended.wait()).await.is_ok()
 }
 
 /// Bind the control socket (replacing a stale one nobody answers on).
@@ -171,12 +170,19 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
     }
 }
 
+/// Wall-clock moments (a token's expiry, its refresh) are waited for in slices of at most this
+/// long, then looked at again: a sleep counts monotonic time, which stands still while a laptop
+/// is suspended, and the wall clock can be set. Changes of the session itself wake the waiter at
+/// once.
+const WALL_CLOCK_SLICE: Duration = Duration::from_secs(5);
+
 /// Stop when the mount's own session is no longer active (revoked, refresh rejected, expired).
 async fn watch_session(shared: Arc<Shared>, stop: Sender<Stop>) {
     let session = shared.callers.mount_session().clone();
+    let mut changes = session.changes();
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let state = session.state(SystemTime::now());
+        let now = SystemTime::now();
+        let state = session.state(now);
         if state != crate::session::State::Active {
             let g = session.grants();
             shared.audit.record(
@@ -186,6 +192,17 @@ async fn watch_session(shared: Arc<Shared>, stop: Sender<Stop>) {
             );
             let _ = stop.send(Stop::SessionEnded(state.describe())).await;
             return;
+        }
+        // Until the token expires, or something changes (a revocation, a new token).
+        let until_expiry = session
+            .grants()
+            .expires_at()
+            .duration_since(now)
+            .unwrap_or_default()
+            .min(WALL_CLOCK_SLICE);
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(until_expiry + Duration::from_millis(1)) => {}
         }
     }
 }
@@ -268,13 +285,25 @@ async fn refresh_bundle(shared: Arc<Shared>, bundle: PathBuf) {
             return;
         }
     };
+    let mut changes = session.changes();
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
         if !session.is_active(SystemTime::now()) {
             return;
         }
         let current = session.grants();
-        if !refresh_due(current.issued_at(), current.expires_at(), SystemTime::now()) {
+        let due = refresh_due_at(current.issued_at(), current.expires_at());
+        if due.is_none_or(|due| SystemTime::now() < due) {
+            // Until the refresh is due, or the token is replaced (another process refreshed,
+            // the file was rewritten) or the session ends.
+            let wait = due.map_or(WALL_CLOCK_SLICE, |due| {
+                due.duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .min(WALL_CLOCK_SLICE)
+            });
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(wait) => {}
+            }
             continue;
         }
         match refresher.refresh().await {

@@ -46,12 +46,16 @@ pub fn should_refresh(token: &VerifiedToken, now: SystemTime) -> bool {
 
 /// [`should_refresh`] for a token known by its issue and expiry times.
 pub fn refresh_due(iat: SystemTime, exp: SystemTime, now: SystemTime) -> bool {
-    let Ok(lifetime) = exp.duration_since(iat) else {
-        return true;
-    };
-    match iat.checked_add(lifetime.mul_f64(0.8)) {
-        Some(due) => now >= due,
-        None => false,
+    refresh_due_at(iat, exp).is_some_and(|due| now >= due)
+}
+
+/// When a token issued at `iat` and expiring at `exp` is due for refresh (80% of its
+/// lifetime); `None` when that moment cannot be named (it would overflow: never due).
+pub fn refresh_due_at(iat: SystemTime, exp: SystemTime) -> Option<SystemTime> {
+    match exp.duration_since(iat) {
+        // Issued after it expires: due at once.
+        Err(_) => Some(iat.min(exp)),
+        Ok(lifetime) => iat.checked_add(lifetime.mul_f64(0.8)),
     }
 }
 

@@ -136,6 +136,9 @@ pub struct Session {
     /// Bumped whenever the grants change, so whatever was decided under the old grants (an
     /// open file's access) is decided again.
     epoch: AtomicU64,
+    /// Told of every change of grants or state, so the daemon's tasks wait for one instead of
+    /// polling (the value counts changes).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Session {
@@ -153,7 +156,18 @@ impl Session {
             confirmed: AtomicU64::new(0),
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             epoch: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that sees every later change of this session's grants or state (a revocation,
+    /// a replaced token); an expiry is a time, for the receiver to wait until.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The grants' generation: it changes whenever the token (and so the scopes) is replaced.
@@ -174,6 +188,7 @@ impl Session {
     pub fn replace_token(&self, token: &crate::token::VerifiedToken) {
         *self.grants.write() = Arc::new(grants_of(token));
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.changed();
     }
 
     /// The state as of `now`: an active session whose token's `exp` has passed is expired.
@@ -194,16 +209,21 @@ impl Session {
 
     /// End the session (idempotent: the first reason stays).
     pub fn revoke(&self, reason: &str) -> bool {
-        let mut st = self.state.write();
-        if *st == State::Active {
-            *st = State::Revoked {
-                at: SystemTime::now(),
-                reason: reason.to_owned(),
-            };
-            true
-        } else {
-            false
+        let revoked = {
+            let mut st = self.state.write();
+            let active = *st == State::Active;
+            if active {
+                *st = State::Revoked {
+                    at: SystemTime::now(),
+                    reason: reason.to_owned(),
+                };
+            }
+            active
+        };
+        if revoked {
+            self.changed();
         }
+        revoked
     }
 
     /// relayauth just confirmed the session is alive.
@@ -288,6 +308,7 @@ pub(crate) mod testing {
             parent_token_id: old.parent_token_id.clone(),
         });
         s.epoch.fetch_add(1, Ordering::AcqRel);
+        s.changed();
     }
 
     pub fn session(scopes: &[&str]) -> Arc<Session> {
@@ -307,5 +328,26 @@ pub(crate) mod testing {
             raw: Arc::from("test"),
             parent_token_id: None,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing;
+
+    #[test]
+    fn a_revocation_or_a_new_token_is_announced_to_waiters() {
+        let s = testing::session(&["relayfile:fs:read:/**"]);
+        let mut rx = s.changes();
+        assert!(!rx.has_changed().unwrap());
+        testing::replace_scopes(&s, &["relayfile:fs:read:/a/**"]);
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        assert!(s.revoke("test"));
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        // A second revocation changes nothing, and says nothing.
+        assert!(!s.revoke("again"));
+        assert!(!rx.has_changed().unwrap());
     }
 }
