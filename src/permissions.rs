@@ -20,17 +20,10 @@ use crate::writeback::{PolicySet, PolicySummary};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub name: String,
-    pub kind: EntryKind,
+    pub kind: Kind,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    File,
-    Dir,
-    Symlink,
-    Other,
-}
+pub use crate::fs::kind::Kind;
 
 /// One right on one path, as enforcement decides it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -50,7 +43,7 @@ pub struct EntryRights {
     pub name: String,
     pub path: String,
     #[serde(rename = "type")]
-    pub kind: EntryKind,
+    pub kind: Kind,
     /// Files: open for reading. Directories: list.
     pub read: Right,
     pub write: Right,
@@ -169,7 +162,7 @@ pub struct Subject<'a> {
 /// What the caller may do, asked of the code that enforces it.
 pub trait Judge {
     /// The right to `op` on the entry at `path` (named `name`, of `kind`).
-    fn right(&self, path: &str, name: &str, kind: EntryKind, op: Op) -> Right;
+    fn right(&self, path: &str, name: &str, kind: Kind, op: Op) -> Right;
 }
 
 /// A judge over a scope set alone (no mirror, no writeback policies): for tests and tools.
@@ -182,7 +175,7 @@ pub struct ScopeJudge<'a> {
 
 #[cfg(test)]
 impl Judge for ScopeJudge<'_> {
-    fn right(&self, path: &str, name: &str, _kind: EntryKind, op: Op) -> Right {
+    fn right(&self, path: &str, name: &str, _kind: Kind, op: Op) -> Right {
         let place = (self.place_for)(path, name);
         let d = if *self.state == State::Active {
             authz::decide(self.grants.scopes(), path.as_bytes(), &place, op)
@@ -214,12 +207,12 @@ pub fn compute(
     let scopes = &grants.scopes();
     let active = *state == State::Active;
     let dir_name = dir.rsplit('/').next().unwrap_or("");
-    let list = judge.right(dir, dir_name, EntryKind::Dir, Op::See).allowed;
+    let list = judge.right(dir, dir_name, Kind::Dir, Op::See).allowed;
     let entries = listed
         .iter()
         .map(|l| {
             let path = vpath::join(dir, &l.name);
-            let read_op = if l.kind == EntryKind::Dir {
+            let read_op = if l.kind == Kind::Dir {
                 Op::See
             } else {
                 Op::Read
@@ -509,10 +502,10 @@ pub fn render(view: &View) -> String {
         let _ = writeln!(s, "|---|---|---|---|---|");
         for e in &view.entries {
             let kind = match e.kind {
-                EntryKind::File => "file",
-                EntryKind::Dir => "dir",
-                EntryKind::Symlink => "symlink",
-                EntryKind::Other => "other",
+                Kind::File => "file",
+                Kind::Dir => "dir",
+                Kind::Symlink => "symlink",
+                Kind::Special => "other",
             };
             let _ = writeln!(
                 s,
@@ -611,7 +604,7 @@ mod tests {
     use crate::session::Denial;
     use crate::session::testing::session;
 
-    fn listed(names: &[(&str, EntryKind)]) -> Vec<Listed> {
+    fn listed(names: &[(&str, Kind)]) -> Vec<Listed> {
         names
             .iter()
             .map(|(n, k)| Listed {
@@ -631,9 +624,9 @@ mod tests {
         ]);
         let g = s.grants();
         let names = listed(&[
-            ("api", EntryKind::Dir),
-            ("web", EntryKind::Dir),
-            ("notes.md", EntryKind::File),
+            ("api", Kind::Dir),
+            ("web", Kind::Dir),
+            ("notes.md", Kind::File),
         ]);
         let place = |p: &str, n: &str| place_of(p, n);
         let subject = Subject {
@@ -656,7 +649,7 @@ mod tests {
             false,
         );
         for e in &view.entries {
-            let op = if e.kind == EntryKind::Dir {
+            let op = if e.kind == Kind::Dir {
                 Op::See
             } else {
                 Op::Read
@@ -741,7 +734,7 @@ mod tests {
             .iter()
             .map(|n| Listed {
                 name: (*n).to_owned(),
-                kind: EntryKind::File,
+                kind: Kind::File,
             })
             .collect();
         let denials: Vec<Denial> = hostile

@@ -38,12 +38,12 @@ pub fn is_temp_name(name: &str) -> bool {
 
 /// Which paths relayfile would push to a provider.
 #[derive(Clone, Debug, Default)]
-pub struct Backing {
+pub struct ProviderAreas {
     /// Extra top-level directories that are local (`--local-roots`).
     pub local_roots: Vec<String>,
 }
 
-impl Backing {
+impl ProviderAreas {
     /// Whether a write to the regular file at `path` is a writeback: it lies in a provider
     /// area (below the top level) and its name is not an editor temporary.
     pub fn is_provider_backed(&self, path: &str) -> bool {
@@ -630,7 +630,7 @@ mod tests {
 
     #[test]
     fn provider_backed_paths() {
-        let b = Backing {
+        let b = ProviderAreas {
             local_roots: vec!["scratch".into()],
         };
         assert!(b.is_provider_backed("/github/x.json"));

@@ -279,7 +279,7 @@ pub fn decide(scopes: &ScopeSet, path: &[u8], place: &Place, op: Op) -> Decision
             Op::Forbidden(f) => Decision::new(Verdict::Forbidden, op, None, Reason::Forbidden(f)),
             _ => Decision::new(Verdict::Deny, op, None, Reason::PermissionsReadOnly),
         },
-        Place::Relay(item) => relay::decide(scopes, item, op),
+        Place::Relay(item) => relay::decide_relay(scopes, item, op),
     }
 }
 

@@ -111,7 +111,7 @@ fn hidden(why: &'static str) -> Result<Reason, Reason> {
 }
 
 /// Decide `op` on a `/.relay` item.
-pub fn decide(scopes: &ScopeSet, item: &RelayItem, op: Op) -> Decision {
+pub fn decide_relay(scopes: &ScopeSet, item: &RelayItem, op: Op) -> Decision {
     let any_ops_or_sync = scopes.grants_family(Family::Ops) || scopes.grants_family(Family::Sync);
     if op == Op::Create {
         // A new name has no record to judge; the folder it would go in is what the caller sees.
@@ -221,7 +221,7 @@ mod tests {
         if let RelayItem::Record { target: t } = &mut item {
             *t = target.map(|s| s.as_bytes().to_vec());
         }
-        decide(&ScopeSet::new(scopes), &item, op).verdict
+        decide_relay(&ScopeSet::new(scopes), &item, op).verdict
     }
 
     #[test]

@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args};
 use serde_json::json;
 
 use super::token::TokenArgs;
-use super::{Exit, Failure, Outcome, print_json};
+use super::{CliResult, Exit, Failure, print_json};
 use crate::scope::{Requirement, ScopeSet};
 
 #[derive(Debug, Args)]
@@ -38,7 +38,7 @@ pub struct CheckArgs {
     token: TokenArgs,
 }
 
-pub fn run(args: CheckArgs) -> Outcome {
+pub fn run(args: CheckArgs) -> CliResult {
     let requirement = match (&args.require, &args.op) {
         (Some(r), _) => Requirement::parse(r),
         (None, Some(op)) => Requirement::fs(op),

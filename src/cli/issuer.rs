@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Exit, Failure, Outcome};
+use super::{CliResult, Exit, Failure};
 use crate::issuer::ids::new_admin_key;
 use crate::issuer::{DEFAULT_ISS, IssuerConfig, RunningIssuer, Seed, StartError, serve};
 use crate::token::KeyAlgorithm;
@@ -77,7 +77,7 @@ fn start_error(e: StartError) -> Failure {
     }
 }
 
-pub fn run(args: DevIssuerArgs) -> Outcome {
+pub fn run(args: DevIssuerArgs) -> CliResult {
     let listen = parse_listen(&args.listen)?;
     let generated = args.admin_key.is_none();
     let admin_key = match args.admin_key {
@@ -111,7 +111,7 @@ pub fn run(args: DevIssuerArgs) -> Outcome {
     runtime.block_on(serve_until_signal(config, generated))
 }
 
-async fn serve_until_signal(config: IssuerConfig, generated: bool) -> Outcome {
+async fn serve_until_signal(config: IssuerConfig, generated: bool) -> CliResult {
     // Handlers first, so a signal sent as soon as READY is read is handled, not fatal.
     let signals =
         signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));

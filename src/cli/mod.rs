@@ -42,7 +42,7 @@ enum Command {
 pub use crate::failure::{Exit, Failure};
 
 /// How a command that ran ended ([`Exit::Ok`] or [`Exit::No`]; bad input is a [`Failure`]).
-pub type Outcome = Result<Exit, Failure>;
+pub type CliResult = Result<Exit, Failure>;
 
 /// Parse the process arguments, run the command and return the exit code.
 pub fn run() -> i32 {

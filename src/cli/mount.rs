@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 
 use super::token::{TokenSourceArgs, duration};
-use super::{Exit, Failure, Outcome, print_json};
+use super::{CliResult, Exit, Failure, print_json};
 use crate::daemon::{self, MountSpec, control};
 use crate::relayauth::Strategy;
 
@@ -92,7 +92,7 @@ pub struct MountArgs {
     foreground: bool,
 }
 
-pub fn run_mount(args: MountArgs) -> Outcome {
+pub fn run_mount(args: MountArgs) -> CliResult {
     let IoMode::Strict = args.io;
     let Some(credentials) = args.token.source() else {
         return Err(Failure::input(
@@ -138,7 +138,7 @@ pub struct StatusArgs {
     json: bool,
 }
 
-pub fn run_status(args: StatusArgs) -> Outcome {
+pub fn run_status(args: StatusArgs) -> CliResult {
     let v =
         control::request(&args.mountpoint, control::Request::Status).map_err(Failure::failed)?;
     if v["ok"] != true {
@@ -193,7 +193,7 @@ pub struct UnmountArgs {
     mountpoint: PathBuf,
 }
 
-pub fn run_unmount(args: UnmountArgs) -> Outcome {
+pub fn run_unmount(args: UnmountArgs) -> CliResult {
     let mp = control::canonical_mountpoint(&args.mountpoint);
     match control::request(&mp, control::Request::Unmount) {
         Ok(v) if v["ok"] == true => {

@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{Exit, Outcome, print_json};
+use super::{CliResult, Exit, print_json};
 use crate::scope::{Scope, path, within};
 
 #[derive(Debug, Subcommand)]
@@ -64,7 +64,7 @@ pub struct WithinArgs {
     json: bool,
 }
 
-pub fn run(cmd: ScopesCommand) -> Outcome {
+pub fn run(cmd: ScopesCommand) -> CliResult {
     match cmd {
         ScopesCommand::Validate(args) => validate(args),
         ScopesCommand::Within(args) => run_within(args),
@@ -112,7 +112,7 @@ pub fn run(cmd: ScopesCommand) -> Outcome {
     }
 }
 
-fn validate(args: ValidateArgs) -> Outcome {
+fn validate(args: ValidateArgs) -> CliResult {
     let parsed: Vec<Scope> = args.scopes.iter().map(|s| Scope::parse(s)).collect();
     let all_valid = parsed.iter().all(Scope::is_valid);
     if args.json {
@@ -145,7 +145,7 @@ fn validate(args: ValidateArgs) -> Outcome {
     Ok(Exit::answer(all_valid))
 }
 
-fn run_within(args: WithinArgs) -> Outcome {
+fn run_within(args: WithinArgs) -> CliResult {
     let answer = within(&args.child, &args.parent);
     if args.json {
         print_json(&json!(answer));

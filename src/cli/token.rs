@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::json;
 
-use super::{Exit, Failure, Outcome, print_json};
+use super::{CliResult, Exit, Failure, print_json};
 use crate::credentials::CredentialSource;
 use crate::token::time::{expiry_words, format_rfc3339, unix_seconds};
 use crate::token::{JwksCache, JwksSource, TokenError, VerifiedToken, Verifier, VerifierConfig};
@@ -164,13 +164,13 @@ pub struct InspectArgs {
     json: bool,
 }
 
-pub fn run(cmd: TokenCommand) -> Outcome {
+pub fn run(cmd: TokenCommand) -> CliResult {
     match cmd {
         TokenCommand::Inspect(args) => inspect(args),
     }
 }
 
-fn inspect(args: InspectArgs) -> Outcome {
+fn inspect(args: InspectArgs) -> CliResult {
     let token = match args.token.verify()? {
         Ok(t) => t,
         Err(e) => {

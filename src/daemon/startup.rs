@@ -21,7 +21,7 @@ use crate::relayauth::{RevocationClient, Status};
 use crate::session::{Callers, Session};
 use crate::token::jwks::{JwksCache, JwksSource};
 use crate::token::verify::{Verifier, VerifierConfig};
-use crate::writeback::{Backing, PolicySet};
+use crate::writeback::{PolicySet, ProviderAreas};
 
 /// A mount that is up and not yet announced.
 pub(super) struct Started {
@@ -317,7 +317,7 @@ pub(super) async fn start(
         )
     })?;
     let options = Options {
-        backing: Backing {
+        backing: ProviderAreas {
             local_roots: spec.local_roots.clone(),
         },
         fail_closed_after: spec.fail_closed_after,

@@ -31,7 +31,7 @@ use super::relay_files;
 use crate::audit::AuditLog;
 use crate::authz::{self, Op, PERMISSIONS_FILE, Place, RelayItem};
 use crate::session::Callers;
-use crate::writeback::{Backing, PolicySet};
+use crate::writeback::{PolicySet, ProviderAreas};
 
 /// A lookup answer.
 #[derive(Clone, Copy, Debug)]
@@ -46,7 +46,7 @@ pub struct Options {
     /// Kernel entry/attribute cache time while one session acts in the mount.
     pub attr_ttl: Duration,
     /// Which paths are provider-backed.
-    pub backing: Backing,
+    pub backing: ProviderAreas,
     /// Writebacks are refused when relayauth has not confirmed the session for this long.
     pub fail_closed_after: Duration,
     /// Everything but the root notice is refused after this long without a confirmation.
@@ -61,7 +61,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             attr_ttl: Duration::from_secs(1),
-            backing: Backing::default(),
+            backing: ProviderAreas::default(),
             fail_closed_after: Duration::from_secs(30),
             max_staleness: Duration::from_secs(300),
             direct_io: true,

@@ -48,7 +48,7 @@ use super::kind::Kind;
 use crate::audit::{AuditLog, Event, Outcome};
 use crate::authz::{self, Decision, Freshness, Op, Place};
 use crate::session::{Callers, Denial, Grants, Session, State};
-use crate::writeback::{Backing, PolicySet};
+use crate::writeback::{PolicySet, ProviderAreas};
 
 /// Who is asking (from the FUSE request header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,7 +185,7 @@ impl Ctx {
 pub struct Gate {
     callers: Arc<Callers>,
     policies: RwLock<Arc<PolicySet>>,
-    backing: Backing,
+    backing: ProviderAreas,
     audit: Option<Arc<AuditLog>>,
     stats: Stats,
     started: Instant,
@@ -204,7 +204,7 @@ impl Gate {
     pub fn new(
         callers: Arc<Callers>,
         policies: PolicySet,
-        backing: Backing,
+        backing: ProviderAreas,
         audit: Option<Arc<AuditLog>>,
         limits: Limits,
     ) -> Gate {
@@ -228,7 +228,7 @@ impl Gate {
         &self.callers
     }
 
-    pub fn backing(&self) -> &Backing {
+    pub fn backing(&self) -> &ProviderAreas {
         &self.backing
     }
 

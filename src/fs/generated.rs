@@ -12,7 +12,7 @@ use super::inode::{Node, NodeKind, RelayView};
 use super::mirror::Kind;
 use super::relay_files;
 use crate::authz::{self, Op, Place, RelayItem};
-use crate::permissions::{self, EntryKind, Listed};
+use crate::permissions::{self, Listed};
 use crate::session::State;
 
 impl GuardFs {
@@ -33,12 +33,7 @@ impl GuardFs {
                 .into_iter()
                 .map(|(name, kind, _)| Listed {
                     name: name.to_string_lossy().into_owned(),
-                    kind: match kind {
-                        Kind::File => EntryKind::File,
-                        Kind::Dir => EntryKind::Dir,
-                        Kind::Symlink => EntryKind::Symlink,
-                        Kind::Special => EntryKind::Other,
-                    },
+                    kind,
                 })
                 .collect()
         } else {
@@ -108,7 +103,7 @@ struct FsJudge<'a> {
 }
 
 impl permissions::Judge for FsJudge<'_> {
-    fn right(&self, path: &str, name: &str, kind: EntryKind, op: Op) -> permissions::Right {
+    fn right(&self, path: &str, name: &str, kind: Kind, op: Op) -> permissions::Right {
         let p = path.as_bytes();
         let place = if authz::classify_relay(p).is_some_and(|i| i.needs_target()) {
             match self.fs.mirror.lookup(self.dir_fd, OsStr::new(name)) {
@@ -121,7 +116,7 @@ impl permissions::Judge for FsJudge<'_> {
         let d = self.fs.gate.decide(self.ctx, p, &place, op);
         let right = permissions::right(&d, self.scopes, path);
         if right.allowed
-            && kind == EntryKind::File
+            && kind == Kind::File
             && place == Place::Content
             && matches!(op, Op::Write | Op::Delete)
             && let Err((_, why)) = self.fs.gate.writeback_check(self.ctx, path)

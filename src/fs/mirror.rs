@@ -38,7 +38,7 @@ pub fn valid_name(name: &OsStr) -> bool {
 
 /// A directory entry as listed from the mirror.
 #[derive(Clone, Debug)]
-pub struct Entry {
+pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
     /// From `d_type`; `None` when the filesystem does not say.
@@ -184,7 +184,7 @@ impl Mirror {
     }
 
     /// The entries of a directory (without `.` and `..`).
-    pub fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
+    pub fn list(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
         let fd = self.reopen(dir, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let mut d = Dir::new(OwnedFd::from(fd))?;
         let mut out = Vec::new();
@@ -201,7 +201,7 @@ impl Mirror {
                 rustix::fs::FileType::Unknown => None,
                 _ => Some(Kind::Special),
             };
-            out.push(Entry {
+            out.push(DirEntry {
                 name: OsStr::from_bytes(name).to_owned(),
                 ino: entry.ino(),
                 kind,

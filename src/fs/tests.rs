@@ -71,7 +71,7 @@ fn bare_guard(root: &Path, s: Arc<Session>, opts: Options) -> GuardFs {
 /// Options with `scratch` as a local root.
 fn scratch_local() -> Options {
     Options {
-        backing: crate::writeback::Backing {
+        backing: crate::writeback::ProviderAreas {
             local_roots: vec!["scratch".to_owned()],
         },
         ..Options::default()
