@@ -121,6 +121,8 @@ impl Filesystem for FuseAdapter {
                 let _ = config.add_capabilities(flag);
             }
         }
+        // 1 MiB reads ahead and writes per request: fewer round trips for large files, and
+        // the most the kernel negotiates with a FUSE daemon by default.
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
         Ok(())
@@ -399,6 +401,9 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         let listed = self.fs.readdir(fh.0, offset, |next, item| {
+            // Node 0 means "not in the mirror yet" (a staged new file, the notice); readdir must
+            // still give some inode number, and one no real entry has tells `ls -i` and `find`
+            // nothing false. The kernel looks every name up before it uses a number.
             let ino = if item.ino == 0 { u64::MAX } else { item.ino };
             reply.add(INodeNo(ino), next, item.kind, &item.name)
         });

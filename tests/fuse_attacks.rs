@@ -807,16 +807,29 @@ fn a_name_swapped_under_mkdir_is_not_given_away() {
         std::thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if rustix::fs::renameat_with(
+                let swapped = rustix::fs::renameat_with(
                     &dir,
                     "secret",
                     &dir,
                     "d",
                     rustix::fs::RenameFlags::EXCHANGE,
-                )
-                .is_ok()
-                {
+                );
+                if swapped.is_ok() {
                     swaps += 1;
+                    continue;
+                }
+                // The other thread removed the directory while it was named `secret`, which
+                // leaves the secret file at `d`, where every later mkdir meets it: put it back
+                // under its own name so the race goes on.
+                let at_d = rustix::fs::statat(&dir, "d", rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+                if at_d.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG) {
+                    let _ = rustix::fs::renameat_with(
+                        &dir,
+                        "d",
+                        &dir,
+                        "secret",
+                        rustix::fs::RenameFlags::NOREPLACE,
+                    );
                 }
             }
             swaps

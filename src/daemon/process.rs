@@ -10,6 +10,9 @@ use serde_json::json;
 use super::{Exit, Failure, control, fail};
 use crate::audit::AuditLog;
 
+/// The kernel's default `fs.nr_open`: the most descriptors a process may be allowed.
+const NR_OPEN_DEFAULT: u64 = 1 << 20;
+
 /// Raise the soft limit on open files to the hard limit (a mount serves many files at once),
 /// and return the limit in force.
 pub(super) fn raise_open_file_limit() -> u64 {
@@ -17,8 +20,9 @@ pub(super) fn raise_open_file_limit() -> u64 {
     let now = getrlimit(Resource::Nofile);
     let hard = now.maximum.unwrap_or(u64::MAX);
     let soft = now.current.unwrap_or(u64::MAX);
-    // Some kernels cap RLIMIT_NOFILE below an "unlimited" hard limit (fs.nr_open).
-    let target = hard.min(1 << 20);
+    // The kernel refuses more than fs.nr_open (1,048,576 by default), even under an
+    // "unlimited" hard limit.
+    let target = hard.min(NR_OPEN_DEFAULT);
     if soft < target
         && setrlimit(
             Resource::Nofile,
@@ -35,10 +39,16 @@ pub(super) fn raise_open_file_limit() -> u64 {
 }
 
 /// How many `O_PATH` descriptors the inode table may hold under an open-file limit: a quarter
-/// of it, leaving the rest for open files, staging, sockets and the token, between 16 and 16384.
+/// of it, leaving the rest for open files, staging, sockets and the token, between
+/// [`MIN_HELD`](crate::fs::inode::MIN_HELD) and [`MAX_HELD`].
 pub fn held_descriptor_budget(limit: u64) -> usize {
-    (limit / 4).clamp(crate::fs::inode::MIN_HELD as u64, 16_384) as usize
+    (limit / 4).clamp(crate::fs::inode::MIN_HELD as u64, MAX_HELD) as usize
 }
+
+/// The most descriptors the inode table holds, however high the limit: enough for the working
+/// set of a large tree (a dropped descriptor is found again by name), and each one costs
+/// kernel memory.
+const MAX_HELD: u64 = 16_384;
 
 /// Is `path` a mount point (per `/proc/self/mountinfo`)?
 pub fn is_mount_point(path: &Path) -> bool {

@@ -147,7 +147,7 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             // One request line, bounded: nobody makes the daemon buffer without limit.
-            let mut reader = BufReader::new(read).take(64 * 1024);
+            let mut reader = BufReader::new(read).take(MAX_CONTROL_LINE);
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }
@@ -169,6 +169,9 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
         });
     }
 }
+
+/// The longest control request read (a request is a few dozen bytes).
+const MAX_CONTROL_LINE: u64 = 64 * 1024;
 
 /// Wall-clock moments (a token's expiry, its refresh) are waited for in slices of at most this
 /// long, then looked at again: a sleep counts monotonic time, which stands still while a laptop

@@ -15,6 +15,9 @@ use super::inode::{Ino, Node, child_path};
 use super::mirror::Kind;
 use crate::authz::{self, Op, PERMISSIONS_FILE, Place, RelayItem};
 
+/// How many ancestors are looked at for a version-control directory (see `in_vcs_tree`).
+const MAX_VCS_DEPTH: usize = 256;
+
 impl GuardFs {
     /// A snapshot of the visible entries of directory `ino`.
     pub fn list_dir(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<DirItem>> {
@@ -74,7 +77,9 @@ impl GuardFs {
             return true;
         }
         let mut node = self.inodes.get(dir.ino);
-        for _ in 0..256 {
+        // Working trees are not deep; past this many levels up the walk stops (and counts as
+        // not in one), so a deep tree costs a bounded walk per listing.
+        for _ in 0..MAX_VCS_DEPTH {
             let Some(n) = node else {
                 return false;
             };

@@ -29,30 +29,122 @@ pub struct DirItem {
     pub ino: u64,
 }
 
+/// Where a staged writeback goes. Where that is, is the node's location at commit time, never
+/// a copy taken at open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Over the existing file.
+    Replace,
+    /// A new name, which must still be free when the bytes are placed.
+    New,
+}
+
+/// What a staged writeback's next close has to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Edits {
+    /// Nothing: the staging copy is what was committed or found.
+    None,
+    /// Created or truncated on open, not written yet: committed only when the last descriptor
+    /// goes away. A shell opens, `dup2`s and closes the original descriptor before it writes,
+    /// and that first close must not commit an empty payload.
+    Touched,
+    /// Written since the last commit: the next `close()` (of the opener) commits.
+    Written,
+}
+
+/// Where a staged writeback's bytes are.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    /// In the guard's staging folder under `name`, waiting to be validated and placed.
+    Open {
+        file: File,
+        name: OsString,
+        edits: Edits,
+    },
+    /// Validated and placed: reads go on from the placed file, and the next write stages a new
+    /// copy.
+    Placed(File),
+    /// Refused (and kept in quarantine) or broken: every further call answers this.
+    Failed(Error),
+}
+
 /// A staged writeback: the bytes live in the guard's staging folder until they validate.
 #[derive(Debug)]
 pub(crate) struct Staged {
-    /// The staging file; `None` right after a commit (the next write stages again).
-    pub(super) file: Option<File>,
-    /// Its name in the staging folder.
-    pub(super) name: OsString,
-    /// Whether the target existed (replace) or is new (must not appear meanwhile). Where it
-    /// goes is the node's location at commit time, never a copy taken at open.
-    pub(super) existing: bool,
+    pub(super) target: Target,
     /// The process that opened it: only its `close()` commits written bytes early (a child that
     /// inherited the descriptor and closes it on exec or exit does not); the last release
     /// always does.
     pub(super) opener: u32,
-    /// Bytes were written since the last commit: the next `close()` commits them.
-    pub(super) dirty: bool,
-    /// Created or truncated on open but not written yet. Committed only when the last
-    /// descriptor goes away: a shell opens, `dup2`s and closes the original descriptor before
-    /// it writes, and that first close must not commit an empty payload.
-    pub(super) touched: bool,
-    pub(super) failed: Option<Error>,
-    /// After a commit, the file it placed: reads of this handle go on from it until the next
-    /// write stages a new copy.
-    pub(super) placed: Option<File>,
+    pub(super) stage: Stage,
+}
+
+impl Staged {
+    /// A writeback staged in `file` (named `name` in the staging folder).
+    pub(super) fn new(
+        target: Target,
+        opener: u32,
+        file: File,
+        name: OsString,
+        edits: Edits,
+    ) -> Staged {
+        Staged {
+            target,
+            opener,
+            stage: Stage::Open { file, name, edits },
+        }
+    }
+
+    /// The staging copy, while there is one.
+    pub(super) fn staging(&self) -> Option<&File> {
+        match &self.stage {
+            Stage::Open { file, .. } => Some(file),
+            _ => None,
+        }
+    }
+
+    /// The file reads are answered from: the staging copy, or after a commit the placed file.
+    pub(super) fn readable(&self) -> Option<&File> {
+        match &self.stage {
+            Stage::Open { file, .. } | Stage::Placed(file) => Some(file),
+            Stage::Failed(_) => None,
+        }
+    }
+
+    pub(super) fn failure(&self) -> Option<&Error> {
+        match &self.stage {
+            Stage::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// What the next close has to do.
+    pub(super) fn edits(&self) -> Edits {
+        match &self.stage {
+            Stage::Open { edits, .. } => *edits,
+            _ => Edits::None,
+        }
+    }
+
+    pub(super) fn set_edits(&mut self, to: Edits) {
+        if let Stage::Open { edits, .. } = &mut self.stage {
+            *edits = to;
+        }
+    }
+
+    /// The staging copy was placed at the target: from now on it is the file there.
+    pub(super) fn placed(&mut self) -> Option<&File> {
+        let stage = std::mem::replace(&mut self.stage, Stage::Failed(Error::EIO));
+        self.stage = match stage {
+            Stage::Open { file, .. } => Stage::Placed(file),
+            other => other,
+        };
+        self.target = Target::Replace;
+        match &self.stage {
+            Stage::Placed(file) => Some(file),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -164,7 +256,7 @@ impl Handles {
             return None;
         }
         match &h.body {
-            Body::Staged(s) => rustix::fs::fstat(s.lock().file.as_ref()?).ok(),
+            Body::Staged(s) => rustix::fs::fstat(s.lock().staging()?).ok(),
             Body::File(f) => rustix::fs::fstat(f).ok(),
             _ => None,
         }

@@ -24,7 +24,7 @@ use rustix::fs::{OFlags, RenameFlags, Stat};
 
 use super::core::{Caller, Error, FsResult, GuardFs, Seen};
 use super::gate::{Change, Ctx, Refusal, WritebackPermit};
-use super::handle_table::{Body, DirItem, Handle, Opened, Staged};
+use super::handle_table::{Body, DirItem, Edits, Handle, Opened, Stage, Staged, Target};
 use super::inode::{Ino, Node, NodeKind};
 use super::mirror::Kind;
 use crate::audit::Outcome;
@@ -90,7 +90,7 @@ impl SchemaSource for MirrorSchemas<'_> {
         };
         let bytes = self
             .fs
-            .read_all(fd.as_fd(), 8 << 20)
+            .read_all(fd.as_fd(), MAX_SCHEMA)
             .map_err(|e| format!("schema {schema_ref} cannot be read (errno {})", e.errno()))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("schema {schema_ref} is not JSON: {e}"))
     }
@@ -122,6 +122,14 @@ pub struct PlusEntry<'a> {
     /// The attributes to hand the kernel; `None` for a name it is not to cache (node 0).
     pub entry: Option<super::core::Entry>,
 }
+
+/// Schemas bigger than this are not read (and so writes they govern are refused): a JSON
+/// schema is a few kilobytes; this leaves room for generated ones.
+const MAX_SCHEMA: u64 = 8 << 20;
+
+/// `copy_file_range` moves at most this much per call (the kernel calls again for the rest),
+/// so one call never holds more than this in memory.
+const COPY_CHUNK: u64 = 16 << 20;
 
 static STAGE_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -253,17 +261,18 @@ impl GuardFs {
                         let st = self.mirror.stat(fd.as_fd())?;
                         let copy = (!flags.contains(OFlags::TRUNC)).then(|| fd.as_fd());
                         let (file, name) = self.stage_like(&st, copy)?;
-                        let truncated = flags.contains(OFlags::TRUNC);
-                        Body::Staged(Mutex::new(Staged {
-                            file: Some(file),
+                        let edits = if flags.contains(OFlags::TRUNC) {
+                            Edits::Touched
+                        } else {
+                            Edits::None
+                        };
+                        Body::Staged(Mutex::new(Staged::new(
+                            Target::Replace,
+                            crate::session::callers::thread_group(caller.pid),
+                            file,
                             name,
-                            opener: crate::session::callers::thread_group(caller.pid),
-                            existing: true,
-                            dirty: false,
-                            touched: truncated,
-                            failed: None,
-                            placed: None,
-                        }))
+                            edits,
+                        )))
                     }
                     _ => {
                         let keep = OFlags::RWMODE
@@ -358,16 +367,13 @@ impl GuardFs {
                 self.pending
                     .lock()
                     .insert((parent, name.to_owned()), node.ino);
-                let staged = Staged {
-                    file: Some(file),
-                    name: staged_name,
-                    opener: crate::session::callers::thread_group(caller.pid),
-                    existing: false,
-                    dirty: false,
-                    touched: true,
-                    failed: None,
-                    placed: None,
-                };
+                let staged = Staged::new(
+                    Target::New,
+                    crate::session::callers::thread_group(caller.pid),
+                    file,
+                    staged_name,
+                    Edits::Touched,
+                );
                 (Body::Staged(Mutex::new(staged)), node, st)
             }
             None => {
@@ -602,8 +608,7 @@ impl GuardFs {
             Body::File(f) => read_at(f, buf, offset)?,
             Body::Staged(s) => {
                 let s = s.lock();
-                // After a commit, the file it placed (until the next write stages again).
-                match s.file.as_ref().or(s.placed.as_ref()) {
+                match s.readable() {
                     Some(f) => read_at(f, buf, offset)?,
                     None => return Err(Error::EIO),
                 }
@@ -629,7 +634,7 @@ impl GuardFs {
             Body::Staged(s) => {
                 let mut s = s.lock();
                 let n = write_at(self.staged_file(&h, &mut s)?, data, offset)?;
-                s.dirty = true;
+                s.set_edits(Edits::Written);
                 Ok(n as u32)
             }
             Body::Sink(_) => Ok(data.len() as u32),
@@ -640,17 +645,21 @@ impl GuardFs {
 
     /// The staging copy behind a writeback handle, made from the mirror's file on first use.
     fn staged_file<'s>(&self, h: &Handle, s: &'s mut Staged) -> FsResult<&'s File> {
-        if s.failed.is_some() {
-            return Err(Error::EIO);
+        match &s.stage {
+            Stage::Failed(_) => return Err(Error::EIO),
+            Stage::Open { .. } => {}
+            Stage::Placed(_) => {
+                let fd = self.fd_of(&h.node)?;
+                let st = self.mirror.stat(fd.as_fd())?;
+                let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
+                s.stage = Stage::Open {
+                    file,
+                    name,
+                    edits: Edits::None,
+                };
+            }
         }
-        if s.file.is_none() {
-            let fd = self.fd_of(&h.node)?;
-            let st = self.mirror.stat(fd.as_fd())?;
-            let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
-            s.file = Some(file);
-            s.name = name;
-        }
-        s.file.as_ref().ok_or(Error::EIO)
+        s.staging().ok_or(Error::EIO)
     }
 
     /// `close()` of one descriptor: a dirty staged write is validated and committed here, so
@@ -659,10 +668,11 @@ impl GuardFs {
         let h = self.handles.get(fh)?;
         if let Body::Staged(s) = &h.body {
             let mut s = s.lock();
-            if let Some(e) = &s.failed {
+            if let Some(e) = s.failure() {
                 return Err(e.clone());
             }
-            if s.dirty && crate::session::callers::thread_group(pid) == s.opener {
+            if s.edits() == Edits::Written && crate::session::callers::thread_group(pid) == s.opener
+            {
                 return self.commit(&h.node, &h.session, &mut s, pid);
             }
         }
@@ -676,11 +686,11 @@ impl GuardFs {
         if let Body::Staged(s) = &h.body {
             let mut s = s.lock();
             let result = self.commit(&h.node, &h.session, &mut s, pid);
-            if s.file.is_some() {
-                // Never committed (failed, or the file was removed meanwhile): drop the bytes.
-                self.mirror.unstage(&self.area, &s.name);
+            if let Stage::Open { name, .. } = &s.stage {
+                // Never committed (the file was removed meanwhile): drop the bytes.
+                self.mirror.unstage(&self.area, name);
             }
-            if !s.existing {
+            if s.target == Target::New {
                 self.forget_pending(&h.node);
             }
             return result;
@@ -699,7 +709,7 @@ impl GuardFs {
         };
         match &h.body {
             Body::File(f) => Ok(sync(f)?),
-            Body::Staged(s) => match &s.lock().file {
+            Body::Staged(s) => match s.lock().staging() {
                 Some(f) => Ok(sync(f)?),
                 None => Ok(()),
             },
@@ -719,7 +729,7 @@ impl GuardFs {
             Body::Staged(s) => {
                 let mut s = s.lock();
                 rustix::fs::fallocate(self.staged_file(&h, &mut s)?, flags, offset, length)?;
-                s.dirty = true;
+                s.set_edits(Edits::Written);
                 Ok(())
             }
             Body::Sink(_) => Ok(()),
@@ -736,7 +746,7 @@ impl GuardFs {
         off_out: u64,
         len: u64,
     ) -> FsResult<u32> {
-        let chunk = len.min(16 << 20) as u32;
+        let chunk = len.min(COPY_CHUNK) as u32;
         let data = self.read(fh_in, off_in, chunk)?;
         if data.is_empty() {
             return Ok(0);
@@ -754,10 +764,10 @@ impl GuardFs {
         s: &mut Staged,
         pid: u32,
     ) -> FsResult<()> {
-        if let Some(e) = &s.failed {
+        if let Some(e) = s.failure() {
             return Err(e.clone());
         }
-        if !s.dirty && !s.touched {
+        if s.edits() == Edits::None {
             return Ok(());
         }
         let ctx = Ctx::of(session.clone(), pid);
@@ -773,14 +783,16 @@ impl GuardFs {
                 None,
             );
         }
-        if !s.existing && !self.pending_node(node) {
+        if s.target == Target::New && !self.pending_node(node) {
             // Removed before it was ever committed: nothing to place.
-            s.dirty = false;
-            s.touched = false;
+            s.set_edits(Edits::None);
             return Ok(());
         }
         // The right to put bytes at this path, decided again now.
-        let op = if s.existing { Op::Write } else { Op::Create };
+        let op = match s.target {
+            Target::Replace => Op::Write,
+            Target::New => Op::Create,
+        };
         let allowed = match self.gate.check(&ctx, &loc.path, &Place::Content, op) {
             Ok(allowed) => allowed,
             Err(d) => {
@@ -796,7 +808,7 @@ impl GuardFs {
             Err((e, why)) => return self.quarantine(&ctx, node, s, e, &why, None),
         };
         let permit = change.writeback();
-        let Some(file) = s.file.as_ref() else {
+        let Stage::Open { file, name, .. } = &s.stage else {
             return Ok(());
         };
         let mut content = Vec::new();
@@ -819,32 +831,28 @@ impl GuardFs {
         }
         file.sync_all()?;
         let parent_fd = self.dir_fd(&parent)?;
-        let flags = if s.existing {
-            RenameFlags::empty()
-        } else {
-            RenameFlags::NOREPLACE
+        let flags = match s.target {
+            Target::Replace => RenameFlags::empty(),
+            Target::New => RenameFlags::NOREPLACE,
         };
         if let Err(e) = self.mirror.place_staged(
             &self.area,
             &change,
-            &s.name,
+            name,
             (parent_fd.as_fd(), &loc.name),
             flags,
         ) {
             let why = format!("{path} could not be placed in the mirror: {e}");
             return self.quarantine(&ctx, node, s, Error::from(e).warn(), &why, permit);
         }
-        let committed = s.file.take().ok_or(Error::EIO)?;
+        let was_new = s.target == Target::New;
+        let committed = s.placed().ok_or(Error::EIO)?;
         let path_fd = self.mirror.path_of(committed.as_fd())?;
         let st = self.mirror.stat(path_fd.as_fd())?;
         self.inodes.replace_backing(node.ino, path_fd, &st);
-        s.placed = Some(committed);
-        if !s.existing {
+        if was_new {
             self.forget_pending(node);
-            s.existing = true;
         }
-        s.dirty = false;
-        s.touched = false;
         let policy_id = permit.map_or("", |p| p.policy_id());
         self.gate.note_writeback(
             &ctx,
@@ -899,7 +907,7 @@ impl GuardFs {
                     .staged_file(&h, &mut s)
                     .and_then(|f| f.set_len(size).map_err(Error::from));
                 if r.is_ok() {
-                    s.dirty = true;
+                    s.set_edits(Edits::Written);
                 }
                 r
             }
@@ -915,19 +923,10 @@ impl GuardFs {
         let st = self.mirror.stat(fd.as_fd())?;
         let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
         file.set_len(size)?;
-        let mut staged = Staged {
-            file: Some(file),
-            name,
-            opener: ctx.pid,
-            existing: true,
-            dirty: true,
-            touched: false,
-            failed: None,
-            placed: None,
-        };
+        let mut staged = Staged::new(Target::Replace, ctx.pid, file, name, Edits::Written);
         let result = self.commit(node, &ctx.session, &mut staged, ctx.pid);
-        if staged.file.is_some() {
-            self.mirror.unstage(&self.area, &staged.name);
+        if let Stage::Open { name, .. } = &staged.stage {
+            self.mirror.unstage(&self.area, name);
         }
         result
     }
@@ -943,15 +942,20 @@ impl GuardFs {
     ) -> FsResult<()> {
         let path = String::from_utf8_lossy(&node.path()).into_owned();
         let kept = quarantine_name(&path);
-        let moved = self.mirror.quarantine(&self.area, &s.name, &kept).is_ok();
-        if moved {
-            s.file = None;
-        }
+        let moved = match &s.stage {
+            Stage::Open { name, .. } => {
+                let moved = self.mirror.quarantine(&self.area, name, &kept).is_ok();
+                if !moved {
+                    // Refused either way: the bytes are not kept where nothing can reach them.
+                    self.mirror.unstage(&self.area, name);
+                }
+                moved
+            }
+            _ => false,
+        };
         let errno = errno.with_message(format!("{path}: {why}"));
-        s.failed = Some(errno.clone());
-        s.dirty = false;
-        s.touched = false;
-        if !s.existing {
+        s.stage = Stage::Failed(errno.clone());
+        if s.target == Target::New {
             self.forget_pending(node);
         }
         let where_kept = if moved {

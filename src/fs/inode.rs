@@ -172,6 +172,9 @@ struct Table {
     dev: u64,
 }
 
+/// Node numbers from here up are made up, for the generated files and for objects whose own
+/// inode number is already taken by another node: far above any inode number a real filesystem
+/// hands out, so the two ranges never meet.
 const SYNTHETIC: Ino = 1 << 62;
 
 impl Table {
@@ -214,7 +217,9 @@ pub struct Inodes {
     cap: usize,
 }
 
-/// The fewest descriptors a table holds, however low the process limit.
+/// The fewest descriptors a table holds, however low the process limit: the deepest chain a
+/// single request walks at once (a rename's two parents and their children) with room to
+/// spare, so eviction never drops what the request in progress still needs.
 pub const MIN_HELD: usize = 16;
 
 /// The longest name a directory entry may have (`NAME_MAX`).

@@ -19,16 +19,22 @@ use super::inode::{Ino, Node, NodeKind, RelayView};
 use super::mirror::{Kind, valid_name};
 use crate::authz::{self, Op, PERMISSIONS_FILE, Place, RelayItem};
 
+/// The name of the imagined child a directory's write bit is decided for (see `rights`).
+const NO_NAME: u8 = 1;
+
 impl GuardFs {
     /// The caller's rights on a mirror object, for its permission bits.
     fn rights(&self, ctx: &Ctx, path: &[u8], place: &Place, st: &Stat) -> Rights {
         match Kind::of(st) {
             Kind::Dir => {
+                // A directory is writable when the caller may create in it: asked for a child
+                // named by a byte no real name starts with (\x01), so that no grant for one
+                // particular name decides for the directory as a whole.
                 let mut probe = path.to_vec();
                 if probe != b"/" {
                     probe.push(b'/');
                 }
-                probe.push(1);
+                probe.push(NO_NAME);
                 let write = matches!(place, Place::Content)
                     && self
                         .gate

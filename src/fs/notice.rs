@@ -33,8 +33,8 @@ pub fn is_notice(name: &OsStr) -> bool {
     name.as_encoded_bytes() == PERMISSIONS_FILE.as_bytes()
 }
 
-/// How many "removed here" marks are kept (the oldest go first; a forgotten mark only makes a
-/// notice reappear).
+/// How many "removed here" marks are kept; past that they are all dropped at once (a
+/// forgotten mark only makes a notice reappear, which `rm -rf` then removes again).
 const MAX_MARKS: usize = 16_384;
 
 impl GuardFs {

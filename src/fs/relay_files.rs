@@ -18,6 +18,10 @@ use super::mirror::Mirror;
 /// Records bigger than this are not parsed (and so stay hidden).
 const MAX_RECORD: u64 = 1 << 20;
 
+/// `state.json` and the denial log bigger than this are shown empty: each is read whole to be
+/// filtered per caller, and relayfile keeps both far smaller.
+const MAX_RUNTIME_FILE: u64 = 64 << 20;
+
 fn read_small(mirror: &Mirror, fd: BorrowedFd<'_>, cap: u64) -> Option<Vec<u8>> {
     let f = mirror.inspect(fd).ok()?;
     let mut buf = Vec::new();
@@ -203,7 +207,7 @@ fn denied_line_path(line: &[u8]) -> Option<&[u8]> {
 
 /// Read a whole small runtime file (state.json, the denial log).
 pub fn read_runtime_file(mirror: &Mirror, fd: BorrowedFd<'_>) -> Vec<u8> {
-    read_small(mirror, fd, 64 << 20).unwrap_or_default()
+    read_small(mirror, fd, MAX_RUNTIME_FILE).unwrap_or_default()
 }
 
 #[cfg(test)]

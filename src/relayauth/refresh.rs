@@ -347,7 +347,7 @@ impl Refresher {
             }
         };
         let status = resp.status().as_u16();
-        let body = read_body(resp, 1 << 20).await.map_err(|e| {
+        let body = read_body(resp, MAX_REFRESH_ANSWER).await.map_err(|e| {
             if (200..300).contains(&status) || status >= 500 {
                 RefreshError::Ambiguous {
                     message: format!("HTTP {status}, then {}", describe_http_error(&e, timeout)),
@@ -468,6 +468,11 @@ struct BundleLock {
     path: PathBuf,
 }
 
+/// The largest refresh answer read (a token pair is a few kilobytes).
+const MAX_REFRESH_ANSWER: usize = 1 << 20;
+
+/// How many spent refresh-token fingerprints the lock file keeps (the newest): a bundle is
+/// refreshed a few times a day, so these cover weeks, and the file stays small.
 const MAX_SPENT_RECORDS: usize = 64;
 
 impl BundleLock {
