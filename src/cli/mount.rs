@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args};
 
-use super::token::{TokenSourceArgs, duration};
+use super::token::{TokenArgs, duration};
 use super::{CliResult, Exit, Failure, print_json};
 use crate::daemon::{self, MountSpec, control};
 use crate::relayauth::Strategy;
@@ -25,14 +25,9 @@ pub struct MountArgs {
     source: PathBuf,
     /// An empty directory where the guarded view appears.
     mountpoint: PathBuf,
-    /// The workspace the token must be for (`wks`).
-    #[arg(long)]
-    workspace: String,
-    /// The org the token must be for, when given.
-    #[arg(long)]
-    org: Option<String>,
+    /// The token and what it must match (workspace required).
     #[command(flatten)]
-    token: TokenSourceArgs,
+    token: TokenArgs,
     /// relayauth's base URL (revocation checks, refresh, default JWKS).
     #[arg(long, value_name = "URL", env = "RELAYAUTH_URL")]
     relayauth_url: Option<String>,
@@ -44,15 +39,6 @@ pub struct MountArgs {
         hide_env_values = true
     )]
     relayauth_api_key: Option<String>,
-    /// The key set: an https:// URL, a file, or a data: URL (default: relayauth's JWKS).
-    #[arg(long, value_name = "URL|FILE|data:")]
-    jwks: Option<String>,
-    /// The accepted token issuer (`iss`).
-    #[arg(long, value_name = "ISS", default_value = crate::token::verify::DEFAULT_ISSUER)]
-    issuer: String,
-    /// Clock-skew allowance for exp/nbf/iat: seconds or a duration.
-    #[arg(long, value_name = "D", default_value = "30s", value_parser = duration)]
-    leeway: Duration,
     /// How reads and writes reach the mirror.
     #[arg(long, value_enum, default_value = "strict")]
     io: IoMode,
@@ -94,6 +80,7 @@ pub struct MountArgs {
 
 pub fn run_mount(args: MountArgs) -> CliResult {
     let IoMode::Strict = args.io;
+    let config = args.token.verifier_config()?;
     let Some(credentials) = args.token.source() else {
         return Err(Failure::input(
             "give --token-file F, --credentials BUNDLE or --token-env VAR",
@@ -102,14 +89,14 @@ pub fn run_mount(args: MountArgs) -> CliResult {
     let spec = MountSpec {
         source: args.source,
         mountpoint: args.mountpoint,
-        workspace: args.workspace,
-        org: args.org,
+        workspace: config.workspace,
+        org: config.org,
         credentials,
         relayauth_url: args.relayauth_url,
         api_key: args.relayauth_api_key,
-        jwks: args.jwks,
-        issuer: args.issuer,
-        leeway: args.leeway,
+        jwks: args.token.jwks,
+        issuer: config.issuer,
+        leeway: config.leeway,
         poll_interval: args.poll_interval.max(Duration::from_millis(100)),
         revocation: args.revocation,
         fail_closed_after: args.fail_closed_after,

@@ -72,7 +72,8 @@ pub fn duration(text: &str) -> Result<Duration, String> {
 pub struct TokenArgs {
     #[command(flatten)]
     pub from: TokenSourceArgs,
-    /// The JWKS: an https:// URL (relayauth's /.well-known/jwks.json), a file or a data: URL.
+    /// The JWKS: an https:// URL (relayauth's /.well-known/jwks.json), a file or a data: URL
+    /// (`mount` defaults to relayauth's, from --relayauth-url).
     #[arg(long, value_name = "J")]
     pub jwks: Option<String>,
     /// The workspace the token must belong to (its wks claim).
@@ -104,6 +105,28 @@ impl TokenArgs {
             || self.leeway.is_some()
     }
 
+    /// What a token must match, from these flags: the workspace (required), the org when
+    /// given, the issuer and the leeway (their defaults otherwise). The same for every command.
+    pub fn verifier_config(&self) -> Result<VerifierConfig, Failure> {
+        let workspace = match self.workspace.as_deref().map(str::trim) {
+            Some(w) if !w.is_empty() => w.to_owned(),
+            _ => {
+                return Err(Failure::input(
+                    "--workspace is required with a token: give the workspace the token must belong to (its wks claim)",
+                ));
+            }
+        };
+        let mut config = VerifierConfig::new(workspace);
+        config.org = self.org.clone().filter(|o| !o.trim().is_empty());
+        if let Some(issuer) = &self.issuer {
+            config.issuer = issuer.clone();
+        }
+        if let Some(leeway) = self.leeway {
+            config.leeway = leeway;
+        }
+        Ok(config)
+    }
+
     /// Read the token, load the keys and verify. The outer error is bad input (exit 2); the
     /// inner one is the token's refusal.
     pub fn verify(&self) -> Result<Result<VerifiedToken, TokenError>, Failure> {
@@ -117,14 +140,7 @@ impl TokenArgs {
                 "--jwks is required with a token: give relayauth's JWKS URL (https://.../.well-known/jwks.json), a JWKS file or a data: URL",
             ));
         };
-        let workspace = match self.workspace.as_deref().map(str::trim) {
-            Some(w) if !w.is_empty() => w.to_owned(),
-            _ => {
-                return Err(Failure::input(
-                    "--workspace is required with a token: give the workspace the token must belong to (its wks claim)",
-                ));
-            }
-        };
+        let config = self.verifier_config()?;
         let credentials = source.read().map_err(|e| Failure::input(e.to_string()))?;
         let jwks_source =
             JwksSource::parse(jwks).map_err(|e| Failure::input(format!("--jwks: {e}")))?;
@@ -135,14 +151,6 @@ impl TokenArgs {
         let cache = runtime
             .block_on(JwksCache::load(jwks_source))
             .map_err(|e| Failure::input(format!("--jwks: {e}")))?;
-        let mut config = VerifierConfig::new(workspace);
-        config.org = self.org.clone().filter(|o| !o.trim().is_empty());
-        if let Some(issuer) = &self.issuer {
-            config.issuer = issuer.clone();
-        }
-        if let Some(leeway) = self.leeway {
-            config.leeway = leeway;
-        }
         let verifier = Verifier::new(config, Arc::new(cache));
         Ok(verifier.verify(&credentials.access_token, SystemTime::now()))
     }
