@@ -169,7 +169,7 @@ fn status_and_unmount_commands() {
 }
 
 #[test]
-fn an_unmount_from_outside_ends_the_daemon_at_once() {
+fn an_unmount_from_outside_ends_the_daemon() {
     if !fuse_available() {
         return;
     }

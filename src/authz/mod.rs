@@ -363,18 +363,23 @@ impl Freshness {
     }
 }
 
-/// [`decide`] for an active session whose confirmation is `fresh`: a content operation the
-/// scopes allow is refused (`EACCES`) once the session is stale.
+/// [`decide`] for an active session whose confirmation `fresh` tells: a content operation the
+/// scopes allow is refused (`EACCES`) once the session is stale. `fresh` is only asked for
+/// when it matters (an allowed content operation), so a lookup reads no clock.
 pub fn decide_fresh(
     scopes: &ScopeSet,
-    fresh: &Freshness,
+    fresh: impl FnOnce() -> Freshness,
     path: &[u8],
     place: &Place,
     op: Op,
 ) -> Decision {
     let d = decide(scopes, path, place, op);
     let content_op = matches!(op, Op::Read | Op::Write | Op::Create | Op::Delete);
-    if d.allowed() && content_op && *place != Place::PermissionsFile && fresh.stale() {
+    if !(d.allowed() && content_op && *place != Place::PermissionsFile) {
+        return d;
+    }
+    let fresh = fresh();
+    if fresh.stale() {
         return Decision::new(
             Verdict::Deny,
             op,
@@ -433,16 +438,16 @@ mod tests {
         };
         let p = b"/a/x";
         let ok = fresh(Some(10));
-        assert!(decide_fresh(&s, &ok, p, &Place::Content, Op::Write).allowed());
+        assert!(decide_fresh(&s, || ok, p, &Place::Content, Op::Write).allowed());
         let stale = fresh(Some(301));
-        let d = decide_fresh(&s, &stale, p, &Place::Content, Op::Write);
+        let d = decide_fresh(&s, || stale, p, &Place::Content, Op::Write);
         assert_eq!(d.verdict(), Verdict::Deny);
         assert!(matches!(d.reason(), Reason::StatusUnknown(_)));
         // Never confirmed: counts from the mount's start.
-        assert!(!decide_fresh(&s, &fresh(None), p, &Place::Content, Op::Read).allowed());
+        assert!(!decide_fresh(&s, || fresh(None), p, &Place::Content, Op::Read).allowed());
         let notice = b"/a/_PERMISSIONS.md";
-        assert!(decide_fresh(&s, &stale, notice, &Place::PermissionsFile, Op::Read).allowed());
-        assert!(decide_fresh(&s, &stale, b"/a", &Place::Content, Op::See).allowed());
+        assert!(decide_fresh(&s, || stale, notice, &Place::PermissionsFile, Op::Read).allowed());
+        assert!(decide_fresh(&s, || stale, b"/a", &Place::Content, Op::See).allowed());
         assert!(ok.writeback().is_ok());
         assert!(fresh(Some(31)).writeback().is_err());
         assert!(fresh(None).writeback().is_err());

@@ -88,11 +88,11 @@ impl Error {
         self.level
     }
 
-    /// Log this error once, for `operation` on node `ino`.
+    /// Log this error once, for `operation` on node `ino`. Nothing is formatted unless the
+    /// level is enabled (every failed lookup comes through here).
     pub fn log(&self, operation: &str, ino: u64) {
         let message = self.message.as_deref().unwrap_or("");
-        let source = self.source.as_ref().map(|s| s.to_string());
-        let source = source.as_deref().unwrap_or("");
+        let source = self.source.as_deref().map(tracing::field::display);
         match self.level {
             Level::Debug => tracing::debug!(
                 operation,
@@ -158,12 +158,16 @@ impl std::error::Error for Error {
     }
 }
 
+/// An OS error is its errno and nothing more, so only an error with words of its own is kept
+/// as the source: a failed lookup (the commonest error there is) allocates nothing.
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Error {
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        Error {
-            source: Some(Arc::new(e)),
-            ..Error::of(errno)
+        match e.raw_os_error() {
+            Some(errno) => Error::of(errno),
+            None => Error {
+                source: Some(Arc::new(e)),
+                ..Error::of(libc::EIO)
+            },
         }
     }
 }
@@ -185,9 +189,9 @@ mod tests {
         let e = Error::from(io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(e.errno(), libc::ENOSPC);
         assert_eq!(e.level(), Level::Warn);
-        assert!(std::error::Error::source(&e).is_some());
         let e = Error::from(io::Error::other("no errno"));
         assert_eq!(e.errno(), libc::EIO);
+        assert!(std::error::Error::source(&e).is_some());
         let e = Error::ENOENT.with_message("gone");
         assert_eq!(e, Error::ENOENT);
         assert_eq!(e.level(), Level::Debug);

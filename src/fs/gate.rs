@@ -274,7 +274,7 @@ impl Gate {
     pub(crate) fn decide(&self, ctx: &Ctx, path: &[u8], place: &Place, op: Op) -> Decision {
         match (&ctx.grants, &ctx.state, &ctx.session) {
             (Some(g), Some(State::Active), Some(s)) => {
-                authz::decide_fresh(g.scopes(), &self.freshness(s), path, place, op)
+                authz::decide_fresh(g.scopes(), || self.freshness(s), path, place, op)
             }
             (_, Some(state), _) => authz::decide_inactive(path, place, op, state.name()),
             _ => authz::decide_inactive(path, place, op, "not registered with this mount"),
