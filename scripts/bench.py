@@ -7,6 +7,9 @@ machine; ratios measured together are what this is for). Results go to stdout as
 table and to bench-results/latest.json.
 
 Usage: python3 scripts/bench.py [--runs N] [--small N] [--large-mib N] [--bin PATH]
+                               [--baseline PATH]
+--baseline mounts a second relayauth-mount built from another commit beside the first, in the
+same interleaved run, so a change is measured against what it changes (column "baseline").
 Needs root (FUSE mounts, dropping the page cache), fuse3, bindfs, fio and git.
 """
 
@@ -102,6 +105,7 @@ def main():
     ap.add_argument("--large-mib", type=int, default=1024)
     ap.add_argument("--bin", default=str(ROOT / "target/release/relayauth-mount"))
     ap.add_argument("--out", default=str(ROOT / "bench-results/latest.json"))
+    ap.add_argument("--baseline", help="a second relayauth-mount binary to measure beside --bin")
     args = ap.parse_args()
     for tool in ["fio", "bindfs", "git", "fusermount3"]:
         if not shutil.which(tool):
@@ -123,15 +127,19 @@ def main():
         views["bindfs"] = bmnt
         issuer, ready, token = start_issuer(args.bin, work)
         (work / "token").write_text(token)
-        rmnt = work / "guard"
-        rmnt.mkdir()
-        subprocess.run([args.bin, "mount", str(mirror), str(rmnt), "--workspace", "ws_bench",
-                        "--token-file", str(work / "token"), "--relayauth-url", ready["url"],
-                        "--issuer", ready["iss"], "--audit-log", str(work / "audit.jsonl"),
-                        "--local-roots", "bench"], check=True, capture_output=True)
-        wait_mounted(rmnt)
-        mounts.append(rmnt)
-        views["relayauth-mount"] = rmnt
+        guards = [("relayauth-mount", args.bin, "guard")]
+        if args.baseline:
+            guards.append(("baseline", args.baseline, "baseline"))
+        for view, binary, name in guards:
+            rmnt = work / name
+            rmnt.mkdir()
+            subprocess.run([binary, "mount", str(mirror), str(rmnt), "--workspace", "ws_bench",
+                            "--token-file", str(work / "token"), "--relayauth-url", ready["url"],
+                            "--issuer", ready["iss"], "--audit-log", str(work / f"{name}-audit.jsonl"),
+                            "--local-roots", "bench"], check=True, capture_output=True)
+            wait_mounted(rmnt)
+            mounts.append(rmnt)
+            views[view] = rmnt
 
         counter = [0]
 
@@ -175,12 +183,17 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"\nMedians of {args.runs} interleaved runs, page cache dropped before each; kernel {kernel}, {cpus} CPUs.\n")
-    print("| workload | native | bindfs | relayauth-mount | vs native | vs bindfs |")
-    print("|---|---|---|---|---|---|")
+    base = args.baseline is not None
+    print("| workload | native | bindfs | relayauth-mount | vs native | vs bindfs |"
+          + (" baseline vs native | baseline vs bindfs |" if base else ""))
+    print("|---|---|---|---|---|---|" + ("---|---|" if base else ""))
     for r in results:
         m = r["median_seconds"]
-        print(f"| {r['workload']} | {m['native']:.3f} s | {m['bindfs']:.3f} s | {m['relayauth-mount']:.3f} s "
-              f"| {r['ratio_to_native']['relayauth-mount']:.2f}x | {r['ratio_to_bindfs']['relayauth-mount']:.2f}x |")
+        row = (f"| {r['workload']} | {m['native']:.3f} s | {m['bindfs']:.3f} s | {m['relayauth-mount']:.3f} s "
+               f"| {r['ratio_to_native']['relayauth-mount']:.2f}x | {r['ratio_to_bindfs']['relayauth-mount']:.2f}x |")
+        if base:
+            row += f" {r['ratio_to_native']['baseline']:.2f}x | {r['ratio_to_bindfs']['baseline']:.2f}x |"
+        print(row)
 
 
 if __name__ == "__main__":

@@ -505,7 +505,7 @@ pub fn render(view: &View) -> String {
                 Kind::File => "file",
                 Kind::Dir => "dir",
                 Kind::Symlink => "symlink",
-                Kind::Special => "other",
+                Kind::Fifo | Kind::Socket | Kind::Device => "other",
             };
             let _ = writeln!(
                 s,

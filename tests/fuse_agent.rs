@@ -186,10 +186,12 @@ attempt('visible-write', lambda: open('github/repos/acme/api/metadata.json', 'w'
 attempt('visible-read', lambda: open('github/repos/acme/api/metadata.json').read())
 attempt('hard-link', lambda: os.link('github/repos/acme/api/metadata.json', 'github/repos/acme/api/issues/7/x'))
 attempt('mkfifo', lambda: os.mkfifo('github/repos/acme/api/issues/7/fifo'))
+attempt('mknod-device', lambda: os.mknod('github/repos/acme/api/issues/7/null', 0o20600, os.makedev(1, 3)))
 "
         ),
     );
-    let expect = "hidden-stat ENOENT\nhidden-open ENOENT\nvisible-write EACCES\nvisible-read ok\nhard-link EPERM\nmkfifo EPERM\n";
+    // A FIFO is made like a file (and never in a provider area); a device never.
+    let expect = "hidden-stat ENOENT\nhidden-open ENOENT\nvisible-write EACCES\nvisible-read ok\nhard-link EPERM\nmkfifo EACCES\nmknod-device EPERM\n";
     assert_eq!(seen, expect);
 }
 

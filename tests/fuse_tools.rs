@@ -31,6 +31,11 @@ enum Item {
     Link {
         target: PathBuf,
     },
+    /// A FIFO or socket (`kind` from its mode), which copying tools recreate.
+    Special {
+        kind: u32,
+        mode: u32,
+    },
 }
 
 /// Every entry below `root` by relative path, skipping `_PERMISSIONS.md` (the mount's notice,
@@ -55,6 +60,11 @@ fn manifest(root: &Path, exact: bool) -> BTreeMap<String, Item> {
             } else if meta.is_dir() {
                 stack.push(p.clone());
                 Item::Dir { mode }
+            } else if !meta.is_file() {
+                Item::Special {
+                    kind: meta.mode() & libc::S_IFMT,
+                    mode,
+                }
             } else {
                 Item::File {
                     mode,
@@ -308,4 +318,153 @@ fn everyday_tools_on_a_big_tree_with_1024_descriptors() {
         eprintln!("  {what}: {:.1} s", t.as_secs_f64());
     }
     assert!(peak < 1024, "the daemon reached its descriptor limit");
+}
+
+/// FIFOs and Unix sockets in a local root: made and used through the mount with the tools that
+/// make them (`mkfifo`, a socket `bind`), and copied by `cp -a`, `cp -r`, `rsync -a` and `tar`
+/// exactly as the same commands copy them natively (each run both ways and compared).
+#[test]
+fn fifos_and_sockets_behave_as_natively() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    let native = work.path().join("native");
+    std::fs::create_dir_all(&native).unwrap();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&[
+            "relayfile:fs:manage:/scratch/**",
+            "relayfile:fs:read:/github/**",
+            "relayfile:fs:create:/github/repos/acme/api/issues/7/comments/*",
+        ]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&|mirror: &Path| {
+                std::fs::create_dir_all(mirror.join("scratch")).unwrap()
+            }),
+            ..MountOpts::default()
+        },
+    );
+    let make = |dir: &str| {
+        format!(
+            "set -e; mkdir -p {dir}/sub; echo hi > {dir}/sub/file; mkfifo -m 0640 {dir}/sub/pipe
+            python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('{dir}/sock')\"
+            chmod 0600 {dir}/sock"
+        )
+    };
+    // Made natively and through the mount, the two trees are the same.
+    run(&m, "make natively", &make(&src.display().to_string()));
+    run(&m, "make in the mount", &make("scratch/made"));
+    let want = manifest(&src, true);
+    assert_eq!(want.len(), 4, "{want:?}");
+    assert_same("made", &want, &manifest(&m.mirror_at("scratch/made"), true));
+
+    // A FIFO carries data between two processes of the mount; a socket accepts a connection.
+    run(
+        &m,
+        "fifo",
+        "set -e; (echo through > scratch/made/sub/pipe &); test \"$(cat scratch/made/sub/pipe)\" = through",
+    );
+    run(
+        &m,
+        "socket",
+        "set -e; rm scratch/made/sock; python3 -c \"
+import socket, threading
+s = socket.socket(socket.AF_UNIX); s.bind('scratch/made/sock'); s.listen(1)
+def serve():
+    c, _ = s.accept(); c.sendall(b'pong'); c.close()
+t = threading.Thread(target=serve); t.start()
+c = socket.socket(socket.AF_UNIX); c.connect('scratch/made/sock')
+assert c.recv(4) == b'pong'
+t.join()
+\"",
+    );
+
+    // Each copying tool, natively and into, within and out of the mount.
+    let s = src.display();
+    let n = native.display();
+    for (tool, cmd) in [
+        ("cp -a", "cp -a {from} {to}"),
+        ("cp -r", "cp -r {from} {to}"),
+        ("rsync -a", "rsync -a {from}/ {to}/"),
+        (
+            "tar",
+            "mkdir {to} && tar cf - -C {from} . | tar xf - -C {to}",
+        ),
+    ] {
+        let slug = tool.replace([' ', '-'], "");
+        let cmd = |from: &str, to: &str| cmd.replace("{from}", from).replace("{to}", to);
+        // A tool may warn (tar ignores sockets): what matters is that the mount gives the same
+        // exit status and the same tree as native.
+        let native_run = m.sh(&cmd(&s.to_string(), &format!("{n}/{slug}")));
+        let into = m.sh(&cmd(&s.to_string(), &format!("scratch/{slug}")));
+        assert_eq!(
+            into.status.code(),
+            native_run.status.code(),
+            "{tool} into: {}",
+            err(&into)
+        );
+        let native_tree = manifest(&native.join(&slug), true);
+        assert_same(
+            &format!("{tool} into"),
+            &native_tree,
+            &manifest(&m.mirror_at(&format!("scratch/{slug}")), true),
+        );
+        let within = m.sh(&cmd(
+            &format!("scratch/{slug}"),
+            &format!("scratch/{slug}-within"),
+        ));
+        let native_within = m.sh(&cmd(&format!("{n}/{slug}"), &format!("{n}/{slug}-within")));
+        assert_eq!(
+            within.status.code(),
+            native_within.status.code(),
+            "{tool} within: {}",
+            err(&within)
+        );
+        assert_same(
+            &format!("{tool} within"),
+            &manifest(&native.join(format!("{slug}-within")), true),
+            &manifest(&m.mirror_at(&format!("scratch/{slug}-within")), true),
+        );
+        let out_of = work.path().join(format!("out-{slug}"));
+        let out = m.sh(&cmd(
+            &format!("scratch/{slug}"),
+            &out_of.display().to_string(),
+        ));
+        assert_eq!(
+            out.status.code(),
+            native_within.status.code(),
+            "{tool} out: {}",
+            err(&out)
+        );
+        let mut got = manifest(&out_of, true);
+        got.retain(|k, _| !k.ends_with("_PERMISSIONS.md"));
+        assert_same(
+            &format!("{tool} out"),
+            &manifest(&native.join(format!("{slug}-within")), true),
+            &got,
+        );
+    }
+
+    // Removing them is as native: rm -rf and find -delete leave nothing.
+    run(&m, "rm -rf", "rm -rf scratch/cpa scratch/made");
+    run(&m, "find -delete", "find scratch/rsynca -delete");
+    assert!(!m.mirror_at("scratch/cpa").exists());
+    assert!(!m.mirror_at("scratch/rsynca").exists());
+
+    // In a provider area neither can be made (no writeback is a FIFO), whatever the scopes.
+    let o = m.sh("mkfifo github/repos/acme/api/issues/7/comments/pipe.json");
+    assert!(!o.status.success());
+    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
+    assert!(
+        !m.mirror_at("github/repos/acme/api/issues/7/comments/pipe.json")
+            .exists()
+    );
+    // And a device node is refused everywhere.
+    let o = m.sh("mknod scratch/null c 1 3");
+    assert!(!o.status.success());
+    assert!(err(&o).contains("Operation not permitted"), "{}", err(&o));
 }

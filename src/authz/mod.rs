@@ -55,7 +55,10 @@ impl Forbidden {
                 "hard links are refused: a hard link would let one path reach another path's content"
             }
             Forbidden::Chown => "changing owners is refused in the guarded view",
-            Forbidden::DeviceNode => "device nodes, FIFOs and sockets cannot be created here",
+            Forbidden::DeviceNode => {
+                "device nodes cannot be created in the guarded view: a device would reach past \
+                 the mirror"
+            }
             Forbidden::SetId => "setuid and setgid bits are refused",
         }
     }

@@ -51,12 +51,10 @@ pub fn file_type(kind: Kind, mode: u32) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
-        Kind::Special => match mode & libc::S_IFMT {
-            libc::S_IFIFO => FileType::NamedPipe,
-            libc::S_IFSOCK => FileType::Socket,
-            libc::S_IFCHR => FileType::CharDevice,
-            _ => FileType::BlockDevice,
-        },
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::Device if mode & libc::S_IFMT == libc::S_IFBLK => FileType::BlockDevice,
+        Kind::Device => FileType::CharDevice,
     }
 }
 

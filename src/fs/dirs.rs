@@ -176,6 +176,8 @@ pub(crate) fn kind_to_type(kind: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
-        Kind::Special => FileType::NamedPipe,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::Device => FileType::CharDevice,
     }
 }

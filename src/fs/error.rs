@@ -28,6 +28,9 @@ pub struct Error {
     message: Option<Cow<'static, str>>,
     source: Option<Arc<io::Error>>,
     level: Level,
+    /// Already in the audit log as the refusal it is: an operation that audits itself once
+    /// (a rename) writes nothing more for it.
+    audited: bool,
 }
 
 /// Errors compare by errno: that is what the kernel, and a test, sees.
@@ -61,6 +64,7 @@ impl Error {
             message: None,
             source: None,
             level: level_of(errno),
+            audited: false,
         }
     }
 
@@ -74,6 +78,17 @@ impl Error {
     pub fn warn(mut self) -> Error {
         self.level = Level::Warn;
         self
+    }
+
+    /// The same error, marked as audited (only the gate, which wrote the record, says so).
+    pub(crate) fn audited_refusal(mut self) -> Error {
+        self.audited = true;
+        self
+    }
+
+    /// Whether the refusal this error reports is already audited.
+    pub fn is_audited(&self) -> bool {
+        self.audited
     }
 
     pub fn errno(&self) -> i32 {

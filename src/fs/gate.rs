@@ -322,7 +322,77 @@ impl Gate {
     /// Audit a refusal and give its errno.
     pub(crate) fn refuse(&self, ctx: &Ctx, path: &[u8], d: &Decision, operation: &str) -> Error {
         self.note(ctx, path, operation, d);
-        Error::of(d.errno().unwrap_or(libc::EACCES))
+        Error::of(d.errno().unwrap_or(libc::EACCES)).audited_refusal()
+    }
+
+    /// Audit a refusal by one of the guard's own rules (not a scope's): `error` is what the
+    /// caller gets, `why` what the log says.
+    pub(crate) fn refuse_by_rule(
+        &self,
+        ctx: &Ctx,
+        path: &[u8],
+        operation: &str,
+        error: Error,
+        why: &str,
+    ) -> Error {
+        let errno = error.errno();
+        self.record(
+            ctx,
+            "file.write.denied",
+            Outcome::Denied,
+            operation,
+            String::from_utf8_lossy(path).into_owned(),
+            why.to_owned(),
+            |ev| ev.meta("errno", errno),
+        );
+        error.audited_refusal()
+    }
+
+    /// Audit a writeback refusal (`writeback.rejected`) and give `error`.
+    pub(crate) fn refuse_writeback(
+        &self,
+        ctx: &Ctx,
+        path: &str,
+        operation: &str,
+        why: &str,
+        permit: Option<&WritebackPermit>,
+        error: Error,
+    ) -> Error {
+        self.note_writeback(ctx, path, operation, Outcome::Denied, why, permit);
+        error.audited_refusal()
+    }
+
+    /// Audit an operation decided with [`Gate::check`] once its outcome is known: as allowed
+    /// when it happened, not again when a later refusal audited itself, as failed otherwise.
+    pub(crate) fn conclude<T>(
+        &self,
+        ctx: &Ctx,
+        path: &[u8],
+        operation: &str,
+        allowed: &Allowed,
+        result: FsResult<T>,
+    ) -> FsResult<T> {
+        match &result {
+            Ok(_) => self.note(ctx, path, operation, allowed.decision()),
+            Err(e) if e.is_audited() => {}
+            Err(e) => self.failed(ctx, path, operation, e),
+        }
+        result
+    }
+
+    /// Audit an operation that was allowed but failed (`file.write.failed`, result `error`):
+    /// the record says what happened instead of claiming a change that did not take place.
+    pub(crate) fn failed(&self, ctx: &Ctx, path: &[u8], operation: &str, error: &Error) {
+        let errno = error.errno();
+        self.record(
+            ctx,
+            "file.write.failed",
+            Outcome::Error,
+            operation,
+            String::from_utf8_lossy(path).into_owned(),
+            error.to_string(),
+            |ev| ev.meta("errno", errno),
+        );
     }
 
     /// The writeback gate for what `allowed` permits to an object of `kind`: a regular file at
@@ -336,10 +406,8 @@ impl Gate {
         operation: &str,
     ) -> FsResult<Change> {
         let path = String::from_utf8_lossy(allowed.path()).into_owned();
-        self.try_change(ctx, allowed, kind).map_err(|(e, why)| {
-            self.note_writeback(ctx, &path, operation, Outcome::Denied, &why, None);
-            e
-        })
+        self.try_change(ctx, allowed, kind)
+            .map_err(|(e, why)| self.refuse_writeback(ctx, &path, operation, &why, None, e))
     }
 
     /// `Gate::change` without the audit (a staged commit writes its own).
@@ -381,6 +449,27 @@ impl Gate {
             policy_id: policy.id.clone(),
             provider_action: policy.provider_action.clone(),
         }))
+    }
+
+    /// Why the writeback gate would refuse `op` on `path`, an object of `kind` at `place`: a
+    /// write or delete of a provider-backed file without a policy that covers it, or while
+    /// relayauth has not confirmed the session recently. `None` when the gate has nothing to
+    /// say. A file's write bit and `_PERMISSIONS.md` ask this, so they show what a change
+    /// would meet.
+    pub(crate) fn writeback_refusal(
+        &self,
+        ctx: &Ctx,
+        path: &[u8],
+        place: &Place,
+        kind: Kind,
+        op: Op,
+    ) -> Option<String> {
+        if kind != Kind::File || *place != Place::Content || !matches!(op, Op::Write | Op::Delete) {
+            return None;
+        }
+        self.writeback_check(ctx, &String::from_utf8_lossy(path))
+            .err()
+            .map(|(_, why)| why)
     }
 
     /// Count, remember and audit a decision on an audited operation.
@@ -460,7 +549,9 @@ impl Gate {
     ) {
         if outcome == Outcome::Allowed {
             self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-        } else {
+        } else if outcome == Outcome::Denied {
+            // An operation that failed (result `error`) was not refused: it is neither counted
+            // nor shown among the refusals.
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
             if let Some(s) = &ctx.session {
                 s.remember_denial(Denial {

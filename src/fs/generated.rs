@@ -116,10 +116,10 @@ impl permissions::Judge for FsJudge<'_> {
         let d = self.fs.gate.decide(self.ctx, p, &place, op);
         let right = permissions::right(&d, self.scopes, path);
         if right.allowed
-            && kind == Kind::File
-            && place == Place::Content
-            && matches!(op, Op::Write | Op::Delete)
-            && let Err((_, why)) = self.fs.gate.writeback_check(self.ctx, path)
+            && let Some(why) = self
+                .fs
+                .gate
+                .writeback_refusal(self.ctx, p, &place, kind, op)
         {
             return permissions::Right {
                 allowed: false,

@@ -77,6 +77,9 @@ pub(crate) struct Staged {
     /// always does.
     pub(super) opener: u32,
     pub(super) stage: Stage,
+    /// The operation whose end commits it, as the audit names it: `close` for a descriptor,
+    /// `truncate` for a truncation by path.
+    pub(super) committed_by: &'static str,
 }
 
 impl Staged {
@@ -92,6 +95,7 @@ impl Staged {
             target,
             opener,
             stage: Stage::Open { file, name, edits },
+            committed_by: "close",
         }
     }
 

@@ -248,7 +248,9 @@ impl GuardFs {
                 let kind = b.read().kind;
                 match kind {
                     Kind::Dir => return Err(Error::EISDIR),
-                    Kind::Symlink | Kind::Special => return Err(Error::EACCES),
+                    Kind::Symlink | Kind::Fifo | Kind::Socket | Kind::Device => {
+                        return Err(Error::EACCES);
+                    }
                     Kind::File => {}
                 }
                 let fd = self.fd_of(&node)?;
@@ -831,6 +833,16 @@ impl GuardFs {
         }
         file.sync_all()?;
         let parent_fd = self.dir_fd(&parent)?;
+        if s.target == Target::Replace && !self.still_at(node, parent_fd.as_fd(), &loc.name) {
+            // The name holds another file now (relayfile's syncer replaced it, or it was
+            // removed): on a native filesystem these bytes would have gone to the file that was
+            // opened, not to its replacement, so they must not overwrite what is there.
+            let why = format!(
+                "{path} was replaced or removed in the mirror while it was open for writing, \
+                 so these bytes were not placed over the newer file; reopen it and write again"
+            );
+            return self.quarantine(&ctx, node, s, Error::of(libc::ESTALE), &why, permit);
+        }
         let flags = match s.target {
             Target::Replace => RenameFlags::empty(),
             Target::New => RenameFlags::NOREPLACE,
@@ -857,12 +869,23 @@ impl GuardFs {
         self.gate.note_writeback(
             &ctx,
             &path,
-            "close",
+            s.committed_by,
             Outcome::Allowed,
             &format!("validated and placed for writeback by policy {policy_id}"),
             permit,
         );
         Ok(())
+    }
+
+    /// Whether `name` in `parent` is still the file `node` stands for: the object its writes
+    /// were staged from (after a commit, the file that commit placed).
+    fn still_at(&self, node: &Node, parent: BorrowedFd<'_>, name: &OsStr) -> bool {
+        let Some(b) = node.backing() else {
+            return false;
+        };
+        self.mirror
+            .lookup(parent, name)
+            .is_ok_and(|(_, st)| st.st_dev == b.dev && st.st_ino == b.ino)
     }
 
     /// `node` is no longer a staged new file (committed, dropped or refused).
@@ -924,6 +947,7 @@ impl GuardFs {
         let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
         file.set_len(size)?;
         let mut staged = Staged::new(Target::Replace, ctx.pid, file, name, Edits::Written);
+        staged.committed_by = "truncate";
         let result = self.commit(node, &ctx.session, &mut staged, ctx.pid);
         if let Stage::Open { name, .. } = &staged.stage {
             self.mirror.unstage(&self.area, name);
@@ -969,7 +993,7 @@ impl GuardFs {
         self.gate.note_writeback(
             ctx,
             &path,
-            "close",
+            s.committed_by,
             Outcome::Denied,
             &format!("{why}{where_kept}"),
             permit,

@@ -48,7 +48,12 @@ impl GuardFs {
             }
             _ => {
                 let read = self.gate.decide(ctx, path, place, Op::Read).allowed();
-                let write = self.gate.decide(ctx, path, place, Op::Write).allowed();
+                // The write bit says what a write would meet, the writeback gate included.
+                let write = self.gate.decide(ctx, path, place, Op::Write).allowed()
+                    && self
+                        .gate
+                        .writeback_refusal(ctx, path, place, Kind::of(st), Op::Write)
+                        .is_none();
                 Rights {
                     read,
                     write,

@@ -199,7 +199,9 @@ impl Mirror {
                 rustix::fs::FileType::Directory => Some(Kind::Dir),
                 rustix::fs::FileType::Symlink => Some(Kind::Symlink),
                 rustix::fs::FileType::Unknown => None,
-                _ => Some(Kind::Special),
+                rustix::fs::FileType::Fifo => Some(Kind::Fifo),
+                rustix::fs::FileType::Socket => Some(Kind::Socket),
+                _ => Some(Kind::Device),
             };
             out.push(DirEntry {
                 name: OsStr::from_bytes(name).to_owned(),
@@ -290,6 +292,28 @@ impl Mirror {
         proof.require(&[Op::Create])?;
         check(name)?;
         rustix::fs::symlinkat(target, dir, name)?;
+        self.lookup(dir, name).inspect_err(|_| {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        })
+    }
+
+    /// A FIFO or a Unix socket node (`kind`) named `name` in `dir`; anything else is `EPERM`.
+    pub fn mknod(
+        &self,
+        proof: &Allowed,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        kind: Kind,
+        perm: u32,
+    ) -> io::Result<(OwnedFd, Stat)> {
+        proof.require(&[Op::Create])?;
+        check(name)?;
+        let file_type = match kind {
+            Kind::Fifo => rustix::fs::FileType::Fifo,
+            Kind::Socket => rustix::fs::FileType::Socket,
+            _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
+        };
+        rustix::fs::mknodat(dir, name, file_type, Mode::from_raw_mode(perm & 0o777), 0)?;
         self.lookup(dir, name).inspect_err(|_| {
             let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
         })

@@ -9,8 +9,10 @@
 //! copying file by file, each write checked on its own.
 
 use std::ffi::OsStr;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{FileAttr, TimeOrNow};
@@ -23,6 +25,7 @@ use super::mirror::Kind;
 use super::notice::is_notice;
 use crate::audit::Outcome;
 use crate::authz::{Decision, Forbidden, Op, PERMISSIONS_FILE, Place};
+use crate::writeback::MAX_PAYLOAD;
 
 fn timespec(t: TimeOrNow) -> rustix::fs::Timespec {
     match t {
@@ -68,8 +71,9 @@ struct Child {
 }
 
 impl GuardFs {
-    /// Decide, audit and refuse a change to a new or existing name in `parent`.
-    fn decide_child(
+    /// Decide a change to a new or existing name in `parent`: a refusal is audited, an allowed
+    /// change is the caller's to audit (see [`GuardFs::decide_child`]).
+    fn checked_child(
         &self,
         ctx: &Ctx,
         parent: Ino,
@@ -88,7 +92,10 @@ impl GuardFs {
                 Err(_) => (self.place(&path, name, None), None),
             }
         };
-        let allowed = self.gate.permit(ctx, &path, &place, op, operation)?;
+        let allowed = self
+            .gate
+            .check(ctx, &path, &place, op)
+            .map_err(|d| self.gate.refuse(ctx, &path, &d, operation))?;
         Ok(Child {
             dir_fd: fd,
             path,
@@ -96,6 +103,21 @@ impl GuardFs {
             found,
             allowed,
         })
+    }
+
+    /// Decide and audit a change to a new or existing name in `parent`.
+    fn decide_child(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &OsStr,
+        op: Op,
+        operation: &str,
+    ) -> FsResult<Child> {
+        let child = self.checked_child(ctx, parent, name, op, operation)?;
+        self.gate
+            .note(ctx, &child.path, operation, child.allowed.decision());
+        Ok(child)
     }
 
     /// A new directory or symlink (`kind`) named `name` in `parent`, made by `make` once
@@ -108,10 +130,10 @@ impl GuardFs {
         kind: Kind,
         make: impl FnOnce(&Allowed, BorrowedFd<'_>) -> std::io::Result<(OwnedFd, Stat)>,
     ) -> FsResult<Entry> {
-        let operation = if kind == Kind::Symlink {
-            "symlink"
-        } else {
-            "mkdir"
+        let operation = match kind {
+            Kind::Symlink => "symlink",
+            Kind::Dir => "mkdir",
+            _ => "mknod",
         };
         let ctx = self.gate.ctx(caller);
         if is_notice(name) && !self.notice_removed(&ctx, parent) {
@@ -122,8 +144,8 @@ impl GuardFs {
         if child.place != Place::Content {
             return Err(Error::EACCES);
         }
-        if kind == Kind::Symlink {
-            self.refuse_provider_symlink(&ctx, &child.path, operation)?;
+        if kind != Kind::Dir {
+            self.refuse_provider_special(&ctx, &child.path, kind, operation)?;
         }
         let (nfd, st) = self.make_as(caller, || make(&child.allowed, child.dir_fd.as_fd()))?;
         let node = self.inodes.remember(parent, name, child.path, nfd, &st);
@@ -165,17 +187,28 @@ impl GuardFs {
         })
     }
 
-    /// A symbolic link is never provider content: at a provider path it could make relayfile
-    /// push whatever it points to, past every policy and schema.
-    fn refuse_provider_symlink(&self, ctx: &Ctx, path: &[u8], operation: &str) -> FsResult<()> {
+    /// Only a regular file can be provider content: a symbolic link at a provider path could
+    /// make relayfile push whatever it points to, past every policy and schema, and a FIFO or
+    /// socket has no content to validate.
+    fn refuse_provider_special(
+        &self,
+        ctx: &Ctx,
+        path: &[u8],
+        kind: Kind,
+        operation: &str,
+    ) -> FsResult<()> {
         let path = String::from_utf8_lossy(path);
         if !self.gate.backing().is_provider_backed(&path) {
             return Ok(());
         }
-        let why = "a symbolic link cannot be a writeback; write the content itself";
-        self.gate
-            .note_writeback(ctx, &path, operation, Outcome::Denied, why, None);
-        Err(Error::EACCES)
+        let why = if kind == Kind::Symlink {
+            "a symbolic link cannot be a writeback; write the content itself"
+        } else {
+            "only a regular file can be a writeback; a FIFO or socket belongs in a local root"
+        };
+        Err(self
+            .gate
+            .refuse_writeback(ctx, &path, operation, why, None, Error::EACCES))
     }
 
     pub fn unlink(&self, caller: &Caller, parent: Ino, name: &OsStr) -> FsResult<()> {
@@ -216,22 +249,30 @@ impl GuardFs {
         if is_notice(name) {
             return Err(Error::ENOTDIR);
         }
-        let child = self.decide_child(&ctx, parent, name, Op::Delete, "rmdir")?;
+        // Audited once, when the outcome is known: a directory that only holds what the caller
+        // cannot see is a refusal, not an allowed removal that then failed.
+        let child = self.checked_child(&ctx, parent, name, Op::Delete, "rmdir")?;
+        let note = |result| {
+            self.gate
+                .conclude(&ctx, &child.path, "rmdir", &child.allowed, result)
+        };
         // A file being written in it (staged, not yet in the mirror) makes it not empty.
         if self.handles.staged_below(&child.path) {
-            return Err(Error::of(libc::ENOTEMPTY));
+            return note(Err(Error::of(libc::ENOTEMPTY)));
         }
-        match self
-            .mirror
-            .rmdir(&child.allowed, child.dir_fd.as_fd(), name)
-        {
-            // Not empty, but nothing in it is visible to this caller: ENOTEMPTY would reveal
-            // that hidden entries exist.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                Err(self.not_empty(&ctx, child.dir_fd.as_fd(), name, &child.path, "rmdir"))
-            }
-            other => Ok(other?),
-        }
+        note(
+            match self
+                .mirror
+                .rmdir(&child.allowed, child.dir_fd.as_fd(), name)
+            {
+                // Not empty, but nothing in it is visible to this caller: ENOTEMPTY would
+                // reveal that hidden entries exist.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    Err(self.not_empty(&ctx, child.dir_fd.as_fd(), name, &child.path, "rmdir"))
+                }
+                other => other.map_err(Error::from),
+            },
+        )
     }
 
     /// The errno for a directory that is not empty in the mirror: `ENOTEMPTY` when the caller
@@ -276,10 +317,23 @@ impl GuardFs {
         to: &[u8],
     ) -> FsResult<()> {
         if self.handles.staged_below(from) {
-            return Err(Error::of(libc::EBUSY));
+            return Err(self.busy_below(ctx, from));
         }
         let Some(g) = &ctx.grants else {
-            return Err(Error::EACCES);
+            return Err(self.gate.refuse_by_rule(
+                ctx,
+                from,
+                "rename",
+                Error::EACCES,
+                "the caller has no session in this mount",
+            ));
+        };
+        let cannot_move = |why: &str| {
+            let why = format!(
+                "{why}; the directory cannot move as a whole, so it is copied entry by entry"
+            );
+            self.gate
+                .refuse_by_rule(ctx, from, "rename", Error::EXDEV, &why)
         };
         use crate::scope::Requirement;
         if g.scopes().grants_all_below(Requirement::FS_DELETE, from)
@@ -299,13 +353,15 @@ impl GuardFs {
             for e in self.mirror.list(fd.as_fd())? {
                 seen += 1;
                 if seen > BUDGET {
-                    return Err(Error::EXDEV);
+                    return Err(cannot_move(&format!(
+                        "it holds more than {BUDGET} entries to check one by one"
+                    )));
                 }
                 let (Ok(s), Ok(d)) = (
                     super::inode::checked_child_path(&src, &e.name),
                     super::inode::checked_child_path(&dst, &e.name),
                 ) else {
-                    return Err(Error::EXDEV);
+                    return Err(cannot_move("an entry below has a name too long to check"));
                 };
                 let movable = self
                     .gate
@@ -316,7 +372,10 @@ impl GuardFs {
                         .decide(ctx, &d, &Place::Content, Op::Create)
                         .allowed();
                 if !movable {
-                    return Err(Error::EXDEV);
+                    return Err(cannot_move(
+                        "the session may not delete or create something below it \
+                         at its old or new path",
+                    ));
                 }
                 if e.kind == Some(Kind::Dir) || e.kind.is_none() {
                     match self.mirror.lookup(fd.as_fd(), &e.name) {
@@ -347,7 +406,10 @@ impl GuardFs {
         Err(self.gate.refuse(&ctx, &target, &d, "link"))
     }
 
-    /// `mknod`: regular files are created like `create`; FIFOs, sockets and devices are refused.
+    /// `mknod`: regular files are created like `create`; a FIFO or a Unix socket is created
+    /// where the caller may create a file and no writeback applies (the kernel serves its data
+    /// itself, none of it passes through the mirror, and many tools make them: build systems,
+    /// editors, `tar` and `rsync` of a tree that holds them); devices are refused.
     pub fn mknod(
         &self,
         caller: &Caller,
@@ -356,7 +418,19 @@ impl GuardFs {
         mode: u32,
         umask: u32,
     ) -> FsResult<Entry> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+        let ifmt = mode & libc::S_IFMT;
+        if ifmt == libc::S_IFIFO || ifmt == libc::S_IFSOCK {
+            let kind = if ifmt == libc::S_IFIFO {
+                Kind::Fifo
+            } else {
+                Kind::Socket
+            };
+            let perm = mode & !umask & 0o777;
+            return self.make_child(caller, parent, name, kind, |proof, fd| {
+                self.mirror.mknod(proof, fd, name, kind, perm)
+            });
+        }
+        if ifmt != libc::S_IFREG && ifmt != 0 {
             let ctx = self.gate.ctx(caller);
             let dir = self.located(parent)?;
             let path = self.child_of(&dir, name)?;
@@ -438,7 +512,8 @@ impl GuardFs {
             checks.push((&src_path, &src_place, Op::Create));
             checks.push((&src_path, &src_place, Op::Write));
         }
-        // Decided together, audited once: the first refusal, or the whole as allowed.
+        // Decided together, audited once: the first refusal, or after the rename the whole as
+        // allowed (or as failed).
         let mut proofs = Vec::with_capacity(checks.len());
         for (path, place, op) in checks {
             match self.gate.check(&ctx, path, place, op) {
@@ -446,17 +521,64 @@ impl GuardFs {
                 Err(d) => return Err(self.gate.refuse(&ctx, path, &d, "rename")),
             }
         }
-        let (Some(src_delete), Some(dst_create)) = (proofs.first(), proofs.get(1)) else {
+        let (Some(src_delete), Some(dst_create), Some(last)) =
+            (proofs.first(), proofs.get(1), proofs.last())
+        else {
             return Err(Error::EACCES);
         };
-        if let Some(last) = proofs.last() {
-            self.gate.note(&ctx, &src_path, "rename", last.decision());
-        }
-        let (src_delete, dst_create) = (src_delete.clone(), dst_create.clone());
+        let result = self.rename_allowed(
+            &ctx,
+            (
+                src_delete.clone(),
+                parent,
+                name,
+                &src_fd,
+                &src_path,
+                src_found,
+            ),
+            (
+                dst_create.clone(),
+                new_parent,
+                new_name,
+                &dst_fd,
+                &dst_path,
+                dst_found,
+            ),
+            flags,
+        );
+        self.gate.conclude(&ctx, &src_path, "rename", last, result)
+    }
+
+    /// The rename the caller's scopes allow, through the guard's own rules (directory moves,
+    /// exchanges, writebacks). Each refusal here is audited where it is made; the caller
+    /// audits the rest.
+    #[allow(clippy::type_complexity)]
+    fn rename_allowed(
+        &self,
+        ctx: &Ctx,
+        (src_delete, parent, name, src_fd, src_path, src_found): (
+            Allowed,
+            Ino,
+            &OsStr,
+            &OwnedFd,
+            &Arc<[u8]>,
+            io::Result<(OwnedFd, Stat)>,
+        ),
+        (dst_create, new_parent, new_name, dst_fd, dst_path, dst_found): (
+            Allowed,
+            Ino,
+            &OsStr,
+            &OwnedFd,
+            &Arc<[u8]>,
+            Option<(OwnedFd, Stat)>,
+        ),
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
         let (src_file, src_st) = src_found.map_err(Error::from)?;
         let src_kind = Kind::of(&src_st);
-        let src_str = String::from_utf8_lossy(&src_path).into_owned();
-        let dst_str = String::from_utf8_lossy(&dst_path).into_owned();
+        let src_str = String::from_utf8_lossy(src_path).into_owned();
+        let dst_str = String::from_utf8_lossy(dst_path).into_owned();
         let backing = self.gate.backing();
         let area = |p: &str| backing.is_provider_area(p.rsplit_once('/').map_or("", |(d, _)| d));
         let provider_area = |p: &str| backing.is_provider_area(p);
@@ -471,9 +593,14 @@ impl GuardFs {
                 || provider_area(&dst_str))
         {
             let why = "an exchange cannot be validated as a writeback; rename each file instead";
-            self.gate
-                .note_writeback(&ctx, &dst_str, "rename", Outcome::Denied, why, None);
-            return Err(Error::EACCES);
+            return Err(self.gate.refuse_writeback(
+                ctx,
+                &dst_str,
+                "rename",
+                why,
+                None,
+                Error::EACCES,
+            ));
         }
         // The errors a directory rename gives before anything is looked at below it.
         if src_kind == Kind::Dir && !exchange {
@@ -491,32 +618,40 @@ impl GuardFs {
         }
         if src_kind == Kind::Dir {
             if provider_area(&src_str) || provider_area(&dst_str) {
-                if self.handles.staged_below(&src_path) {
-                    return Err(Error::of(libc::EBUSY));
+                if self.handles.staged_below(src_path) {
+                    return Err(self.busy_below(ctx, src_path));
                 }
                 if !self.mirror.list(src_file.as_fd())?.is_empty() {
-                    return Err(Error::EXDEV);
+                    let why = "a directory with entries cannot move into or out of a provider \
+                               area, where each file is a writeback; move its files one by one";
+                    return Err(self.gate.refuse_by_rule(
+                        ctx,
+                        src_path,
+                        "rename",
+                        Error::EXDEV,
+                        why,
+                    ));
                 }
             }
-            self.check_dir_move(&ctx, src_file.as_fd(), &src_path, &dst_path)?;
+            self.check_dir_move(ctx, src_file.as_fd(), src_path, dst_path)?;
         }
         if exchange
             && let Some((dst_file, st)) = &dst_found
             && Kind::of(st) == Kind::Dir
         {
-            self.check_dir_move(&ctx, dst_file.as_fd(), &dst_path, &src_path)?;
+            self.check_dir_move(ctx, dst_file.as_fd(), dst_path, src_path)?;
         }
-        if src_kind == Kind::Symlink {
-            self.refuse_provider_symlink(&ctx, &dst_path, "rename")?;
+        if src_kind == Kind::Symlink || src_kind.is_special() {
+            self.refuse_provider_special(ctx, dst_path, src_kind, "rename")?;
         }
         // A file leaving or reaching a provider path passes the writeback gate on that side.
-        let from = self.gate.change(&ctx, src_delete, src_kind, "rename")?;
-        let to = self.gate.change(&ctx, dst_create, src_kind, "rename")?;
+        let from = self.gate.change(ctx, src_delete, src_kind, "rename")?;
+        let to = self.gate.change(ctx, dst_create, src_kind, "rename")?;
         if src_kind == Kind::File && to.writeback().is_some() {
             return self.rename_into_writeback(
-                &ctx,
-                (&from, &src_fd, name, src_file, &src_st),
-                (&to, new_parent, &dst_fd, new_name),
+                ctx,
+                (&from, src_fd, name, src_file, &src_st),
+                (&to, new_parent, dst_fd, new_name),
                 flags.contains(RenameFlags::NOREPLACE),
             );
         }
@@ -536,7 +671,7 @@ impl GuardFs {
             rflags,
         ) {
             if e.raw_os_error() == Some(libc::ENOTEMPTY) {
-                return Err(self.not_empty(&ctx, dst_fd.as_fd(), new_name, &dst_path, "rename"));
+                return Err(self.not_empty(ctx, dst_fd.as_fd(), new_name, dst_path, "rename"));
             }
             return Err(e.into());
         }
@@ -548,9 +683,18 @@ impl GuardFs {
             && let Some((_, st)) = &dst_found
             && let Some(ino) = self.inodes.find(st.st_dev, st.st_ino)
         {
-            self.inodes.moved(ino, parent, name, src_path);
+            self.inodes.moved(ino, parent, name, src_path.clone());
         }
         Ok(())
+    }
+
+    /// `EBUSY` for a directory move while a file below it is being written (a staged
+    /// writeback would otherwise be validated for one place and land in another), audited.
+    fn busy_below(&self, ctx: &Ctx, path: &[u8]) -> Error {
+        let why = "a file below is open for writing as a writeback; close it, then move the \
+                   directory";
+        self.gate
+            .refuse_by_rule(ctx, path, "rename", Error::of(libc::EBUSY), why)
     }
 
     /// A file renamed onto `_PERMISSIONS.md` (`rsync` places each file by renaming a temporary
@@ -566,24 +710,39 @@ impl GuardFs {
     ) -> FsResult<()> {
         let (found, st) = self.mirror.lookup(src_dir.as_fd(), name)?;
         let place = self.place(src_path, name, Some((found.as_fd(), &st)));
+        // Audited once: the refusal, or after the source is gone, the rename as allowed.
         let allowed = self
             .gate
-            .permit(ctx, src_path, &place, Op::Delete, "rename")?;
+            .check(ctx, src_path, &place, Op::Delete)
+            .map_err(|d| self.gate.refuse(ctx, src_path, &d, "rename"))?;
         if exchange
             || Kind::of(&st) == Kind::Dir
             || !self.notice_accepts(ctx, dst_dir_path, Op::Create)
         {
-            return Err(Error::EACCES);
+            let why = "_PERMISSIONS.md is generated by the mount: it cannot be exchanged, \
+                       replaced by a directory, or replaced where the session may not create a \
+                       file of that name";
+            return Err(self
+                .gate
+                .refuse_by_rule(ctx, src_path, "rename", Error::EACCES, why));
         }
         if noreplace && !self.notice_removed(ctx, new_parent) {
-            return Err(Error::of(libc::EEXIST));
+            let e = Error::of(libc::EEXIST);
+            self.gate.failed(ctx, src_path, "rename", &e);
+            return Err(e);
         }
         let change = self.gate.change(ctx, allowed, Kind::of(&st), "rename")?;
         match self.mirror.unlink(&change, src_dir.as_fd(), name) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                let e = Error::from(e);
+                self.gate.failed(ctx, src_path, "rename", &e);
+                return Err(e);
+            }
         }
+        self.gate
+            .note(ctx, src_path, "rename", change.allowed().decision());
         self.unmark_notice(ctx, new_parent);
         self.note_discarded(ctx, dst_dir_path, Op::Create, "rename");
         Ok(())
@@ -644,15 +803,35 @@ impl GuardFs {
     fn validate_as(&self, ctx: &Ctx, to: &Change, fd: BorrowedFd<'_>, parent: Ino) -> FsResult<()> {
         let path = String::from_utf8_lossy(to.allowed().path()).into_owned();
         let permit = to.writeback().ok_or(Error::EACCES)?;
-        let content = self.read_all(fd, crate::writeback::MAX_PAYLOAD)?;
+        let content = match self.read_all(fd, MAX_PAYLOAD) {
+            Ok(content) => content,
+            Err(e) if e.errno() == libc::EFBIG => {
+                let why =
+                    format!("{path} is larger than {MAX_PAYLOAD} bytes and cannot be validated");
+                return Err(self.gate.refuse_writeback(
+                    ctx,
+                    &path,
+                    "rename",
+                    &why,
+                    Some(permit),
+                    e,
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         if let Err((_, why)) =
             self.validate_payload(permit, &path, &content, self.inodes.get(parent))
         {
-            self.gate
-                .note_writeback(ctx, &path, "rename", Outcome::Denied, &why, Some(permit));
             // EACCES, not EINVAL: `mv` reads EINVAL from rename(2) as "moving a directory
             // into itself" and would tell the agent something false.
-            return Err(Error::EACCES);
+            return Err(self.gate.refuse_writeback(
+                ctx,
+                &path,
+                "rename",
+                &why,
+                Some(permit),
+                Error::EACCES,
+            ));
         }
         self.gate.note_writeback(
             ctx,

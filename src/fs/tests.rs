@@ -1142,3 +1142,238 @@ fn a_staged_new_file_survives_descriptor_pressure() {
             .exists()
     );
 }
+
+/// The audit records written so far, as JSON.
+fn audit_records(log: &AuditLog, path: &Path) -> Vec<serde_json::Value> {
+    log.flush().unwrap();
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The records of `operation`, as (action, result) pairs.
+fn outcomes(records: &[serde_json::Value], operation: &str) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r["operation"] == operation)
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or("").to_owned(),
+                r["result"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(action: &str, result: &str) -> (String, String) {
+    (action.to_owned(), result.to_owned())
+}
+
+#[test]
+fn a_refused_or_failed_rename_is_audited_once_as_what_happened() {
+    let (_d, root) = fixture_copy();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_path = audit_dir.path().join("audit.jsonl");
+    let log = Arc::new(AuditLog::open(&audit_path).unwrap());
+    let fs = guard(&root, session(LEAD), Some(log.clone()));
+    let issues = walk(&fs, "/github/repos/acme/api/issues").unwrap();
+    let reviews = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
+    let (_, tmp) = fs
+        .create(
+            &ME,
+            reviews,
+            OsStr::new("t.tmp"),
+            0o644,
+            0o022,
+            OFlags::WRONLY,
+        )
+        .unwrap();
+    fs.release(tmp.fh, ME.pid).unwrap();
+    fs.mkdir(&ME, reviews, OsStr::new("d"), 0o755, 0o022)
+        .unwrap();
+    let exchange = RenameFlags::EXCHANGE;
+    let plain = RenameFlags::empty();
+    // (why, directory, from, to, flags): the errno, and the one record it leaves.
+    let cases = [
+        // A guard rule: a provider directory with entries moves file by file.
+        (
+            "dir with entries",
+            issues,
+            "7",
+            "70",
+            plain,
+            libc::EXDEV,
+            "file.write.denied",
+            "denied",
+        ),
+        (
+            "exchange",
+            reviews,
+            "t.tmp",
+            "draft-lead-review.json",
+            exchange,
+            libc::EACCES,
+            "writeback.rejected",
+            "denied",
+        ),
+        (
+            "invalid payload",
+            reviews,
+            "t.tmp",
+            "bad.json",
+            plain,
+            libc::EACCES,
+            "writeback.rejected",
+            "denied",
+        ),
+        // Allowed, but not possible: the record says it failed.
+        (
+            "dir onto a file",
+            reviews,
+            "d",
+            "t.tmp",
+            plain,
+            libc::ENOTDIR,
+            "file.write.failed",
+            "error",
+        ),
+        (
+            "notice exchange",
+            reviews,
+            "t.tmp",
+            "_PERMISSIONS.md",
+            exchange,
+            libc::EACCES,
+            "file.write.denied",
+            "denied",
+        ),
+        (
+            "done",
+            reviews,
+            "t.tmp",
+            "u.tmp",
+            plain,
+            0,
+            "file.write.accepted",
+            "allowed",
+        ),
+    ];
+    let mut seen = 0;
+    for (why, dir, from, to, flags, errno, action, result) in cases {
+        let got = fs.rename(&ME, dir, OsStr::new(from), dir, OsStr::new(to), flags);
+        assert_eq!(
+            got.map_err(|e| e.errno()).err().unwrap_or(0),
+            errno,
+            "{why}"
+        );
+        let all = outcomes(&audit_records(&log, &audit_path), "rename");
+        assert_eq!(all[seen..], [pair(action, result)], "{why}");
+        seen = all.len();
+    }
+}
+
+#[test]
+fn removing_a_directory_that_holds_only_hidden_entries_is_one_refusal() {
+    let (_d, root) = fixture_copy();
+    std::fs::create_dir_all(root.join("scratch/d")).unwrap();
+    std::fs::write(root.join("scratch/d/secret"), b"s").unwrap();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_path = audit_dir.path().join("audit.jsonl");
+    let log = Arc::new(AuditLog::open(&audit_path).unwrap());
+    let s = session(&[
+        "relayfile:fs:read:/scratch/d",
+        "relayfile:fs:delete:/scratch/d",
+    ]);
+    s.confirm();
+    let fs = GuardFs::new(
+        Mirror::open(&root).unwrap(),
+        Arc::new(Callers::new(s, false)),
+        PolicySet::default(),
+        Some(log.clone()),
+        scratch_local(),
+    )
+    .unwrap();
+    let scratch = walk(&fs, "/scratch").unwrap();
+    assert_eq!(
+        fs.rmdir(&ME, scratch, OsStr::new("d")).unwrap_err(),
+        Error::EACCES
+    );
+    assert!(root.join("scratch/d/secret").exists());
+    let got = outcomes(&audit_records(&log, &audit_path), "rmdir");
+    assert_eq!(got, vec![pair("file.write.denied", "denied")]);
+}
+
+#[test]
+fn a_write_bit_shows_what_the_writeback_gate_would_say() {
+    let (_d, root) = fixture_copy();
+    // Every fs right, but no policy covers pull request metadata.
+    let fs = guard(&root, session(&["relayfile:fs:*:*"]), None);
+    let meta = walk(&fs, "/github/repos/acme/web/pulls/18/metadata.json").unwrap();
+    assert_eq!(fs.access(&ME, meta, Access::WRITE_OK), Err(Error::EACCES));
+    let (attr, _) = fs.getattr(&ME, meta, None).unwrap();
+    assert_eq!(attr.perm & 0o222, 0, "mode {:o}", attr.perm);
+    // A review a policy covers is writable, and shows it.
+    let fs = guard(&root, session(LEAD), None);
+    let review = walk(
+        &fs,
+        "/github/repos/acme/api/pulls/42/reviews/draft-lead-review.json",
+    )
+    .unwrap();
+    assert_eq!(fs.access(&ME, review, Access::WRITE_OK), Ok(()));
+    let (attr, _) = fs.getattr(&ME, review, None).unwrap();
+    assert_ne!(attr.perm & 0o200, 0, "mode {:o}", attr.perm);
+}
+
+#[test]
+fn a_writeback_never_overwrites_a_file_replaced_while_it_was_open() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let rel = "github/repos/acme/api/pulls/42/reviews/draft-lead-review.json";
+    let path = root.join(rel);
+    let quarantine = root.join(".relay/.relayauth-mount/quarantine");
+    let quarantined = || std::fs::read_dir(&quarantine).map_or(0, |d| d.count());
+    // What relayfile's syncer does: a new file renamed over the old one.
+    let sync = |content: &[u8]| {
+        let tmp = path.with_extension("sync-tmp");
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    let newer = br#"{"event": "COMMENT", "body": "From the provider."}"#;
+    let mine = br#"{"event": "APPROVE", "body": "Mine."}"#;
+
+    // Replaced between open and close.
+    let ino = walk(&fs, &format!("/{rel}")).unwrap();
+    let fh = fs.open(&ME, ino, OFlags::RDWR | OFlags::TRUNC).unwrap().fh;
+    fs.write(fh, 0, mine).unwrap();
+    sync(newer);
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err().errno(), libc::ESTALE);
+    let _ = fs.release(fh, ME.pid);
+    assert_eq!(std::fs::read(&path).unwrap(), newer);
+    assert_eq!(quarantined(), 1);
+
+    // Committed once, then replaced, then written again through the same descriptor.
+    let ino = walk(&fs, &format!("/{rel}")).unwrap();
+    let fh = fs.open(&ME, ino, OFlags::RDWR | OFlags::TRUNC).unwrap().fh;
+    fs.write(fh, 0, mine).unwrap();
+    fs.flush(fh, ME.pid).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), mine);
+    sync(newer);
+    fs.setattr(&ME, ino, resize(0, Some(fh))).unwrap();
+    fs.write(fh, 0, mine).unwrap();
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err().errno(), libc::ESTALE);
+    let _ = fs.release(fh, ME.pid);
+    assert_eq!(std::fs::read(&path).unwrap(), newer);
+    assert_eq!(quarantined(), 2);
+
+    // Removed while open: not brought back.
+    let ino = walk(&fs, &format!("/{rel}")).unwrap();
+    let fh = fs.open(&ME, ino, OFlags::RDWR | OFlags::TRUNC).unwrap().fh;
+    fs.write(fh, 0, mine).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err().errno(), libc::ESTALE);
+    let _ = fs.release(fh, ME.pid);
+    assert!(!path.exists());
+    assert_eq!(quarantined(), 3);
+}

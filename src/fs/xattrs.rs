@@ -31,7 +31,7 @@ impl GuardFs {
             path,
         } = self.visible_node(caller, ino)?;
         let b = node.backing().ok_or(Error::ENOTSUP)?;
-        if b.kind == Kind::Symlink || b.kind == Kind::Special {
+        if b.kind == Kind::Symlink || b.kind.is_special() {
             return Err(Error::ENOTSUP);
         }
         let op = if op == Op::Read && b.kind == Kind::Dir {
