@@ -22,8 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devmount import mount, start_issuer, unmount  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,57 +47,6 @@ def timed(cmd, cwd=None):
     start = time.perf_counter()
     subprocess.run(cmd, shell=True, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
-
-
-def wait_mounted(path, limit=30):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        if os.path.ismount(path):
-            return
-        time.sleep(0.05)
-    raise SystemExit(f"{path} did not mount")
-
-
-def make_data(mirror, small, large_mib):
-    data = mirror / "bench"
-    for d in range(small // 100):
-        sub = data / "small" / f"d{d:03}"
-        sub.mkdir(parents=True)
-        for f in range(100):
-            (sub / f"f{f:03}.json").write_text(json.dumps({"dir": d, "file": f, "body": "x" * 200}))
-    sh(f"fio --name=mk --rw=write --bs=1M --size={large_mib}M --filename={data}/large.bin --end_fsync=1")
-    repo = data / "repo"
-    repo.mkdir()
-    for d in range(40):
-        sub = repo / f"pkg{d:02}"
-        sub.mkdir()
-        for f in range(50):
-            (sub / f"mod{f:02}.go").write_text(f"package pkg{d}\n\nfunc F{f}() int {{ return {f} }}\n")
-    git = "git -c user.email=b@example.com -c user.name=b"
-    sh(f"{git} init -q && {git} add . && {git} commit -qm init", cwd=repo)
-
-
-def start_issuer(binary, workdir):
-    log = open(workdir / "issuer.log", "w")
-    proc = subprocess.Popen([binary, "dev-issuer", "--listen", "127.0.0.1:0", "--admin-key", "bench-key"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    for line in proc.stdout:
-        if line.startswith("READY "):
-            ready = json.loads(line[6:])
-            break
-    else:
-        raise SystemExit("dev-issuer did not start")
-
-    def post(path, body):
-        req = urllib.request.Request(ready["url"] + path, data=json.dumps(body).encode(),
-                                     headers={"x-api-key": "bench-key", "content-type": "application/json"})
-        return json.loads(urllib.request.urlopen(req).read())
-
-    ident = post("/v1/identities", {"name": "bench", "orgId": "org_bench", "workspaceId": "ws_bench",
-                                     "sponsorId": "user_bench",
-                                     "scopes": ["relayfile:fs:read:*", "relayfile:fs:manage:/bench/**"]})
-    token = post("/v1/tokens", {"identityId": ident["id"], "expiresIn": 7200})["accessToken"]
-    return proc, ready, token
 
 
 def main():
@@ -125,19 +76,15 @@ def main():
         sh(f"bindfs {mirror} {bmnt}")
         mounts.append(bmnt)
         views["bindfs"] = bmnt
-        issuer, ready, token = start_issuer(args.bin, work)
+        issuer, ready, token = start_issuer(args.bin, work, ["relayfile:fs:read:*", "relayfile:fs:manage:/bench/**"],
+                                            name="bench")
         (work / "token").write_text(token)
         guards = [("relayauth-mount", args.bin, "guard")]
         if args.baseline:
             guards.append(("baseline", args.baseline, "baseline"))
         for view, binary, name in guards:
             rmnt = work / name
-            rmnt.mkdir()
-            subprocess.run([binary, "mount", str(mirror), str(rmnt), "--workspace", "ws_bench",
-                            "--token-file", str(work / "token"), "--relayauth-url", ready["url"],
-                            "--issuer", ready["iss"], "--audit-log", str(work / f"{name}-audit.jsonl"),
-                            "--local-roots", "bench"], check=True, capture_output=True)
-            wait_mounted(rmnt)
+            mount(binary, mirror, rmnt, ready, work / "token", work / f"{name}-audit.jsonl", "bench", name="bench")
             mounts.append(rmnt)
             views[view] = rmnt
 
@@ -171,7 +118,7 @@ def main():
             print(f"  {name}: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items()), file=sys.stderr)
     finally:
         for m in reversed(mounts):
-            subprocess.run(["fusermount3", "-uz", str(m)], capture_output=True)
+            unmount(m)
         if issuer:
             issuer.kill()
         shutil.rmtree(work, ignore_errors=True)

@@ -455,14 +455,22 @@ t.join()
     assert!(!m.mirror_at("scratch/cpa").exists());
     assert!(!m.mirror_at("scratch/rsynca").exists());
 
-    // In a provider area neither can be made (no writeback is a FIFO), whatever the scopes.
-    let o = m.sh("mkfifo github/repos/acme/api/issues/7/comments/pipe.json");
-    assert!(!o.status.success());
-    assert!(err(&o).contains("Permission denied"), "{}", err(&o));
-    assert!(
-        !m.mirror_at("github/repos/acme/api/issues/7/comments/pipe.json")
-            .exists()
-    );
+    // In a provider area neither can be made, under any name (a temporary's too: whatever reads
+    // the directory's files would block on it), made or moved there, whatever the scopes.
+    run(&m, "a fifo to move", "mkfifo scratch/pipe");
+    for name in ["pipe.json", "pipe.tmp", ".#pipe", "pipe~"] {
+        let at = format!("github/repos/acme/api/issues/7/comments/{name}");
+        for script in [format!("mkfifo '{at}'"), format!("mv scratch/pipe '{at}'")] {
+            let o = m.sh(&script);
+            assert!(!o.status.success(), "{script}");
+            assert!(
+                err(&o).contains("Permission denied"),
+                "{script}: {}",
+                err(&o)
+            );
+            assert!(!m.mirror_at(&at).exists(), "{script}");
+        }
+    }
     // And a device node is refused everywhere.
     let o = m.sh("mknod scratch/null c 1 3");
     assert!(!o.status.success());

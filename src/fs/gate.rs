@@ -364,26 +364,34 @@ impl Gate {
 
     /// Audit an operation decided with [`Gate::check`] once its outcome is known: as allowed
     /// when it happened, not again when a later refusal audited itself, as failed otherwise.
+    /// A move (`to`: what allowed its destination) names both ends.
     pub(crate) fn conclude<T>(
         &self,
         ctx: &Ctx,
-        path: &[u8],
         operation: &str,
-        allowed: &Allowed,
+        (from, to): (&Allowed, Option<&Allowed>),
         result: FsResult<T>,
     ) -> FsResult<T> {
         match &result {
-            Ok(_) => self.note(ctx, path, operation, allowed.decision()),
+            Ok(_) => self.note_moving(ctx, from.path(), operation, from.decision(), to),
             Err(e) if e.is_audited() => {}
-            Err(e) => self.failed(ctx, path, operation, e),
+            Err(e) => self.failed(ctx, from.path(), to.map(Allowed::path), operation, e),
         }
         result
     }
 
     /// Audit an operation that was allowed but failed (`file.write.failed`, result `error`):
     /// the record says what happened instead of claiming a change that did not take place.
-    pub(crate) fn failed(&self, ctx: &Ctx, path: &[u8], operation: &str, error: &Error) {
+    pub(crate) fn failed(
+        &self,
+        ctx: &Ctx,
+        path: &[u8],
+        new_path: Option<&[u8]>,
+        operation: &str,
+        error: &Error,
+    ) {
         let errno = error.errno();
+        let new_path = new_path.map(|p| String::from_utf8_lossy(p).into_owned());
         self.record(
             ctx,
             "file.write.failed",
@@ -391,7 +399,13 @@ impl Gate {
             operation,
             String::from_utf8_lossy(path).into_owned(),
             error.to_string(),
-            |ev| ev.meta("errno", errno),
+            |ev| {
+                let ev = ev.meta("errno", errno);
+                match new_path {
+                    Some(p) => ev.meta("newPath", p),
+                    None => ev,
+                }
+            },
         );
     }
 
@@ -474,12 +488,30 @@ impl Gate {
 
     /// Count, remember and audit a decision on an audited operation.
     pub(crate) fn note(&self, ctx: &Ctx, path: &[u8], operation: &str, d: &Decision) {
+        self.note_moving(ctx, path, operation, d, None);
+    }
+
+    /// [`Gate::note`] for a move: the record names the source (`path`, decided by `d`) and
+    /// the destination (`newPath`, with what allowed it there).
+    fn note_moving(
+        &self,
+        ctx: &Ctx,
+        path: &[u8],
+        operation: &str,
+        d: &Decision,
+        to: Option<&Allowed>,
+    ) {
         let allowed = d.allowed();
         let path_str = String::from_utf8_lossy(path).into_owned();
-        let reason = match &ctx.grants {
-            Some(g) => d.describe(g.scopes(), &path_str),
+        let describe = |d: &Decision, path: &str| match &ctx.grants {
+            Some(g) => d.describe(g.scopes(), path),
             None => "the caller has no session in this mount".to_owned(),
         };
+        let mut reason = describe(d, &path_str);
+        let new_path = to.map(|to| String::from_utf8_lossy(to.path()).into_owned());
+        if let (Some(to), Some(new_path)) = (to, &new_path) {
+            reason = format!("{reason}; {}", describe(to.decision(), new_path));
+        }
         let action = match (d.op(), allowed) {
             (Op::Read | Op::See, true) => "file.read",
             (Op::Read | Op::See, false) => "scope.denied",
@@ -496,8 +528,13 @@ impl Gate {
                 .grants
                 .as_ref()
                 .and_then(|g| d.matched_scope(g.scopes()).map(str::to_owned));
-            ev.scopes(d.requirement().map(|r| format!("relayfile:{r}")), matched)
-                .meta("errno", d.errno().unwrap_or(0))
+            let ev = ev
+                .scopes(d.requirement().map(|r| format!("relayfile:{r}")), matched)
+                .meta("errno", d.errno().unwrap_or(0));
+            match new_path {
+                Some(p) => ev.meta("newPath", p),
+                None => ev,
+            }
         });
     }
 

@@ -7,6 +7,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -60,6 +61,10 @@ pub(crate) enum Stage {
         file: File,
         name: OsString,
         edits: Edits,
+        /// The mirror file the copy was made from (for a [`Target::Replace`]), held open: the
+        /// bytes replace it only if its name still holds it, and while it is held its inode
+        /// number cannot be given to a file that replaced it.
+        base: Option<Arc<OwnedFd>>,
     },
     /// Validated and placed: reads go on from the placed file, and the next write stages a new
     /// copy.
@@ -87,14 +92,19 @@ impl Staged {
     pub(super) fn new(
         target: Target,
         opener: u32,
-        file: File,
-        name: OsString,
+        (file, name): (File, OsString),
         edits: Edits,
+        base: Option<Arc<OwnedFd>>,
     ) -> Staged {
         Staged {
             target,
             opener,
-            stage: Stage::Open { file, name, edits },
+            stage: Stage::Open {
+                file,
+                name,
+                edits,
+                base,
+            },
             committed_by: "close",
         }
     }

@@ -13,7 +13,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,22 +96,37 @@ impl SchemaSource for MirrorSchemas<'_> {
     }
 }
 
+/// A name in the quarantine for refused bytes of `path`: the time, a number no other name of
+/// this daemon has, and the path with `%` and `/` percent-encoded (so two paths never flatten to
+/// one name), cut from the front to fit `NAME_MAX`.
 fn quarantine_name(path: &str) -> OsString {
     let stamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let flat: String = path
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| if c == '/' { '~' } else { c })
-        .collect();
-    // A name must fit NAME_MAX: keep the end of the path, which says most about the file.
+    let mut flat = String::with_capacity(path.len());
+    for c in path.trim_start_matches('/').chars() {
+        match c {
+            '%' => flat.push_str("%25"),
+            '/' => flat.push_str("%2F"),
+            c => flat.push(c),
+        }
+    }
+    // Keep the end of the path, which says most about the file.
     let mut start = flat.len().saturating_sub(200);
     while !flat.is_char_boundary(start) {
         start += 1;
     }
-    OsString::from(format!("{stamp}-{}", &flat[start..]))
+    let seq = STAGE_SEQ.fetch_add(1, Ordering::Relaxed);
+    OsString::from(format!(
+        "{stamp}-{}-{seq}-{}",
+        std::process::id(),
+        &flat[start..]
+    ))
 }
+
+/// How many names a quarantine tries before it gives up (only a name left by another daemon
+/// with the same process id, in the same millisecond, could be taken).
+const QUARANTINE_TRIES: usize = 8;
 
 /// One entry of a `readdirplus` reply.
 pub struct PlusEntry<'a> {
@@ -271,9 +286,9 @@ impl GuardFs {
                         Body::Staged(Mutex::new(Staged::new(
                             Target::Replace,
                             crate::session::callers::thread_group(caller.pid),
-                            file,
-                            name,
+                            (file, name),
                             edits,
+                            Some(fd.clone()),
                         )))
                     }
                     _ => {
@@ -372,9 +387,9 @@ impl GuardFs {
                 let staged = Staged::new(
                     Target::New,
                     crate::session::callers::thread_group(caller.pid),
-                    file,
-                    staged_name,
+                    (file, staged_name),
                     Edits::Touched,
+                    None,
                 );
                 (Body::Staged(Mutex::new(staged)), node, st)
             }
@@ -635,7 +650,7 @@ impl GuardFs {
             Body::File(f) => Ok(write_at(f, data, offset)? as u32),
             Body::Staged(s) => {
                 let mut s = s.lock();
-                let n = write_at(self.staged_file(&h, &mut s)?, data, offset)?;
+                let n = write_at(self.staged_file(&mut s)?, data, offset)?;
                 s.set_edits(Edits::Written);
                 Ok(n as u32)
             }
@@ -645,23 +660,29 @@ impl GuardFs {
         }
     }
 
-    /// The staging copy behind a writeback handle, made from the mirror's file on first use.
-    fn staged_file<'s>(&self, h: &Handle, s: &'s mut Staged) -> FsResult<&'s File> {
-        match &s.stage {
-            Stage::Failed(_) => return Err(Error::EIO),
-            Stage::Open { .. } => {}
-            Stage::Placed(_) => {
-                let fd = self.fd_of(&h.node)?;
-                let st = self.mirror.stat(fd.as_fd())?;
-                let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
-                s.stage = Stage::Open {
-                    file,
-                    name,
-                    edits: Edits::None,
-                };
-            }
+    /// The staging copy behind a writeback handle. After a commit, the next change stages a
+    /// copy of the file that commit placed (not of whatever the name holds by now), based on
+    /// that file: if the mirror replaces it meanwhile, the change is not placed over the newer
+    /// file.
+    fn staged_file<'s>(&self, s: &'s mut Staged) -> FsResult<&'s File> {
+        if matches!(s.stage, Stage::Placed(_)) {
+            let Stage::Placed(placed) = std::mem::replace(&mut s.stage, Stage::Failed(Error::EIO))
+            else {
+                return Err(Error::EIO);
+            };
+            let st = self.mirror.stat(placed.as_fd())?;
+            let (file, name) = self.stage_like(&st, Some(placed.as_fd()))?;
+            s.stage = Stage::Open {
+                file,
+                name,
+                edits: Edits::None,
+                base: Some(Arc::new(OwnedFd::from(placed))),
+            };
         }
-        s.staging().ok_or(Error::EIO)
+        match &s.stage {
+            Stage::Failed(_) => Err(Error::EIO),
+            _ => s.staging().ok_or(Error::EIO),
+        }
     }
 
     /// `close()` of one descriptor: a dirty staged write is validated and committed here, so
@@ -730,7 +751,7 @@ impl GuardFs {
             Body::File(f) => Ok(rustix::fs::fallocate(f, flags, offset, length)?),
             Body::Staged(s) => {
                 let mut s = s.lock();
-                rustix::fs::fallocate(self.staged_file(&h, &mut s)?, flags, offset, length)?;
+                rustix::fs::fallocate(self.staged_file(&mut s)?, flags, offset, length)?;
                 s.set_edits(Edits::Written);
                 Ok(())
             }
@@ -810,7 +831,10 @@ impl GuardFs {
             Err((e, why)) => return self.quarantine(&ctx, node, s, e, &why, None),
         };
         let permit = change.writeback();
-        let Stage::Open { file, name, .. } = &s.stage else {
+        let Stage::Open {
+            file, name, base, ..
+        } = &s.stage
+        else {
             return Ok(());
         };
         let mut content = Vec::new();
@@ -833,7 +857,11 @@ impl GuardFs {
         }
         file.sync_all()?;
         let parent_fd = self.dir_fd(&parent)?;
-        if s.target == Target::Replace && !self.still_at(node, parent_fd.as_fd(), &loc.name) {
+        if s.target == Target::Replace
+            && !base
+                .as_ref()
+                .is_some_and(|b| self.still_at(b.as_fd(), parent_fd.as_fd(), &loc.name))
+        {
             // The name holds another file now (relayfile's syncer replaced it, or it was
             // removed): on a native filesystem these bytes would have gone to the file that was
             // opened, not to its replacement, so they must not overwrite what is there.
@@ -877,15 +905,15 @@ impl GuardFs {
         Ok(())
     }
 
-    /// Whether `name` in `parent` is still the file `node` stands for: the object its writes
-    /// were staged from (after a commit, the file that commit placed).
-    fn still_at(&self, node: &Node, parent: BorrowedFd<'_>, name: &OsStr) -> bool {
-        let Some(b) = node.backing() else {
+    /// Whether `name` in `parent` still holds `base`, the file a staged copy was made from.
+    /// `base` is held open, so a file that replaced it cannot have been given its number.
+    fn still_at(&self, base: BorrowedFd<'_>, parent: BorrowedFd<'_>, name: &OsStr) -> bool {
+        let Ok(b) = self.mirror.stat(base) else {
             return false;
         };
         self.mirror
             .lookup(parent, name)
-            .is_ok_and(|(_, st)| st.st_dev == b.dev && st.st_ino == b.ino)
+            .is_ok_and(|(_, st)| st.st_dev == b.st_dev && st.st_ino == b.st_ino)
     }
 
     /// `node` is no longer a staged new file (committed, dropped or refused).
@@ -927,7 +955,7 @@ impl GuardFs {
             Body::Staged(s) => {
                 let mut s = s.lock();
                 let r = self
-                    .staged_file(&h, &mut s)
+                    .staged_file(&mut s)
                     .and_then(|f| f.set_len(size).map_err(Error::from));
                 if r.is_ok() {
                     s.set_edits(Edits::Written);
@@ -946,7 +974,13 @@ impl GuardFs {
         let st = self.mirror.stat(fd.as_fd())?;
         let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
         file.set_len(size)?;
-        let mut staged = Staged::new(Target::Replace, ctx.pid, file, name, Edits::Written);
+        let mut staged = Staged::new(
+            Target::Replace,
+            ctx.pid,
+            (file, name),
+            Edits::Written,
+            Some(fd),
+        );
         staged.committed_by = "truncate";
         let result = self.commit(node, &ctx.session, &mut staged, ctx.pid);
         if let Stage::Open { name, .. } = &staged.stage {
@@ -965,30 +999,38 @@ impl GuardFs {
         permit: Option<&WritebackPermit>,
     ) -> FsResult<()> {
         let path = String::from_utf8_lossy(&node.path()).into_owned();
-        let kept = quarantine_name(&path);
-        let moved = match &s.stage {
-            Stage::Open { name, .. } => {
-                let moved = self.mirror.quarantine(&self.area, name, &kept).is_ok();
-                if !moved {
-                    // Refused either way: the bytes are not kept where nothing can reach them.
-                    self.mirror.unstage(&self.area, name);
+        let mut kept = None;
+        if let Stage::Open { name, .. } = &s.stage {
+            for _ in 0..QUARANTINE_TRIES {
+                let candidate = quarantine_name(&path);
+                match self.mirror.quarantine(&self.area, name, &candidate) {
+                    Ok(()) => {
+                        kept = Some(candidate);
+                        break;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => {
+                        tracing::warn!(path, error = %e, "refused bytes could not be quarantined");
+                        break;
+                    }
                 }
-                moved
             }
-            _ => false,
-        };
+            if kept.is_none() {
+                // Refused either way: the bytes are not kept where nothing can reach them.
+                self.mirror.unstage(&self.area, name);
+            }
+        }
         let errno = errno.with_message(format!("{path}: {why}"));
         s.stage = Stage::Failed(errno.clone());
         if s.target == Target::New {
             self.forget_pending(node);
         }
-        let where_kept = if moved {
-            format!(
+        let where_kept = match &kept {
+            Some(kept) => format!(
                 "; the bytes are kept in /.relay/.relayauth-mount/quarantine/{}",
                 kept.to_string_lossy()
-            )
-        } else {
-            String::new()
+            ),
+            None => String::new(),
         };
         self.gate.note_writeback(
             ctx,

@@ -188,8 +188,10 @@ impl GuardFs {
     }
 
     /// Only a regular file can be provider content: a symbolic link at a provider path could
-    /// make relayfile push whatever it points to, past every policy and schema, and a FIFO or
-    /// socket has no content to validate.
+    /// make relayfile push whatever it points to, past every policy and schema. A FIFO or
+    /// socket has no content to validate, and one anywhere in a provider area (under a
+    /// temporary name too) would block whatever reads that directory's files, so they live in
+    /// local roots only.
     fn refuse_provider_special(
         &self,
         ctx: &Ctx,
@@ -198,7 +200,10 @@ impl GuardFs {
         operation: &str,
     ) -> FsResult<()> {
         let path = String::from_utf8_lossy(path);
-        if !self.gate.backing().is_provider_backed(&path) {
+        let backing = self.gate.backing();
+        let in_area = kind.is_special()
+            && backing.is_provider_area(path.rsplit_once('/').map_or("", |(dir, _)| dir));
+        if !in_area && !backing.is_provider_backed(&path) {
             return Ok(());
         }
         let why = if kind == Kind::Symlink {
@@ -254,11 +259,18 @@ impl GuardFs {
         let child = self.checked_child(&ctx, parent, name, Op::Delete, "rmdir")?;
         let note = |result| {
             self.gate
-                .conclude(&ctx, &child.path, "rmdir", &child.allowed, result)
+                .conclude(&ctx, "rmdir", (&child.allowed, None), result)
         };
         // A file being written in it (staged, not yet in the mirror) makes it not empty.
         if self.handles.staged_below(&child.path) {
-            return note(Err(Error::of(libc::ENOTEMPTY)));
+            let why = "a file in it is being written as a writeback; close it, then remove it";
+            return Err(self.gate.refuse_by_rule(
+                &ctx,
+                &child.path,
+                "rmdir",
+                Error::of(libc::ENOTEMPTY),
+                why,
+            ));
         }
         note(
             match self
@@ -476,7 +488,15 @@ impl GuardFs {
         }
         if self.pending.lock().contains_key(&(parent, name.to_owned())) {
             // Still being written by a staged handle: it has no content in the mirror yet.
-            return Err(Error::of(libc::EBUSY));
+            let why = "the file is being written as a writeback and is not in the mirror until \
+                       it is closed; close it, then rename it";
+            return Err(self.gate.refuse_by_rule(
+                &ctx,
+                &src_path,
+                "rename",
+                Error::of(libc::EBUSY),
+                why,
+            ));
         }
         if is_notice(new_name) {
             let noreplace = flags.contains(RenameFlags::NOREPLACE);
@@ -521,9 +541,7 @@ impl GuardFs {
                 Err(d) => return Err(self.gate.refuse(&ctx, path, &d, "rename")),
             }
         }
-        let (Some(src_delete), Some(dst_create), Some(last)) =
-            (proofs.first(), proofs.get(1), proofs.last())
-        else {
+        let (Some(src_delete), Some(dst_create)) = (proofs.first(), proofs.get(1)) else {
             return Err(Error::EACCES);
         };
         let result = self.rename_allowed(
@@ -546,7 +564,8 @@ impl GuardFs {
             ),
             flags,
         );
-        self.gate.conclude(&ctx, &src_path, "rename", last, result)
+        self.gate
+            .conclude(&ctx, "rename", (src_delete, Some(dst_create)), result)
     }
 
     /// The rename the caller's scopes allow, through the guard's own rules (directory moves,
@@ -728,7 +747,7 @@ impl GuardFs {
         }
         if noreplace && !self.notice_removed(ctx, new_parent) {
             let e = Error::of(libc::EEXIST);
-            self.gate.failed(ctx, src_path, "rename", &e);
+            self.gate.failed(ctx, src_path, None, "rename", &e);
             return Err(e);
         }
         let change = self.gate.change(ctx, allowed, Kind::of(&st), "rename")?;
@@ -737,7 +756,7 @@ impl GuardFs {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => {
                 let e = Error::from(e);
-                self.gate.failed(ctx, src_path, "rename", &e);
+                self.gate.failed(ctx, src_path, None, "rename", &e);
                 return Err(e);
             }
         }
@@ -782,6 +801,15 @@ impl GuardFs {
             self.mirror.unstage(&self.area, &staged);
             return Err(e);
         }
+        // Queued only once it is there: a rename that then fails is audited as failed alone.
+        self.gate.note_writeback(
+            ctx,
+            &dst_path,
+            "rename",
+            Outcome::Allowed,
+            "validated and renamed into place",
+            to.writeback(),
+        );
         match self.mirror.unlink(from, src_dir.as_fd(), name) {
             Ok(()) => {}
             // Removed meanwhile by someone else: the rename's effect is complete.
@@ -833,14 +861,6 @@ impl GuardFs {
                 Error::EACCES,
             ));
         }
-        self.gate.note_writeback(
-            ctx,
-            &path,
-            "rename",
-            Outcome::Allowed,
-            "validated and renamed into place",
-            Some(permit),
-        );
         Ok(())
     }
 

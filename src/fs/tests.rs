@@ -43,6 +43,16 @@ fn copy_tree(src: &Path, dst: &Path) {
 }
 
 pub(crate) fn guard(root: &Path, s: Arc<Session>, audit: Option<Arc<AuditLog>>) -> GuardFs {
+    guard_with(root, s, audit, Options::default())
+}
+
+/// A guard with the mirror's writeback policies and `opts`; the session is confirmed.
+fn guard_with(
+    root: &Path,
+    s: Arc<Session>,
+    audit: Option<Arc<AuditLog>>,
+    opts: Options,
+) -> GuardFs {
     let policies = PolicySet::load(&root.join(".relay/writeback-policies.json")).unwrap();
     s.confirm();
     GuardFs::new(
@@ -50,7 +60,7 @@ pub(crate) fn guard(root: &Path, s: Arc<Session>, audit: Option<Arc<AuditLog>>) 
         Arc::new(Callers::new(s, false)),
         policies,
         audit,
-        Options::default(),
+        opts,
     )
     .unwrap()
 }
@@ -1102,18 +1112,11 @@ fn a_staged_new_file_survives_descriptor_pressure() {
         "relayfile:fs:manage:/node_modules/**",
         "relayfile:fs:create:/github/repos/acme/api/pulls/42/reviews/*",
     ]);
-    s.confirm();
-    let fs = GuardFs::new(
-        Mirror::open(&root).unwrap(),
-        Arc::new(Callers::new(s, false)),
-        PolicySet::load(&root.join(".relay/writeback-policies.json")).unwrap(),
-        None,
-        Options {
-            max_held_fds: 16,
-            ..Options::default()
-        },
-    )
-    .unwrap();
+    let opts = Options {
+        max_held_fds: 16,
+        ..Options::default()
+    };
+    let fs = guard_with(&root, s, None, opts);
     let dir = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
     let (entry, opened) = fs
         .create(
@@ -1171,6 +1174,15 @@ fn pair(action: &str, result: &str) -> (String, String) {
     (action.to_owned(), result.to_owned())
 }
 
+/// A file `name` in `dir` holding `content`, made through the guard.
+fn put(fs: &GuardFs, dir: u64, name: &str, content: &[u8]) {
+    let (_, opened) = fs
+        .create(&ME, dir, OsStr::new(name), 0o644, 0o022, OFlags::WRONLY)
+        .unwrap();
+    fs.write(opened.fh, 0, content).unwrap();
+    fs.release(opened.fh, ME.pid).unwrap();
+}
+
 #[test]
 fn a_refused_or_failed_rename_is_audited_once_as_what_happened() {
     let (_d, root) = fixture_copy();
@@ -1180,88 +1192,41 @@ fn a_refused_or_failed_rename_is_audited_once_as_what_happened() {
     let fs = guard(&root, session(LEAD), Some(log.clone()));
     let issues = walk(&fs, "/github/repos/acme/api/issues").unwrap();
     let reviews = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
-    let (_, tmp) = fs
-        .create(
-            &ME,
-            reviews,
-            OsStr::new("t.tmp"),
-            0o644,
-            0o022,
-            OFlags::WRONLY,
-        )
-        .unwrap();
-    fs.release(tmp.fh, ME.pid).unwrap();
+    put(&fs, reviews, "t.tmp", b"");
+    put(
+        &fs,
+        reviews,
+        "v.tmp",
+        br#"{"event": "COMMENT", "body": "ok"}"#,
+    );
     fs.mkdir(&ME, reviews, OsStr::new("d"), 0o755, 0o022)
         .unwrap();
-    let exchange = RenameFlags::EXCHANGE;
-    let plain = RenameFlags::empty();
-    // (why, directory, from, to, flags): the errno, and the one record it leaves.
+    let (x, plain, nr) = (
+        RenameFlags::EXCHANGE,
+        RenameFlags::empty(),
+        RenameFlags::NOREPLACE,
+    );
+    let (denied, rejected, failed) = (
+        ("file.write.denied", "denied"),
+        ("writeback.rejected", "denied"),
+        ("file.write.failed", "error"),
+    );
+    // (why, directory, from, to, flags, errno, the one record it leaves). A guard rule
+    // refuses a provider directory with entries (it moves file by file), an exchange in a
+    // provider area, an invalid payload and the notice; a directory onto a file and a valid
+    // payload onto a taken name are allowed but fail, and are never queued or accepted.
+    #[rustfmt::skip]
     let cases = [
-        // A guard rule: a provider directory with entries moves file by file.
-        (
-            "dir with entries",
-            issues,
-            "7",
-            "70",
-            plain,
-            libc::EXDEV,
-            "file.write.denied",
-            "denied",
-        ),
-        (
-            "exchange",
-            reviews,
-            "t.tmp",
-            "draft-lead-review.json",
-            exchange,
-            libc::EACCES,
-            "writeback.rejected",
-            "denied",
-        ),
-        (
-            "invalid payload",
-            reviews,
-            "t.tmp",
-            "bad.json",
-            plain,
-            libc::EACCES,
-            "writeback.rejected",
-            "denied",
-        ),
-        // Allowed, but not possible: the record says it failed.
-        (
-            "dir onto a file",
-            reviews,
-            "d",
-            "t.tmp",
-            plain,
-            libc::ENOTDIR,
-            "file.write.failed",
-            "error",
-        ),
-        (
-            "notice exchange",
-            reviews,
-            "t.tmp",
-            "_PERMISSIONS.md",
-            exchange,
-            libc::EACCES,
-            "file.write.denied",
-            "denied",
-        ),
-        (
-            "done",
-            reviews,
-            "t.tmp",
-            "u.tmp",
-            plain,
-            0,
-            "file.write.accepted",
-            "allowed",
-        ),
+        ("dir with entries", issues, "7", "70", plain, libc::EXDEV, denied),
+        ("exchange", reviews, "t.tmp", "draft-lead-review.json", x, libc::EACCES, rejected),
+        ("invalid payload", reviews, "t.tmp", "bad.json", plain, libc::EACCES, rejected),
+        ("dir onto a file", reviews, "d", "t.tmp", plain, libc::ENOTDIR, failed),
+        ("taken name", reviews, "v.tmp", "draft-lead-review.json", nr, libc::EEXIST, failed),
+        ("notice exchange", reviews, "t.tmp", "_PERMISSIONS.md", x, libc::EACCES, denied),
+        ("done", reviews, "t.tmp", "u.tmp", plain, 0, ("file.write.accepted", "allowed")),
     ];
     let mut seen = 0;
-    for (why, dir, from, to, flags, errno, action, result) in cases {
+    for (why, dir, from, to, flags, errno, (action, result)) in cases {
         let got = fs.rename(&ME, dir, OsStr::new(from), dir, OsStr::new(to), flags);
         assert_eq!(
             got.map_err(|e| e.errno()).err().unwrap_or(0),
@@ -1272,6 +1237,49 @@ fn a_refused_or_failed_rename_is_audited_once_as_what_happened() {
         assert_eq!(all[seen..], [pair(action, result)], "{why}");
         seen = all.len();
     }
+    // The record of a move names both ends.
+    let records = audit_records(&log, &audit_path);
+    let done = records
+        .iter()
+        .rfind(|r| r["operation"] == "rename")
+        .unwrap();
+    assert_eq!(
+        done["path"],
+        "/github/repos/acme/api/pulls/42/reviews/t.tmp"
+    );
+    assert_eq!(
+        done["metadata"]["newPath"],
+        "/github/repos/acme/api/pulls/42/reviews/u.tmp"
+    );
+}
+
+#[test]
+fn every_refused_payload_is_kept_even_when_refusals_coincide() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let rel = "/github/repos/acme/api/pulls/42/reviews/draft-lead-review.json";
+    let ino = walk(&fs, rel).unwrap();
+    // Refusals of one path as close together as they come: each keeps its bytes.
+    for round in 0..20 {
+        let fhs: Vec<u64> = (0..4)
+            .map(|_| fs.open(&ME, ino, OFlags::RDWR | OFlags::TRUNC).unwrap().fh)
+            .collect();
+        for (i, fh) in fhs.iter().enumerate() {
+            fs.write(*fh, 0, format!("not json {round} {i}").as_bytes())
+                .unwrap();
+        }
+        for fh in fhs {
+            assert_eq!(fs.flush(fh, ME.pid).unwrap_err(), Error::EINVAL);
+            let _ = fs.release(fh, ME.pid);
+        }
+    }
+    let kept: Vec<String> = std::fs::read_dir(root.join(".relay/.relayauth-mount/quarantine"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 80);
+    let distinct: std::collections::HashSet<&String> = kept.iter().collect();
+    assert_eq!(distinct.len(), 80);
 }
 
 #[test]
@@ -1286,15 +1294,7 @@ fn removing_a_directory_that_holds_only_hidden_entries_is_one_refusal() {
         "relayfile:fs:read:/scratch/d",
         "relayfile:fs:delete:/scratch/d",
     ]);
-    s.confirm();
-    let fs = GuardFs::new(
-        Mirror::open(&root).unwrap(),
-        Arc::new(Callers::new(s, false)),
-        PolicySet::default(),
-        Some(log.clone()),
-        scratch_local(),
-    )
-    .unwrap();
+    let fs = guard_with(&root, s, Some(log.clone()), scratch_local());
     let scratch = walk(&fs, "/scratch").unwrap();
     assert_eq!(
         fs.rmdir(&ME, scratch, OsStr::new("d")).unwrap_err(),
@@ -1376,4 +1376,49 @@ fn a_writeback_never_overwrites_a_file_replaced_while_it_was_open() {
     let _ = fs.release(fh, ME.pid);
     assert!(!path.exists());
     assert_eq!(quarantined(), 3);
+}
+
+#[test]
+fn a_replaced_file_keeps_its_number_while_a_writeback_based_on_it_is_open() {
+    use std::os::unix::fs::MetadataExt;
+    let (_d, root) = fixture_copy();
+    let bulk = root.join("github/repos/acme/api/bulk");
+    std::fs::create_dir_all(&bulk).unwrap();
+    for i in 0..64 {
+        std::fs::write(bulk.join(format!("f{i}")), b"x").unwrap();
+    }
+    let s = session(LEAD);
+    let opts = Options {
+        max_held_fds: 8,
+        ..Options::default()
+    };
+    let fs = guard_with(&root, s, None, opts);
+    let rel = "github/repos/acme/api/pulls/42/reviews/draft-lead-review.json";
+    let path = root.join(rel);
+    let original = std::fs::metadata(&path).unwrap().ino();
+    let ino = walk(&fs, &format!("/{rel}")).unwrap();
+    let fh = fs.open(&ME, ino, OFlags::RDWR | OFlags::TRUNC).unwrap().fh;
+    fs.write(fh, 0, br#"{"event": "APPROVE", "body": "Stale."}"#)
+        .unwrap();
+    // Enough other lookups that the table drops its own descriptor of the file.
+    for i in 0..64 {
+        walk(&fs, &format!("/github/repos/acme/api/bulk/f{i}")).unwrap();
+    }
+    // The syncer replaces the file again and again. A filesystem gives freed inode numbers
+    // out again (ext4 soon does), and a new file with the original's number would pass for it;
+    // the open writeback holds the original, so none can.
+    let newest = br#"{"event": "COMMENT", "body": "Newest."}"#;
+    for i in 0..50 {
+        let tmp = path.with_extension("sync-tmp");
+        std::fs::write(&tmp, if i == 49 { &newest[..] } else { b"{}" }).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        assert_ne!(
+            std::fs::metadata(&path).unwrap().ino(),
+            original,
+            "update {i}"
+        );
+    }
+    assert_eq!(fs.flush(fh, ME.pid).unwrap_err().errno(), libc::ESTALE);
+    let _ = fs.release(fh, ME.pid);
+    assert_eq!(std::fs::read(&path).unwrap(), newest);
 }

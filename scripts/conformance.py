@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""POSIX conformance of the guarded view: pjdfstest and fsx against relayauth-mount (strict) with
+a full-access token on a local root, and against a native directory for reference.
+
+pjdfstest's configuration, with the annotated list of expected failures, is
+tests/conformance/pjdfstest.toml: a test listed there must fail, every other test must pass
+(or be skipped for a feature the platform lacks). fsx runs with fixed seeds in each of its
+modes, with close/reopen. The run prints a table and writes bench-results/conformance.json;
+it exits 1 when anything unexpected happened.
+
+Usage: python3 scripts/conformance.py --bin PATH [--fsx-ops N] [--no-native]
+Run through scripts/conformance.sh, which installs the suites and the users pjdfstest needs.
+"""
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from devmount import mount, start_issuer, unmount  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PJD_CONFIG = ROOT / "tests/conformance/pjdfstest.toml"
+FSX_DIR = ROOT / "tests/conformance"
+# Every fs right on every path: conformance is about the filesystem, not the scopes.
+FULL_ACCESS = ["relayfile:fs:*:*"]
+# fsx modes: its defaults, and every operation it knows (fallocate, punch and zero ranges,
+# copy_file_range, close/reopen) weighted in.
+FSX_MODES = {"default": None, "full": FSX_DIR / "fsx-full.toml"}
+FSX_SEEDS = {"default": 42, "full": 7}
+SUMMARY = re.compile(r"(\d+) failed, (\d+) skipped, (\d+) passed, (\d+) expected failures, (\d+) total")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def pjdfstest(where, label, out_dir, config):
+    """Run the whole pjdfstest suite in `where`; its counts and the failed test names."""
+    log(f"pjdfstest on {label} ({where}) ...")
+    started = time.time()
+    done = subprocess.run(["pjdfstest", "-c", str(config), "-p", str(where)],
+                          capture_output=True, text=True)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+    (out_dir / f"pjdfstest-{label}.log").write_text(text + done.stderr)
+    found = SUMMARY.search(text)
+    if not found:
+        raise SystemExit(f"pjdfstest on {label} printed no summary:\n{done.stderr[-2000:]}")
+    failed, skipped, passed, expected, total = map(int, found.groups())
+    bad = [line.split()[0] for line in text.splitlines()
+           if line.rstrip().endswith("FAILED") or line.rstrip().endswith("PASSED UNEXPECTEDLY")]
+    log(f"  {passed} passed, {failed} failed, {expected} failed as expected, {skipped} skipped "
+        f"({time.time() - started:.0f} s)")
+    return {"passed": passed, "failed": failed, "expected_failures": expected, "skipped": skipped,
+            "total": total, "unexpected": bad, "exit": done.returncode}
+
+
+def fsx(where, label, ops, out_dir):
+    """fsx in each mode on a file in `where`: operations done, or the failure."""
+    results = {}
+    for mode, config in FSX_MODES.items():
+        target = where / f"fsx-{mode}"
+        cmd = ["fsx", "-N", str(ops), "-S", str(FSX_SEEDS[mode])]
+        if config:
+            cmd += ["-f", str(config)]
+        cmd.append(str(target))
+        log(f"fsx {mode} on {label}: {ops} operations ...")
+        started = time.time()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        (out_dir / f"fsx-{label}-{mode}.log").write_text(done.stdout + done.stderr)
+        ok = done.returncode == 0
+        results[mode] = {"ops": ops, "ok": ok, "seconds": round(time.time() - started, 1)}
+        log(f"  {'ok' if ok else 'FAILED'} ({results[mode]['seconds']} s)")
+        if not ok:
+            log((done.stdout + done.stderr)[-3000:])
+        target.unlink(missing_ok=True)
+    return results
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=str(ROOT / "target/release/relayauth-mount"))
+    ap.add_argument("--fsx-ops", type=int, default=100_000)
+    ap.add_argument("--no-native", action="store_true", help="skip the native reference run")
+    ap.add_argument("--out", default=str(ROOT / "bench-results/conformance.json"))
+    args = ap.parse_args()
+    for tool in ["pjdfstest", "fsx", "fusermount3"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"conformance needs {tool}: run scripts/conformance.sh, which installs it")
+
+    work = Path(tempfile.mkdtemp(prefix="relayauth-conformance-"))
+    logs = work / "logs"
+    logs.mkdir()
+    mirror = work / "mirror"
+    (mirror / "conformance").mkdir(parents=True)
+    native = work / "native"
+    native.mkdir()
+    mnt = work / "mnt"
+    issuer = None
+    report = {"date": time.strftime("%Y-%m-%d"), "fsx_ops": args.fsx_ops}
+    try:
+        issuer, ready, token = start_issuer(args.bin, work, FULL_ACCESS, name="conformance")
+        (work / "token").write_text(token)
+        mount(args.bin, mirror, mnt, ready, work / "token", work / "audit.jsonl", "conformance",
+              name="conformance")
+        guarded = mnt / "conformance"
+        # pjdfstest switches to other users: they must be able to reach the directory.
+        for d in (work, mnt, guarded, native):
+            d.chmod(0o755)
+        report["strict"] = {"pjdfstest": pjdfstest(guarded, "strict", logs, PJD_CONFIG),
+                            "fsx": fsx(guarded, "strict", args.fsx_ops, logs)}
+        if not args.no_native:
+            # The reference run expects nothing to fail.
+            plain = work / "pjdfstest-native.toml"
+            plain.write_text(re.sub(r"expected_failures\s*=\s*\[[^\]]*\]", "expected_failures = []",
+                                    PJD_CONFIG.read_text()))
+            report["native"] = {"pjdfstest": pjdfstest(native, "native", logs, plain),
+                                "fsx": fsx(native, "native", args.fsx_ops, logs)}
+    finally:
+        unmount(mnt)
+        if issuer:
+            issuer.kill()
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\npjdfstest (expected failures: {PJD_CONFIG.relative_to(ROOT)}); fsx {args.fsx_ops} "
+          f"operations per mode, fixed seeds\n")
+    print("| view | pjdfstest passed | failed | failed as expected | skipped | "
+          + " | ".join(f"fsx {m}" for m in FSX_MODES) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(FSX_MODES))
+    ok = True
+    for view in ("native", "strict"):
+        if view not in report:
+            continue
+        p = report[view]["pjdfstest"]
+        f = report[view]["fsx"]
+        print(f"| {view} | {p['passed']} | {p['failed']} | {p['expected_failures']} | {p['skipped']} | "
+              + " | ".join("ok" if f[m]["ok"] else "FAILED" for m in FSX_MODES) + " |")
+        if view == "strict":
+            ok = p["exit"] == 0 and all(r["ok"] for r in f.values())
+            if p["unexpected"]:
+                print("\nunexpected pjdfstest results on the mount: " + ", ".join(p["unexpected"]))
+    if not ok:
+        print(f"\nconformance FAILED; logs are in {logs}")
+        sys.exit(1)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
