@@ -352,14 +352,17 @@ fn fifos_and_sockets_behave_as_natively() {
         format!(
             "set -e; mkdir -p {dir}/sub; echo hi > {dir}/sub/file; mkfifo -m 0640 {dir}/sub/pipe
             python3 -c \"import socket; socket.socket(socket.AF_UNIX).bind('{dir}/sock')\"
-            chmod 0600 {dir}/sock"
+            chmod 0600 {dir}/sock
+            (umask 0; mkdir {dir}/open; touch {dir}/open/f; mkfifo {dir}/open/p)
+            (umask 077; mkdir {dir}/closed; touch {dir}/closed/f)"
         )
     };
-    // Made natively and through the mount, the two trees are the same.
+    // Made natively and through the mount, the two trees are the same: the modes too, under
+    // the maker's umask (not the daemon's).
     run(&m, "make natively", &make(&src.display().to_string()));
     run(&m, "make in the mount", &make("scratch/made"));
     let want = manifest(&src, true);
-    assert_eq!(want.len(), 4, "{want:?}");
+    assert_eq!(want.len(), 9, "{want:?}");
     assert_same("made", &want, &manifest(&m.mirror_at("scratch/made"), true));
 
     // A FIFO carries data between two processes of the mount; a socket accepts a connection.

@@ -233,6 +233,7 @@ impl Mirror {
         flags: OFlags,
     ) -> io::Result<(File, OwnedFd, Stat)> {
         check(name)?;
+        exact_modes();
         let access = flags & (OFlags::RDONLY | OFlags::WRONLY | OFlags::RDWR);
         let extra = flags & (OFlags::APPEND | OFlags::NONBLOCK);
         let fd = rustix::fs::openat(
@@ -276,6 +277,7 @@ impl Mirror {
         mode: u32,
     ) -> io::Result<(OwnedFd, Stat)> {
         check(name)?;
+        exact_modes();
         rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o777))?;
         self.lookup(dir, name).inspect_err(|_| {
             let _ = rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR);
@@ -313,6 +315,7 @@ impl Mirror {
             Kind::Socket => rustix::fs::FileType::Socket,
             _ => return Err(io::Error::from_raw_os_error(libc::EPERM)),
         };
+        exact_modes();
         rustix::fs::mknodat(dir, name, file_type, Mode::from_raw_mode(perm & 0o777), 0)?;
         self.lookup(dir, name).inspect_err(|_| {
             let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
@@ -762,4 +765,26 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2);
     }
+}
+
+/// Make the modes this thread creates with final. The caller's umask is applied already (the
+/// kernel sends it with each create, and the guard masks with it), so the daemon's own umask
+/// must not mask them a second time: a directory made `0777` under `umask 0` is `0777`, as
+/// natively. The first time a thread creates in the mirror it takes a private umask of 0
+/// (`unshare(CLONE_FS)`); the daemon's own files (the audit log, runtime files) keep the
+/// process's umask. Where the thread cannot have its own, nothing changes (modes stay at most
+/// as permissive as asked).
+fn exact_modes() {
+    thread_local!(static OWN_UMASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    OWN_UMASK.with(|done| {
+        if done.get() {
+            return;
+        }
+        done.set(true);
+        // SAFETY: CLONE_FS gives this thread its own root, working directory and umask; no
+        // descriptor table is unshared, so every thread still sees every descriptor.
+        if unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }.is_ok() {
+            rustix::process::umask(Mode::empty());
+        }
+    });
 }
