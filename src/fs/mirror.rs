@@ -621,6 +621,28 @@ fn check(name: &OsStr) -> io::Result<()> {
     }
 }
 
+/// Make the modes this thread creates with final. The caller's umask is applied already (the
+/// kernel sends it with each create, and the guard masks with it), so the daemon's own umask
+/// must not mask them a second time: a directory made `0777` under `umask 0` is `0777`, as
+/// natively. The first time a thread creates in the mirror it takes a private umask of 0
+/// (`unshare(CLONE_FS)`); the daemon's own files (the audit log, runtime files) keep the
+/// process's umask. Where the thread cannot have its own, nothing changes (modes stay at most
+/// as permissive as asked).
+fn exact_modes() {
+    thread_local!(static OWN_UMASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    OWN_UMASK.with(|done| {
+        if done.get() {
+            return;
+        }
+        done.set(true);
+        // SAFETY: CLONE_FS gives this thread its own root, working directory and umask; no
+        // descriptor table is unshared, so every thread still sees every descriptor.
+        if unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }.is_ok() {
+            rustix::process::umask(Mode::empty());
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,26 +787,4 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 2);
     }
-}
-
-/// Make the modes this thread creates with final. The caller's umask is applied already (the
-/// kernel sends it with each create, and the guard masks with it), so the daemon's own umask
-/// must not mask them a second time: a directory made `0777` under `umask 0` is `0777`, as
-/// natively. The first time a thread creates in the mirror it takes a private umask of 0
-/// (`unshare(CLONE_FS)`); the daemon's own files (the audit log, runtime files) keep the
-/// process's umask. Where the thread cannot have its own, nothing changes (modes stay at most
-/// as permissive as asked).
-fn exact_modes() {
-    thread_local!(static OWN_UMASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-    OWN_UMASK.with(|done| {
-        if done.get() {
-            return;
-        }
-        done.set(true);
-        // SAFETY: CLONE_FS gives this thread its own root, working directory and umask; no
-        // descriptor table is unshared, so every thread still sees every descriptor.
-        if unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) }.is_ok() {
-            rustix::process::umask(Mode::empty());
-        }
-    });
 }
