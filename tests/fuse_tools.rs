@@ -4,6 +4,8 @@
 //! under `ulimit -n 1024`. Every tool must exit 0, the mirror must then match the native tree
 //! (types, bytes, and for the preserving tools modes and modification times), nothing may be
 //! left behind, and the daemon's descriptors must stay bounded (the high-water mark is printed).
+//! FIFOs and sockets, and git (`clone` in and out, `status`, `commit`, `merge`, `gc`, `fsck`,
+//! `clean`) and editors' saves (vim, `sed -i`, an atomic save from Python), behave as natively.
 
 mod common;
 
@@ -478,4 +480,157 @@ t.join()
     let o = m.sh("mknod scratch/null c 1 3");
     assert!(!o.status.success());
     assert!(err(&o).contains("Operation not permitted"), "{}", err(&o));
+}
+
+/// The first of `names` found on `PATH`.
+fn first_tool(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {n}")])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| (*n).to_owned())
+    })
+}
+
+/// git and editors in a local root, as a developer uses them: `git clone` into the mount,
+/// `status`, `commit`, `gc`, `fsck`, `clean`, a clone out of the mount again; vim's save, `sed -i`
+/// and an atomic save from Python. The repository must come out the same (the same commits, the
+/// same files byte for byte) and the mirror must hold exactly what the tools wrote.
+#[test]
+fn git_and_editors_work_as_natively() {
+    if !fuse_available() {
+        return;
+    }
+    let vim = first_tool(&["vim", "vim.tiny", "vi"]);
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert!(vim.is_some(), "CI needs vim (.ci/run installs vim-tiny)");
+    }
+    let issuer = Issuer::start();
+    let work = tempfile::tempdir().unwrap();
+    let origin = work.path().join("origin");
+    let out_dir = work.path().join("out");
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:/scratch/**"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&|mirror: &Path| {
+                std::fs::create_dir_all(mirror.join("scratch")).unwrap()
+            }),
+            ..MountOpts::default()
+        },
+    );
+    let git = "git -c user.email=a@example.com -c user.name=a -c safe.directory='*' -c gc.auto=0";
+    let o = origin.display();
+    run(
+        &m,
+        "a native repository",
+        &format!(
+            "set -e; mkdir -p {o}; cd {o}; {git} init -q; for d in 1 2 3 4; do mkdir -p src/m$d;
+             for f in $(seq 1 50); do printf 'package m%s\\nconst F%s = %s\\n' $d $f $f > src/m$d/f$f.go; done; done
+             printf 'line one\\nline two\\n' > notes.txt; {git} add -A; {git} commit -qm first
+             {git} checkout -qb topic; echo topic >> notes.txt; {git} commit -qam topic; {git} checkout -q -"
+        ),
+    );
+    let steps = [
+        ("git clone into the mount", format!("{git} clone -q {o} scratch/repo")),
+        (
+            "git status",
+            format!("cd scratch/repo && test -z \"$({git} status --porcelain)\""),
+        ),
+        (
+            "git commit",
+            format!(
+                "set -e; cd scratch/repo; echo more >> src/m1/f1.go; {git} commit -qam second
+                 {git} checkout -q topic; {git} checkout -q -; {git} merge -q --no-edit topic"
+            ),
+        ),
+        ("git gc", format!("cd scratch/repo && {git} gc -q --prune=now")),
+        ("git fsck", format!("cd scratch/repo && {git} fsck --strict --no-progress")),
+        (
+            "git clean",
+            format!(
+                "set -e; cd scratch/repo; mkdir -p junk/deep; echo x > junk/deep/y; echo z > untracked
+                 {git} clean -fdxq; test -z \"$({git} status --porcelain)\""
+            ),
+        ),
+        (
+            "git clone out of the mount",
+            format!("{git} clone -q scratch/repo {}", out_dir.display()),
+        ),
+        (
+            "sed -i",
+            "sed -i 's/line one/line 1/' scratch/repo/notes.txt".to_owned(),
+        ),
+        (
+            "an atomic save from Python",
+            "/usr/bin/python3 -c \"
+import os, tempfile
+d = 'scratch/repo'
+fd, tmp = tempfile.mkstemp(dir=d, prefix='.notes.', suffix='.tmp')
+with os.fdopen(fd, 'w') as f:
+    f.write(open(d + '/notes.txt').read() + 'saved by python\\n')
+os.replace(tmp, d + '/notes.txt')
+\""
+            .to_owned(),
+        ),
+    ];
+    for (what, script) in &steps {
+        run(&m, what, script);
+    }
+    let mut want = "line 1\nline two\ntopic\nsaved by python\n".to_owned();
+    if let Some(vim) = &vim {
+        // vim writes a backup, then the file (`:w`), as it does natively.
+        run(
+            &m,
+            "a vim save",
+            &format!(
+                "{vim} -u NONE -i NONE -N -es -c 'normal Gosaved by vim' -c 'wq' scratch/repo/notes.txt"
+            ),
+        );
+        want.push_str("saved by vim\n");
+    }
+    assert_eq!(
+        std::fs::read_to_string(m.mirror_at("scratch/repo/notes.txt")).unwrap(),
+        want
+    );
+    // The clone out of the mount has the same history and the same files as the one inside.
+    let head = |dir: &Path| {
+        let o = Command::new("git")
+            .args(["-c", "safe.directory=*", "-C"])
+            .arg(dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
+        out(&o).trim().to_owned()
+    };
+    assert_eq!(head(&m.mirror_at("scratch/repo")), head(&out_dir));
+    let mut inside = manifest(&m.mirror_at("scratch/repo/src"), false);
+    let outside = manifest(&out_dir.join("src"), false);
+    inside.retain(|k, _| !k.ends_with("_PERMISSIONS.md"));
+    assert_same("the clone out of the mount", &outside, &inside);
+    let fsck = Command::new("git")
+        .args(["-c", "safe.directory=*", "-C"])
+        .arg(&out_dir)
+        .args(["fsck", "--strict", "--no-progress"])
+        .output()
+        .unwrap();
+    assert!(fsck.status.success(), "{}", err(&fsck));
+    // Nothing else in the local root: no temporaries, backups or notices left behind.
+    let left = Command::new("find")
+        .arg(m.mirror_at("scratch"))
+        .args(["-maxdepth", "2", "-not", "-path", "*/.git*"])
+        .output()
+        .unwrap();
+    let left = out(&left);
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort();
+    let root = m.mirror_at("scratch").display().to_string();
+    let expect: Vec<String> = ["", "/repo", "/repo/notes.txt", "/repo/src"]
+        .iter()
+        .map(|p| format!("{root}{p}"))
+        .collect();
+    assert_eq!(left, expect);
 }
