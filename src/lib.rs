@@ -17,6 +17,11 @@ pub mod relayauth;
 pub mod scope;
 pub mod token;
 
+/// Entry points for the fuzz targets (`fuzz/`), behind the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+
 mod audit;
 mod daemon;
 mod failure;

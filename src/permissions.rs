@@ -165,15 +165,15 @@ pub trait Judge {
     fn right(&self, path: &str, name: &str, kind: Kind, op: Op) -> Right;
 }
 
-/// A judge over a scope set alone (no mirror, no writeback policies): for tests and tools.
-#[cfg(test)]
+/// A judge over a scope set alone (no mirror, no writeback policies): for tests and fuzzing.
+#[cfg(any(test, feature = "fuzzing"))]
 pub struct ScopeJudge<'a> {
     pub grants: &'a Grants,
     pub state: &'a State,
     pub place_for: &'a dyn Fn(&str, &str) -> Place,
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 impl Judge for ScopeJudge<'_> {
     fn right(&self, path: &str, name: &str, _kind: Kind, op: Op) -> Right {
         let place = (self.place_for)(path, name);

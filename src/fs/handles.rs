@@ -275,6 +275,16 @@ impl GuardFs {
                 };
                 let body = match &change {
                     Some(c) if c.writeback().is_some() => {
+                        // A node the mirror replaced under its name (the kernel's cache still
+                        // points at it): ESTALE makes the kernel look the name up again and
+                        // open what is there now, instead of staging bytes that could never
+                        // be placed.
+                        let loc = node.location();
+                        let parent = self.located(loc.parent)?;
+                        let parent_fd = self.dir_fd(&parent)?;
+                        if !self.still_at(fd.as_fd(), parent_fd.as_fd(), &loc.name) {
+                            return Err(Error::of(libc::ESTALE));
+                        }
                         let st = self.mirror.stat(fd.as_fd())?;
                         let copy = (!flags.contains(OFlags::TRUNC)).then(|| fd.as_fd());
                         let (file, name) = self.stage_like(&st, copy)?;
@@ -649,6 +659,7 @@ impl GuardFs {
         match &h.body {
             Body::File(f) => Ok(write_at(f, data, offset)? as u32),
             Body::Staged(s) => {
+                fits_payload(offset.saturating_add(data.len() as u64))?;
                 let mut s = s.lock();
                 let n = write_at(self.staged_file(&mut s)?, data, offset)?;
                 s.set_edits(Edits::Written);
@@ -750,6 +761,7 @@ impl GuardFs {
         match &h.body {
             Body::File(f) => Ok(rustix::fs::fallocate(f, flags, offset, length)?),
             Body::Staged(s) => {
+                fits_payload(offset.saturating_add(length))?;
                 let mut s = s.lock();
                 rustix::fs::fallocate(self.staged_file(&mut s)?, flags, offset, length)?;
                 s.set_edits(Edits::Written);
@@ -857,34 +869,78 @@ impl GuardFs {
         }
         file.sync_all()?;
         let parent_fd = self.dir_fd(&parent)?;
-        if s.target == Target::Replace
-            && !base
-                .as_ref()
-                .is_some_and(|b| self.still_at(b.as_fd(), parent_fd.as_fd(), &loc.name))
-        {
-            // The name holds another file now (relayfile's syncer replaced it, or it was
-            // removed): on a native filesystem these bytes would have gone to the file that was
-            // opened, not to its replacement, so they must not overwrite what is there.
-            let why = format!(
-                "{path} was replaced or removed in the mirror while it was open for writing, \
-                 so these bytes were not placed over the newer file; reopen it and write again"
-            );
-            return self.quarantine(&ctx, node, s, Error::of(libc::ESTALE), &why, permit);
-        }
-        let flags = match s.target {
-            Target::Replace => RenameFlags::empty(),
-            Target::New => RenameFlags::NOREPLACE,
+        // The name holds another file now (relayfile's syncer replaced it, or it was removed,
+        // or it was renamed onto a writeback path, which places a copy): on a native filesystem
+        // these bytes would have gone to the file that was opened, not to what holds its name
+        // now, so they must not overwrite that.
+        let stale = format!(
+            "{path} no longer holds the file these bytes were staged from (the mirror replaced \
+             or removed it while it was open for writing), so they were not placed over the \
+             newer file; reopen it and write again"
+        );
+        let Some(base) = base.as_ref().filter(|_| s.target == Target::Replace) else {
+            // A new file: the name must still be free.
+            if let Err(e) = self.mirror.place_staged(
+                &self.area,
+                &change,
+                name,
+                (parent_fd.as_fd(), &loc.name),
+                RenameFlags::NOREPLACE,
+            ) {
+                let why = format!("{path} could not be placed in the mirror: {e}");
+                return self.quarantine(&ctx, node, s, Error::from(e).warn(), &why, permit);
+            }
+            return self.committed(&ctx, node, s, &path, permit);
         };
-        if let Err(e) = self.mirror.place_staged(
-            &self.area,
-            &change,
-            name,
-            (parent_fd.as_fd(), &loc.name),
-            flags,
-        ) {
-            let why = format!("{path} could not be placed in the mirror: {e}");
-            return self.quarantine(&ctx, node, s, Error::from(e).warn(), &why, permit);
+        if !self.still_at(base.as_fd(), parent_fd.as_fd(), &loc.name) {
+            return self.quarantine(&ctx, node, s, Error::of(libc::ESTALE), &stale, permit);
         }
+        // Exchanged, not renamed over: what comes back under the staging name is what the name
+        // held at that instant, and if the mirror replaced the file since the check above, it
+        // goes back (nothing the syncer placed is ever lost to a race).
+        let at = (parent_fd.as_fd(), loc.name.as_os_str());
+        if let Err(e) =
+            self.mirror
+                .place_staged(&self.area, &change, name, at, RenameFlags::EXCHANGE)
+        {
+            let why = format!("{path} could not be placed in the mirror: {e}");
+            let e = Error::from(e);
+            let e = if e.errno() == libc::ENOENT {
+                e
+            } else {
+                e.warn()
+            };
+            return self.quarantine(&ctx, node, s, e, &why, permit);
+        }
+        let took_base = self
+            .mirror
+            .staged_stat(&self.area, name)
+            .ok()
+            .zip(self.mirror.stat(base.as_fd()).ok())
+            .is_some_and(|(took, b)| (took.st_dev, took.st_ino) == (b.st_dev, b.st_ino));
+        if !took_base {
+            if let Err(e) =
+                self.mirror
+                    .place_staged(&self.area, &change, name, at, RenameFlags::EXCHANGE)
+            {
+                tracing::warn!(path, error = %e, "a file the mirror placed during a writeback could not be put back");
+            }
+            return self.quarantine(&ctx, node, s, Error::of(libc::ESTALE), &stale, permit);
+        }
+        // The staging name now holds the file that was replaced.
+        self.mirror.unstage(&self.area, name);
+        self.committed(&ctx, node, s, &path, permit)
+    }
+
+    /// The staged bytes of `s` are in place at `node`'s name: the node is backed by them now.
+    fn committed(
+        &self,
+        ctx: &Ctx,
+        node: &Arc<Node>,
+        s: &mut Staged,
+        path: &str,
+        permit: Option<&WritebackPermit>,
+    ) -> FsResult<()> {
         let was_new = s.target == Target::New;
         let committed = s.placed().ok_or(Error::EIO)?;
         let path_fd = self.mirror.path_of(committed.as_fd())?;
@@ -895,8 +951,8 @@ impl GuardFs {
         }
         let policy_id = permit.map_or("", |p| p.policy_id());
         self.gate.note_writeback(
-            &ctx,
-            &path,
+            ctx,
+            path,
             s.committed_by,
             Outcome::Allowed,
             &format!("validated and placed for writeback by policy {policy_id}"),
@@ -953,6 +1009,9 @@ impl GuardFs {
         Some(match &h.body {
             Body::File(f) => f.set_len(size).map_err(Error::from),
             Body::Staged(s) => {
+                if let Err(e) = fits_payload(size) {
+                    return Some(Err(e));
+                }
                 let mut s = s.lock();
                 let r = self
                     .staged_file(&mut s)
@@ -970,6 +1029,7 @@ impl GuardFs {
 
     /// Truncate a provider-backed file by path: stage, truncate, validate, commit.
     pub(crate) fn staged_truncate(&self, ctx: &Ctx, node: &Arc<Node>, size: u64) -> FsResult<()> {
+        fits_payload(size)?;
         let fd = self.fd_of(node)?;
         let st = self.mirror.stat(fd.as_fd())?;
         let (file, name) = self.stage_like(&st, Some(fd.as_fd()))?;
@@ -1042,6 +1102,18 @@ impl GuardFs {
         );
         Err(errno)
     }
+}
+
+/// A writeback can never be bigger than [`MAX_PAYLOAD`] (it could not be validated): a write,
+/// preallocation or size past it is `EFBIG` at once, so refused bytes never pile up in the
+/// staging and quarantine folders beyond that per file.
+fn fits_payload(end: u64) -> FsResult<()> {
+    if end > MAX_PAYLOAD {
+        return Err(Error::EFBIG.with_message(format!(
+            "a writeback is at most {MAX_PAYLOAD} bytes; write large files in a local root"
+        )));
+    }
+    Ok(())
 }
 
 fn read_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {

@@ -526,6 +526,15 @@ impl Mirror {
             .0)
     }
 
+    /// What the staging folder holds under `name` (after an exchange: what was taken out).
+    pub fn staged_stat(&self, area: &GuardArea, name: &OsStr) -> io::Result<Stat> {
+        Ok(rustix::fs::statat(
+            area.staging.as_fd(),
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
     /// Drop a staged file (never committed, or quarantined elsewhere).
     pub fn unstage(&self, area: &GuardArea, name: &OsStr) {
         let _ = unlink_in(area.staging.as_fd(), name);

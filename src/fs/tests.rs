@@ -1422,3 +1422,82 @@ fn a_replaced_file_keeps_its_number_while_a_writeback_based_on_it_is_open() {
     let _ = fs.release(fh, ME.pid);
     assert_eq!(std::fs::read(&path).unwrap(), newest);
 }
+
+#[test]
+fn a_file_the_mirror_places_during_a_commit_is_never_overwritten() {
+    let (_d, root) = fixture_copy();
+    let fs = Arc::new(guard(&root, session(LEAD), None));
+    let reviews = root.join("github/repos/acme/api/pulls/42/reviews");
+    let mine = br#"{"event": "APPROVE", "body": "Mine."}"#;
+    // The syncer renames its file over the name at some moment during the writer's close;
+    // it always acts after the open, so whatever the interleaving its file is the one left.
+    for trial in 0..300u64 {
+        let name = format!("race{trial}.json");
+        let path = reviews.join(&name);
+        std::fs::write(&path, br#"{"event": "COMMENT", "body": "old"}"#).unwrap();
+        let ino = walk(
+            &fs,
+            &format!("/github/repos/acme/api/pulls/42/reviews/{name}"),
+        )
+        .unwrap();
+        let fh = fs.open(&ME, ino, OFlags::RDWR | OFlags::TRUNC).unwrap().fh;
+        fs.write(fh, 0, mine).unwrap();
+        let theirs = format!(r#"{{"event": "COMMENT", "body": "sync {trial}"}}"#);
+        let syncer = {
+            let (path, theirs) = (path.clone(), theirs.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_micros(trial % 40 * 25));
+                let tmp = path.with_extension("sync-tmp");
+                std::fs::write(&tmp, theirs).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+            })
+        };
+        let closed = fs.flush(fh, ME.pid);
+        let _ = fs.release(fh, ME.pid);
+        syncer.join().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            theirs,
+            "trial {trial}: close gave {closed:?}"
+        );
+    }
+}
+
+#[test]
+fn opening_a_replaced_writeback_for_writing_asks_the_kernel_to_look_again() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let rel = "github/repos/acme/api/pulls/42/reviews/draft-lead-review.json";
+    let ino = walk(&fs, &format!("/{rel}")).unwrap();
+    let path = root.join(rel);
+    let tmp = path.with_extension("sync-tmp");
+    std::fs::write(&tmp, br#"{"event": "COMMENT", "body": "newer"}"#).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    // The kernel's cached node is the replaced file: ESTALE makes it look the name up again.
+    assert_eq!(
+        fs.open(&ME, ino, OFlags::WRONLY | OFlags::TRUNC)
+            .unwrap_err()
+            .errno(),
+        libc::ESTALE
+    );
+    let fresh = walk(&fs, &format!("/{rel}")).unwrap();
+    assert_ne!(fresh, ino);
+    let fh = fs
+        .open(&ME, fresh, OFlags::WRONLY | OFlags::TRUNC)
+        .unwrap()
+        .fh;
+    // And no writeback may grow past what can be validated.
+    assert_eq!(
+        fs.write(fh, crate::writeback::MAX_PAYLOAD, b"x")
+            .unwrap_err(),
+        Error::EFBIG
+    );
+    fs.write(fh, 0, br#"{"event": "COMMENT", "body": "mine"}"#)
+        .unwrap();
+    fs.flush(fh, ME.pid).unwrap();
+    fs.release(fh, ME.pid).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        br#"{"event": "COMMENT", "body": "mine"}"#
+    );
+}

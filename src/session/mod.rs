@@ -290,13 +290,14 @@ fn grants_of(token: &crate::token::VerifiedToken) -> Grants {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod testing {
     //! Sessions for unit tests of the layers above (no token needed).
     use super::*;
     use std::time::Duration;
 
     /// Give `s` new grants with `scopes`, as a refreshed token would.
+    #[cfg(test)]
     pub fn replace_scopes(s: &Session, scopes: &[&str]) {
         let old = s.grants();
         *s.grants.write() = Arc::new(Grants {
