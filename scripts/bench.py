@@ -49,6 +49,25 @@ def timed(cmd, cwd=None):
     return time.perf_counter() - start
 
 
+def make_data(mirror, small, large_mib):
+    data = mirror / "bench"
+    for d in range(small // 100):
+        sub = data / "small" / f"d{d:03}"
+        sub.mkdir(parents=True)
+        for f in range(100):
+            (sub / f"f{f:03}.json").write_text(json.dumps({"dir": d, "file": f, "body": "x" * 200}))
+    sh(f"fio --name=mk --rw=write --bs=1M --size={large_mib}M --filename={data}/large.bin --end_fsync=1")
+    repo = data / "repo"
+    repo.mkdir()
+    for d in range(40):
+        sub = repo / f"pkg{d:02}"
+        sub.mkdir()
+        for f in range(50):
+            (sub / f"mod{f:02}.go").write_text(f"package pkg{d}\n\nfunc F{f}() int {{ return {f} }}\n")
+    git = "git -c user.email=b@example.com -c user.name=b"
+    sh(f"{git} init -q && {git} add . && {git} commit -qm init", cwd=repo)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
