@@ -137,6 +137,7 @@ pub fn notice(data: &[u8]) {
             state: &State::Active,
             now: SystemTime::now(),
             denials: &denials,
+            held: None,
         };
         let view =
             permissions::compute(subject, dir, &listed, &judge, &PolicySet::default(), false);

@@ -121,6 +121,8 @@ pub struct View {
     pub writeback_policies: Vec<PolicySummary>,
     pub scopes_granting_nothing: Vec<ScopeNote>,
     pub recent_denials: Vec<DenialNote>,
+    /// Why the guard refuses every audited operation right now, for every agent.
+    pub held: Option<String>,
 }
 
 /// The caller's right to `op` on `path` as a decision says it.
@@ -150,13 +152,15 @@ pub fn place_of(path: &str, name: &str) -> Place {
 }
 
 /// The caller a `_PERMISSIONS.md` is rendered for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Subject<'a> {
     pub grants: &'a Grants,
     pub state: &'a State,
     pub now: SystemTime,
     /// The caller's recent denials in this directory.
     pub denials: &'a [Denial],
+    /// Why the guard refuses everything audited right now (the audit log cannot be written).
+    pub held: Option<String>,
 }
 
 /// What the caller may do, asked of the code that enforces it.
@@ -203,6 +207,7 @@ pub fn compute(
         state,
         now,
         denials,
+        held,
     } = subject;
     let scopes = &grants.scopes();
     let active = *state == State::Active;
@@ -261,6 +266,7 @@ pub fn compute(
         entries,
         writeback_policies: policies.applying_in(dir),
         scopes_granting_nothing: problems,
+        held,
         recent_denials: denials
             .iter()
             .map(|d| DenialNote {
@@ -467,6 +473,14 @@ pub fn render(view: &View) -> String {
             code(&w.sponsor)
         );
     }
+    if let Some(why) = &view.held {
+        let _ = writeln!(
+            s,
+            "**Nothing may be opened, created, changed or removed right now:** {}. Listing \
+             directories and reading this file still work.\n",
+            prose(why)
+        );
+    }
     let _ = writeln!(s, "## What you may do here\n");
     let _ = writeln!(
         s,
@@ -634,6 +648,7 @@ mod tests {
             state: &State::Active,
             now: SystemTime::now(),
             denials: &[],
+            held: None,
         };
         let judge = ScopeJudge {
             grants: &g,
@@ -757,6 +772,7 @@ mod tests {
             state: &State::Active,
             now: SystemTime::now(),
             denials: &denials,
+            held: None,
         };
         let dir = "/d\n# Dir heading ```";
         let view = compute(subject, dir, &names, &judge, &PolicySet::default(), false);

@@ -25,18 +25,6 @@ fn rewrite_token(m: &TestMount, token: &str) {
     std::fs::rename(&tmp, &m.token_file).unwrap();
 }
 
-/// An access token for `identity` with `scopes`, living `ttl` seconds.
-fn mint_scoped(issuer: &Issuer, identity: &str, scopes: &[&str], ttl: u64) -> String {
-    let (status, v) = issuer.call(
-        "POST",
-        "/v1/tokens",
-        Some(json!({"identityId": identity, "scopes": scopes, "expiresIn": ttl})),
-        None,
-    );
-    assert_eq!(status, 201, "{v}");
-    v["accessToken"].as_str().unwrap().to_owned()
-}
-
 fn status_json(m: &TestMount) -> Value {
     let o = bin()
         .arg("status")
@@ -138,12 +126,12 @@ fn a_rewritten_token_is_adopted_only_for_the_same_live_identity() {
     let issuer = Issuer::start();
     let me = issuer.identity("narrow-agent", &[GITHUB, SLACK]);
     let other = issuer.identity("broad-agent", &[GITHUB, SLACK]);
-    let mine = mint_scoped(&issuer, &me, &[GITHUB], 3600);
+    let mine = issuer.mint_scoped(&me, &[GITHUB], 3600);
     let m = TestMount::start(&issuer, &mine, MountOpts::default());
     let slack_visible = || m.at("slack/users").is_dir();
     assert!(!slack_visible());
 
-    let theirs = mint_scoped(&issuer, &other, &[GITHUB, SLACK], 3600);
+    let theirs = issuer.mint_scoped(&other, &[GITHUB, SLACK], 3600);
     rewrite_token(&m, &theirs);
     let refused = m.wait_audit(|e| {
         e["action"] == "token.validated"
@@ -156,7 +144,7 @@ fn a_rewritten_token_is_adopted_only_for_the_same_live_identity() {
     );
     assert!(!slack_visible(), "another identity's token was adopted");
 
-    let revoked = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 3600);
+    let revoked = issuer.mint_scoped(&me, &[GITHUB, SLACK], 3600);
     issuer.revoke(json!({"tokenId": claims_of(&revoked)["jti"]}));
     rewrite_token(&m, &revoked);
     m.wait_audit(|e| {
@@ -166,7 +154,7 @@ fn a_rewritten_token_is_adopted_only_for_the_same_live_identity() {
     });
     assert!(!slack_visible(), "a revoked token was adopted");
 
-    let short = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 1);
+    let short = issuer.mint_scoped(&me, &[GITHUB, SLACK], 1);
     std::thread::sleep(Duration::from_millis(2100));
     rewrite_token(&m, &short);
     m.wait_audit(|e| {
@@ -181,7 +169,7 @@ fn a_rewritten_token_is_adopted_only_for_the_same_live_identity() {
     );
 
     // The same identity's live token is adopted.
-    let wide = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 3600);
+    let wide = issuer.mint_scoped(&me, &[GITHUB, SLACK], 3600);
     rewrite_token(&m, &wide);
     assert!(
         eventually(Duration::from_secs(10), slack_visible),
@@ -197,7 +185,7 @@ fn open_descriptors_lose_rights_the_new_token_drops() {
     }
     let issuer = Issuer::start();
     let me = issuer.identity("shrinking", &[GITHUB, SLACK]);
-    let wide = mint_scoped(&issuer, &me, &[GITHUB, SLACK], 3600);
+    let wide = issuer.mint_scoped(&me, &[GITHUB, SLACK], 3600);
     let m = TestMount::start(&issuer, &wide, MountOpts::default());
     let mut agent = Agent::start(
         &m,
@@ -215,7 +203,7 @@ for f in (kept, lost):
         print(errno.errorcode.get(e.errno), flush=True)",
     );
     assert_eq!(agent.line(), "open");
-    let narrow = mint_scoped(&issuer, &me, &[GITHUB], 3600);
+    let narrow = issuer.mint_scoped(&me, &[GITHUB], 3600);
     rewrite_token(&m, &narrow);
     assert!(
         eventually(Duration::from_secs(10), || !m.at("slack").exists()),

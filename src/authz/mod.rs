@@ -147,6 +147,8 @@ pub enum Reason {
     NoticeDiscarded,
     /// relayauth has not confirmed the session recently enough (fail closed).
     StatusUnknown(String),
+    /// The audit log cannot be written, so nothing that would be audited is allowed.
+    AuditUnavailable(String),
     /// `_PERMISSIONS.md` is generated and read-only.
     PermissionsReadOnly,
     /// Nothing under `/.relay` is writable.
@@ -254,7 +256,7 @@ impl Decision {
             Reason::NoGrant => format!("no scope grants {req} on {path}"),
             Reason::NotVisible => format!("no scope covers {path} or anything below it"),
             Reason::SessionInactive(state) => format!("the session is {state}; nothing is allowed"),
-            Reason::StatusUnknown(why) => why.clone(),
+            Reason::StatusUnknown(why) | Reason::AuditUnavailable(why) => why.clone(),
             Reason::NoticeDiscarded => format!(
                 "{PERMISSIONS_FILE} is generated: the change to {path} was accepted and discarded"
             ),
@@ -377,8 +379,7 @@ pub fn decide_fresh(
     op: Op,
 ) -> Decision {
     let d = decide(scopes, path, place, op);
-    let content_op = matches!(op, Op::Read | Op::Write | Op::Create | Op::Delete);
-    if !(d.allowed() && content_op && *place != Place::PermissionsFile) {
+    if !audited_content(&d, place) {
         return d;
     }
     let fresh = fresh();
@@ -395,6 +396,36 @@ pub fn decide_fresh(
         );
     }
     d
+}
+
+/// Whether `d` allows an operation on content that the audit log records (open, create,
+/// write, delete; not a lookup or a listing, and not reading `_PERMISSIONS.md`).
+fn audited_content(d: &Decision, place: &Place) -> bool {
+    let content_op = matches!(d.op, Op::Read | Op::Write | Op::Create | Op::Delete);
+    d.allowed() && content_op && *place != Place::PermissionsFile
+}
+
+/// `d`, unless the audit log cannot be written (`fault` says why): then what `d` allows on
+/// content is refused (`EACCES`), as nothing may happen unaudited. Lookups, listings and
+/// `_PERMISSIONS.md` stay, so an agent can read what is wrong. `fault` is only asked for a
+/// decision it could change.
+pub fn hold_unaudited(
+    d: Decision,
+    place: &Place,
+    fault: impl FnOnce() -> Option<String>,
+) -> Decision {
+    if !audited_content(&d, place) {
+        return d;
+    }
+    match fault() {
+        Some(why) => Decision::new(
+            Verdict::Deny,
+            d.op,
+            d.requirement,
+            Reason::AuditUnavailable(why),
+        ),
+        None => d,
+    }
 }
 
 /// The decision for a session that is not active: only the root and its `_PERMISSIONS.md`

@@ -170,7 +170,29 @@ pub fn run_status(args: StatusArgs) -> CliResult {
         "  decisions: {} allowed, {} denied",
         v["allowed"], v["denied"]
     );
-    println!("  audit log: {}", v["audit_log"].as_str().unwrap_or("?"));
+    let audit = &v["audit"];
+    if audit["state"] == "failing" {
+        println!(
+            "  audit log: {} CANNOT BE WRITTEN since {} ({}): every audited operation is refused \
+             until it can; {} records held in memory",
+            v["audit_log"].as_str().unwrap_or("?"),
+            audit["since"].as_str().unwrap_or("?"),
+            audit["error"].as_str().unwrap_or("?"),
+            audit["held_records"]
+        );
+    } else {
+        println!(
+            "  audit log: {} ({} records written)",
+            v["audit_log"].as_str().unwrap_or("?"),
+            v["audit_events_written"]
+        );
+    }
+    if audit["lost_records"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "  audit log: {} records were lost while it could not be written (held past the bound)",
+            audit["lost_records"]
+        );
+    }
     Ok(Exit::Ok)
 }
 

@@ -114,6 +114,18 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
         })
         .collect();
     let stats = shared.fs.stats();
+    let (held, lost) = shared.audit.backlog();
+    let audit = match shared.audit.fault() {
+        None => json!({"state": "ok", "held_records": held, "lost_records": lost}),
+        Some(f) => json!({
+            "state": "failing",
+            "since": crate::token::time::format_rfc3339(f.since),
+            "error": f.error,
+            "detail": "every audited operation is refused until the log can be written",
+            "held_records": held,
+            "lost_records": lost,
+        }),
+    };
     json!({
         "ok": true,
         "mountpoint": shared.mountpoint.display().to_string(),
@@ -126,6 +138,7 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
         "denied": stats.denied.load(std::sync::atomic::Ordering::Relaxed),
         "audit_log": shared.audit.path().display().to_string(),
         "audit_events_written": shared.audit.written(),
+        "audit": audit,
         "revocation": shared.revocation.as_ref().map(|r| r.strategy().name()),
         "writeback_policies": shared.fs.policies().policies().len(),
         "mounted_secs": now.duration_since(shared.started).map(|d| d.as_secs()).unwrap_or(0),

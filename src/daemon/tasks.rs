@@ -96,6 +96,7 @@ pub(crate) fn spawn_all(
 ) -> Vec<JoinHandle<()>> {
     let mut v = vec![
         tokio::spawn(signals(stop.clone())),
+        tokio::spawn(reopen_audit_on_hangup(shared.clone())),
         tokio::spawn(serve_control(shared.clone(), listener, stop.clone())),
         tokio::spawn(watch_session(shared.clone(), stop.clone())),
         tokio::spawn(poll_revocation(shared.clone())),
@@ -124,6 +125,19 @@ async fn signals(stop: Sender<Stop>) {
         _ = term.recv() => "SIGTERM",
     };
     let _ = stop.send(Stop::Signal(name)).await;
+}
+
+/// SIGHUP reopens the audit log (logrotate's `postrotate`); it never ends the mount.
+async fn reopen_audit_on_hangup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; the audit log is still followed when moved");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reopening the audit log");
+        shared.audit.reopen();
+    }
 }
 
 async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender<Stop>) {

@@ -129,7 +129,15 @@ impl GuardFs {
         opts: Options,
     ) -> io::Result<GuardFs> {
         let (root_fd, root_stat) = mirror.root_node()?;
-        let area = mirror.guard_area()?;
+        let (area, interrupted) = mirror.guard_area()?;
+        if interrupted > 0 {
+            tracing::warn!(
+                "{interrupted} writeback(s) were still open when the previous run of the guard \
+                 ended (killed?): never committed, kept in /.relay/{}/quarantine under \
+                 interrupted-* names",
+                crate::authz::relay::GUARD_DIR
+            );
+        }
         Ok(GuardFs {
             inodes: Inodes::new(root_fd, &root_stat, opts.max_held_fds),
             mirror,

@@ -272,13 +272,43 @@ impl Gate {
     /// The decision for `op` on `path` at `place`, for this caller (no audit): what
     /// `_PERMISSIONS.md`, visibility and the gate all ask.
     pub(crate) fn decide(&self, ctx: &Ctx, path: &[u8], place: &Place, op: Op) -> Decision {
-        match (&ctx.grants, &ctx.state, &ctx.session) {
+        let d = match (&ctx.grants, &ctx.state, &ctx.session) {
             (Some(g), Some(State::Active), Some(s)) => {
                 authz::decide_fresh(g.scopes(), || self.freshness(s), path, place, op)
             }
             (_, Some(state), _) => authz::decide_inactive(path, place, op, state.name()),
             _ => authz::decide_inactive(path, place, op, "not registered with this mount"),
-        }
+        };
+        authz::hold_unaudited(d, place, || self.audit_fault())
+    }
+
+    /// Why nothing on content may happen now for `session`: the audit log cannot be written,
+    /// or relayauth has not confirmed the session within `--max-staleness`.
+    pub(crate) fn held(&self, session: &Session) -> Option<String> {
+        self.audit_fault().or_else(|| {
+            let f = self.freshness(session);
+            f.stale().then(|| {
+                format!(
+                    "relayauth has not confirmed this session for {}s (limit {}s), and access \
+                     is refused until it does",
+                    f.quiet().as_secs(),
+                    f.max_staleness.as_secs()
+                )
+            })
+        })
+    }
+
+    /// Why nothing audited may happen now: the audit log cannot be written.
+    pub(crate) fn audit_fault(&self) -> Option<String> {
+        let audit = self.audit.as_ref()?;
+        let fault = audit.fault()?;
+        Some(format!(
+            "the audit log {} cannot be written since {} ({}); every audited operation is \
+             refused until it can (free space or fix the log; see relayauth-mount status)",
+            audit.path().display(),
+            crate::token::time::format_rfc3339(fault.since),
+            fault.error
+        ))
     }
 
     /// Decide without auditing: the proof, or the refusing decision. For checks whose audit
@@ -452,6 +482,9 @@ impl Gate {
         let (Some(grants), Some(session)) = (&ctx.grants, &ctx.session) else {
             return Err((Error::EACCES, "no session".to_owned()));
         };
+        if let Some(why) = self.audit_fault() {
+            return Err((Error::EACCES, why));
+        }
         let policies = self.policies();
         let policy = policies
             .authorize(grants.scopes(), path)

@@ -52,6 +52,7 @@ impl GuardFs {
             state,
             now: SystemTime::now(),
             denials: &denials,
+            held: self.gate.held(session),
         };
         let provider_backed = self.opts.backing.is_provider_area(&dir_path);
         let view = permissions::compute(

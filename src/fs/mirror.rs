@@ -22,6 +22,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::SystemTime;
 
 use rustix::fs::{AtFlags, Dir, Mode, OFlags, RenameFlags, Stat, StatVfs, Timestamps};
 
@@ -492,9 +493,11 @@ impl Mirror {
         Ok(rustix::fs::fstatvfs(&self.root)?)
     }
 
-    /// The guard's folders inside the mirror's `/.relay` (made when missing), with what a
-    /// previous run left in staging dropped: those bytes were never committed.
-    pub fn guard_area(&self) -> io::Result<GuardArea> {
+    /// The guard's folders inside the mirror's `/.relay` (made when missing). What a previous
+    /// run left in staging (a writeback still open when the daemon was killed: never
+    /// committed) is moved to quarantine under `interrupted-...` names, never dropped; the
+    /// second value counts those files.
+    pub fn guard_area(&self) -> io::Result<(GuardArea, usize)> {
         let dir_at = |parent: BorrowedFd<'_>, name: &str| -> io::Result<OwnedFd> {
             match self.lookup(parent, OsStr::new(name)) {
                 Ok((fd, st)) if Kind::of(&st) == Kind::Dir => Ok(fd),
@@ -513,10 +516,23 @@ impl Mirror {
             staging: dir_at(guard.as_fd(), "staging")?,
             quarantine: dir_at(guard.as_fd(), "quarantine")?,
         };
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut kept = 0;
         for e in self.list(area.staging.as_fd())? {
-            let _ = unlink_in(area.staging.as_fd(), &e.name);
+            let mut to = OsString::from(format!("interrupted-{stamp}-"));
+            to.push(&e.name);
+            match self.quarantine(&area, &e.name, &to) {
+                Ok(()) => kept += 1,
+                Err(err) => tracing::error!(
+                    "a staged writeback left by a previous run ({}) could not be moved to \
+                     quarantine: {err}; it stays in staging",
+                    e.name.to_string_lossy()
+                ),
+            }
         }
-        Ok(area)
+        Ok((area, kept))
     }
 
     /// A new file in the guard's staging folder, open for reading and writing.

@@ -1501,3 +1501,113 @@ fn opening_a_replaced_writeback_for_writing_asks_the_kernel_to_look_again() {
         br#"{"event": "COMMENT", "body": "mine"}"#
     );
 }
+
+/// Wait (bounded) until the audit log's writer reports `failing`.
+fn wait_audit_fault(log: &AuditLog, failing: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while log.fault().is_some() != failing {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fault never {failing}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn nothing_audited_happens_while_the_audit_log_cannot_be_written() {
+    let (_d, root) = fixture_copy();
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_path = audit_dir.path().join("audit.jsonl");
+    let log = Arc::new(AuditLog::open(&audit_path).unwrap());
+    let fs = guard(&root, session(LEAD), Some(log.clone()));
+    let readme = "/github/repos/acme/api/metadata.json";
+    read_path(&fs, readme).unwrap();
+    let reviews = walk(&fs, "/github/repos/acme/api/pulls/42/reviews").unwrap();
+    // A writeback opened while the log works, closed while it does not.
+    let (_, open_wb) = fs
+        .create(
+            &ME,
+            reviews,
+            OsStr::new("late.json"),
+            0o644,
+            0o022,
+            OFlags::WRONLY,
+        )
+        .unwrap();
+    fs.write(open_wb.fh, 0, br#"{"event": "COMMENT", "body": "late"}"#)
+        .unwrap();
+
+    std::fs::rename(&audit_path, audit_dir.path().join("moved")).unwrap();
+    std::fs::create_dir(&audit_path).unwrap();
+    log.reopen();
+    wait_audit_fault(&log, true);
+
+    // Opening, creating, writing and removing are refused; looking and listing are not.
+    assert_eq!(read_path(&fs, readme).unwrap_err(), Error::EACCES);
+    let api = walk(&fs, "/github/repos/acme/api").unwrap();
+    assert!(names(&fs, "/github/repos/acme/api").contains(&"metadata.json".to_owned()));
+    assert_eq!(
+        fs.create(
+            &ME,
+            api,
+            OsStr::new("new.txt"),
+            0o644,
+            0o022,
+            OFlags::WRONLY
+        )
+        .unwrap_err(),
+        Error::EACCES
+    );
+    assert_eq!(
+        fs.mkdir(&ME, api, OsStr::new("d"), 0o755, 0o022)
+            .unwrap_err(),
+        Error::EACCES
+    );
+    assert_eq!(
+        fs.unlink(&ME, api, OsStr::new("metadata.json"))
+            .unwrap_err(),
+        Error::EACCES
+    );
+    // The open writeback is not committed unaudited: it goes to quarantine.
+    assert!(fs.release(open_wb.fh, ME.pid).is_err());
+    assert!(
+        !root
+            .join("github/repos/acme/api/pulls/42/reviews/late.json")
+            .exists()
+    );
+    let notice =
+        String::from_utf8(read_path(&fs, "/github/repos/acme/api/_PERMISSIONS.md").unwrap())
+            .unwrap();
+    assert!(
+        notice.contains("Nothing may be opened, created, changed or removed right now")
+            && notice.contains("cannot be written"),
+        "{notice}"
+    );
+
+    // The log is writable again: everything works, and the held records are all there.
+    std::fs::remove_dir(&audit_path).unwrap();
+    wait_audit_fault(&log, false);
+    read_path(&fs, readme).unwrap();
+    let records = audit_records(&log, &audit_path);
+    let recovered = records
+        .iter()
+        .position(|r| r["action"] == "audit.recovered")
+        .expect("a recovery record");
+    let held: Vec<&serde_json::Value> = records[..recovered].iter().collect();
+    assert!(
+        held.iter()
+            .any(|r| r["action"] == "scope.denied" && r["path"] == readme),
+        "the refusal of the read is in the log: {held:?}"
+    );
+    assert!(
+        held.iter().any(|r| r["action"] == "writeback.rejected"
+            && r["path"] == "/github/repos/acme/api/pulls/42/reviews/late.json"),
+        "{held:?}"
+    );
+    assert!(
+        records[recovered + 1..]
+            .iter()
+            .any(|r| r["action"] == "file.read" && r["path"] == readme)
+    );
+}

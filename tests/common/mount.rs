@@ -138,6 +138,19 @@ impl Issuer {
         v
     }
 
+    /// An access token for `identity` with `scopes` (within the identity's), living `ttl`
+    /// seconds.
+    pub fn mint_scoped(&self, identity: &str, scopes: &[&str], ttl: u64) -> String {
+        let (status, v) = self.call(
+            "POST",
+            "/v1/tokens",
+            Some(json!({"identityId": identity, "scopes": scopes, "expiresIn": ttl})),
+            None,
+        );
+        assert_eq!(status, 201, "{v}");
+        v["accessToken"].as_str().expect("accessToken").to_owned()
+    }
+
     /// An access token for a fresh identity with `scopes`.
     pub fn token(&self, scopes: &[&str]) -> String {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -215,6 +228,8 @@ pub struct MountOpts<'a> {
     pub relayauth_url: Option<&'a str>,
     /// Start the daemon with this open-file limit (soft and hard, as `ulimit -n` sets it).
     pub open_files: Option<u64>,
+    /// Write the audit log here instead of beside the mirror.
+    pub audit_log: Option<&'a Path>,
 }
 
 impl TestMount {
@@ -240,10 +255,40 @@ impl TestMount {
         if let Some(prepare) = opts.prepare {
             prepare(&mirror);
         }
+        let audit = opts.audit_log.map_or(audit, Path::to_owned);
+        let mut m = TestMount {
+            dir,
+            mirror,
+            mnt,
+            audit,
+            token_file,
+            child: None,
+        };
+        m.launch(issuer, &opts);
+        m
+    }
+
+    /// Mount the same mirror at the same mountpoint again (after the daemon died and the
+    /// mount was taken down).
+    pub fn restart(&mut self, issuer: &Issuer, opts: MountOpts<'_>) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.launch(issuer, &opts);
+    }
+
+    /// SIGKILL the daemon and reap it (the mount stays, dead: ENOTCONN).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn launch(&mut self, issuer: &Issuer, opts: &MountOpts<'_>) {
+        let (mirror, mnt) = (&self.mirror, &self.mnt);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_relayauth-mount"));
         cmd.arg("mount")
-            .arg(&mirror)
-            .arg(&mnt)
+            .arg(mirror)
+            .arg(mnt)
             .args([
                 "--workspace",
                 "ws_acme",
@@ -255,12 +300,12 @@ impl TestMount {
             .args(["--issuer", &issuer.iss, "--poll-interval", "200ms"]);
         match opts.credentials {
             Some(bundle) => cmd.arg("--credentials").arg(bundle),
-            None => cmd.arg("--token-file").arg(&token_file),
+            None => cmd.arg("--token-file").arg(&self.token_file),
         };
         cmd.arg("--audit-log")
-            .arg(&audit)
+            .arg(&self.audit)
             .args(&opts.args)
-            .env("XDG_RUNTIME_DIR", dir.path())
+            .env("XDG_RUNTIME_DIR", self.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(n) = opts.open_files {
@@ -281,7 +326,7 @@ impl TestMount {
         }
         let mut child = cmd.spawn().expect("start mount");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_mounted(&mnt) {
+        while !is_mounted(mnt) {
             if let Ok(Some(status)) = child.try_wait() {
                 let out = child.wait_with_output().expect("output");
                 panic!(
@@ -296,14 +341,7 @@ impl TestMount {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        TestMount {
-            dir,
-            mirror,
-            mnt,
-            audit,
-            token_file,
-            child: Some(child),
-        }
+        self.child = Some(child);
     }
 
     /// The daemon's process id.

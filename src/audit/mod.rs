@@ -11,16 +11,25 @@
 //! for every event, so a busy mount writes one batch per tick instead of paying a wake-up and a
 //! `write(2)` per file opened; every event is on disk within [`TICK`] of being recorded, and the
 //! file is synced to disk on [`AuditLog::close`].
+//!
+//! A log that cannot be written (disk full, I/O error, a path that can no longer be opened)
+//! loses nothing either: [`AuditLog::fault`] says so, the gate refuses every audited operation
+//! until the writer has written the held records, and the writer follows the log when it is
+//! rotated (see [`writer`]).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+mod writer;
+
+use std::fs::OpenOptions;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use writer::Fault;
+use writer::{Health, Msg, Writer};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -185,11 +194,6 @@ impl Event {
     }
 }
 
-enum Msg {
-    Event(Box<Event>),
-    Flush(SyncSender<io::Result<()>>),
-}
-
 /// The append-only audit log.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -198,36 +202,25 @@ pub struct AuditLog {
     writer: Mutex<Option<JoinHandle<io::Result<()>>>>,
     /// The writer thread, to wake it before its tick.
     thread: Thread,
-    /// Events queued and not yet taken by the writer.
-    pending: Arc<AtomicUsize>,
-    written: Arc<AtomicU64>,
+    health: Arc<Health>,
 }
 
 impl AuditLog {
     /// Open (append, mode 0600) the log at `path`, creating its directory.
     pub fn open(path: &Path) -> io::Result<AuditLog> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
+        let file = writer::open(path)?;
         let (tx, rx) = sync_channel(QUEUE);
-        let written = Arc::new(AtomicU64::new(0));
-        let pending = Arc::new(AtomicUsize::new(0));
-        let (count, taken) = (written.clone(), pending.clone());
+        let health = Arc::new(Health::default());
+        let w = Writer::new(path.to_owned(), file, health.clone())?;
         let writer = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || write_loop(file, rx, count, taken))?;
+            .spawn(move || w.run(rx))?;
         Ok(AuditLog {
             path: path.to_owned(),
             tx: Mutex::new(Some(tx)),
             thread: writer.thread().clone(),
             writer: Mutex::new(Some(writer)),
-            pending,
-            written,
+            health,
         })
     }
 
@@ -252,11 +245,11 @@ impl AuditLog {
         match tx {
             Some(tx) => {
                 // Wake the writer early when the queue fills up, so callers rarely block.
-                if self.pending.fetch_add(1, Ordering::Relaxed) + 1 == QUEUE / 2 {
+                if self.health.pending.fetch_add(1, Ordering::Relaxed) + 1 == QUEUE / 2 {
                     self.thread.unpark();
                 }
                 if let Err(e) = tx.send(Msg::Event(Box::new(event))) {
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    self.health.pending.fetch_sub(1, Ordering::Relaxed);
                     if let Msg::Event(ev) = e.0 {
                         self.append_directly(&ev);
                     }
@@ -273,13 +266,14 @@ impl AuditLog {
             .and_then(|mut f| write_event(&mut f, event));
         match result {
             Ok(()) => {
-                self.written.fetch_add(1, Ordering::Relaxed);
+                self.health.written.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => tracing::error!("audit log {}: cannot append: {e}", self.path.display()),
         }
     }
 
-    /// Wait until everything queued so far is written to the file.
+    /// Wait until everything queued so far is written to the file (an error while the log
+    /// cannot be written).
     pub fn flush(&self) -> io::Result<()> {
         let tx = self.tx.lock().clone();
         let Some(tx) = tx else {
@@ -294,9 +288,36 @@ impl AuditLog {
             .map_err(|_| io::Error::other("audit writer stopped"))?
     }
 
+    /// Open the file at the log's path again (after logrotate moved it; SIGHUP asks this).
+    /// The writer also notices a moved or removed log by itself within
+    /// [`writer::IDENTITY_CHECK`].
+    pub fn reopen(&self) {
+        let tx = self.tx.lock().clone();
+        if let Some(tx) = tx
+            && tx.send(Msg::Reopen).is_ok()
+        {
+            self.thread.unpark();
+        }
+    }
+
+    /// Why the log cannot be written, while it cannot: the gate refuses every audited
+    /// operation meanwhile rather than let one happen unaudited.
+    pub fn fault(&self) -> Option<Fault> {
+        self.health.fault()
+    }
+
     /// Events written so far.
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
+        self.health.written.load(Ordering::Relaxed)
+    }
+
+    /// Records waiting in memory for the file, and records lost since the mount started
+    /// (the log was down past [`writer::MAX_HELD`]).
+    pub fn backlog(&self) -> (usize, u64) {
+        (
+            self.health.held.load(Ordering::Relaxed),
+            self.health.lost.load(Ordering::Relaxed),
+        )
     }
 
     /// Write out and sync everything, and stop the writer.
@@ -323,53 +344,6 @@ impl Drop for AuditLog {
 fn write_event(out: &mut impl Write, event: &Event) -> io::Result<()> {
     serde_json::to_writer(&mut *out, event)?;
     out.write_all(b"\n")
-}
-
-fn write_loop(
-    file: File,
-    rx: Receiver<Msg>,
-    written: Arc<AtomicU64>,
-    pending: Arc<AtomicUsize>,
-) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
-    let mut failure: Option<io::Error> = None;
-    let mut note = |r: io::Result<()>| {
-        if let Err(e) = r {
-            tracing::error!("audit log: cannot write: {e}");
-            failure = Some(e);
-        }
-    };
-    loop {
-        // Senders never wake this thread (no blocking receive is waiting), so a burst of
-        // events costs no wake-ups; flush, close and a half-full queue unpark it.
-        std::thread::park_timeout(TICK);
-        let stopped = loop {
-            match rx.try_recv() {
-                Ok(Msg::Event(ev)) => {
-                    pending.fetch_sub(1, Ordering::Relaxed);
-                    let r = write_event(&mut out, &ev);
-                    if r.is_ok() {
-                        written.fetch_add(1, Ordering::Relaxed);
-                    }
-                    note(r);
-                }
-                Ok(Msg::Flush(ack)) => {
-                    let _ = ack.send(out.flush());
-                }
-                Err(TryRecvError::Empty) => break false,
-                Err(TryRecvError::Disconnected) => break true,
-            }
-        };
-        note(out.flush());
-        if stopped {
-            break;
-        }
-    }
-    out.get_ref().sync_all()?;
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -482,5 +456,107 @@ mod tests {
             "unmount",
         ));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is a whole record"))
+            .collect()
+    }
+
+    fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        // Bounds a broken writer; the writer acts within a tick or an identity check.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn read_event(i: usize) -> Event {
+        Event::new("file.read", Outcome::Allowed, &actor(), "open").path(format!("/f{i}"))
+    }
+
+    #[test]
+    fn a_moved_log_is_followed_and_no_record_is_lost_or_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotated = dir.path().join("audit.jsonl.1");
+        let log = AuditLog::open(&path).unwrap();
+        for i in 0..100 {
+            log.record(read_event(i));
+        }
+        log.flush().unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        // Written around the move: in one file or the other, never in both.
+        for i in 100..200 {
+            log.record(read_event(i));
+        }
+        // No reopen asked: the writer notices the move by itself.
+        wait_for("a new file at the path", || path.exists());
+        for i in 200..300 {
+            log.record(read_event(i));
+        }
+        log.close().unwrap();
+        let mut seen: Vec<String> = lines(&rotated)
+            .into_iter()
+            .chain(lines(&path))
+            .map(|l| l["path"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(lines(&path).iter().any(|l| l["path"] == "/f299"));
+        assert!(lines(&rotated).iter().any(|l| l["path"] == "/f0"));
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            300,
+            "every record exactly once across both files"
+        );
+        assert_eq!(log.written(), 300);
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_holds_its_records_and_says_so_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        log.record(read_event(0));
+        log.flush().unwrap();
+        assert!(log.fault().is_none());
+        // The log is moved away and its path can no longer be opened as a file.
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        log.reopen();
+        wait_for("a fault", || log.fault().is_some());
+        let fault = log.fault().unwrap();
+        assert!(fault.error.contains("directory"), "{fault:?}");
+        for i in 1..=50 {
+            log.record(read_event(i));
+        }
+        assert!(
+            log.flush().is_err(),
+            "a flush reports that nothing could be written"
+        );
+        assert_eq!(log.backlog().0, 50);
+        // Space (here: the path) comes back: the held records land, then the recovery.
+        std::fs::remove_dir(&path).unwrap();
+        wait_for("recovery", || log.fault().is_none());
+        log.flush().unwrap();
+        let got = lines(&path);
+        assert_eq!(got.len(), 51);
+        let paths: Vec<&str> = got[..50]
+            .iter()
+            .map(|l| l["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            (1..=50).map(|i| format!("/f{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(got[50]["action"], "audit.recovered");
+        assert_eq!(got[50]["metadata"]["heldRecords"], 50);
+        assert_eq!(got[50]["metadata"]["lostRecords"], 0);
+        assert_eq!(log.backlog(), (0, 0));
     }
 }
