@@ -429,15 +429,6 @@ print('closed', flush=True)"
 }
 
 /// The peak resident memory of a process, in KiB (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// A tree as deep as PATH_MAX allows, and then some: the mount refuses the next level with
 /// ENAMETOOLONG, and neither the daemon's memory nor the audit log grows with the square of the
 /// depth.

@@ -13,8 +13,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::mount::*;
@@ -149,42 +147,6 @@ fn make_tree(root: &Path, n: usize) {
             file.set_modified(old + Duration::from_secs((d * 100 + f) as u64))
                 .unwrap();
         }
-    }
-}
-
-/// Count the daemon's open descriptors every 20 ms until stopped; the highest count seen.
-struct FdWatch {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicUsize>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl FdWatch {
-    fn start(pid: u32) -> FdWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicUsize::new(0));
-        let (s, p) = (stop.clone(), peak.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-                    p.fetch_max(rd.count(), Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        FdWatch {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    fn peak(&mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed)
     }
 }
 

@@ -134,3 +134,61 @@ fn the_errno_table_is_what_the_verdicts_map_to() {
         assert_eq!(d.errno(), Some(want), "{situation}");
     }
 }
+
+/// Every `fn` under `dir` (recursively), by name.
+fn functions_in(dir: &std::path::Path, out: &mut std::collections::BTreeSet<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            functions_in(&path, out);
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for rest in text.split("fn ").skip(1) {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                out.insert(name);
+            }
+        }
+    }
+}
+
+/// The threat model in README.md names tests; each must exist (a renamed or deleted test would
+/// leave a class without the proof the README claims).
+#[test]
+fn every_test_the_threat_model_names_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let model = readme
+        .split("## Threat model")
+        .nth(1)
+        .expect("a threat model section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut defined = std::collections::BTreeSet::new();
+    functions_in(&root.join("tests"), &mut defined);
+    functions_in(&root.join("src"), &mut defined);
+    let named: Vec<&str> = model
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|t| t.rsplit("::").next().unwrap_or(t))
+        .filter(|t| {
+            t.matches('_').count() >= 2
+                && t.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .collect();
+    assert!(
+        named.len() > 50,
+        "the threat model names {} tests",
+        named.len()
+    );
+    let missing: Vec<&&str> = named.iter().filter(|n| !defined.contains(**n)).collect();
+    assert!(
+        missing.is_empty(),
+        "README's threat model names tests that do not exist: {missing:?}"
+    );
+}
