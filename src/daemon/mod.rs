@@ -90,7 +90,7 @@ pub fn run(spec: MountSpec) -> Result<Exit, Failure> {
             Ok(pipe) => reporter.pipe = Some(pipe),
         }
     }
-    init_logging();
+    let _log = init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

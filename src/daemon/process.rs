@@ -173,13 +173,22 @@ pub(super) fn daemon_log(mountpoint: &Path) -> PathBuf {
     base.join(format!("daemon-{stem}.log"))
 }
 
-pub(super) fn init_logging() {
+/// Log to stderr (the log file in the background) through a writer thread: a FUSE handler
+/// never blocks on the log, even when nothing reads stderr. Under a flood of messages the
+/// oldest unwritten lines are dropped rather than stall the mount (the audit log, not this,
+/// is the record of decisions). Keep the guard until exit: dropping it writes out the rest.
+pub(super) fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RELAYAUTH_MOUNT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .try_init();
+    guard
 }

@@ -194,6 +194,8 @@ pub struct TestMount {
     pub audit: PathBuf,
     pub token_file: PathBuf,
     child: Option<Child>,
+    /// Reads the daemon's stderr as it comes, so a chatty daemon never fills the pipe.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 fn copy_tree(src: &Path, dst: &Path) {
@@ -263,6 +265,7 @@ impl TestMount {
             audit,
             token_file,
             child: None,
+            stderr: None,
         };
         m.launch(issuer, &opts);
         m
@@ -281,6 +284,7 @@ impl TestMount {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.stderr_text();
     }
 
     fn launch(&mut self, issuer: &Issuer, opts: &MountOpts<'_>) {
@@ -325,6 +329,12 @@ impl TestMount {
             }
         }
         let mut child = cmd.spawn().expect("start mount");
+        let mut pipe = child.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut pipe, &mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        });
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(mnt) {
             if let Ok(Some(status)) = child.try_wait() {
@@ -332,7 +342,7 @@ impl TestMount {
                 panic!(
                     "mount exited with {status} before mounting:\n{}\n{}",
                     String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
+                    stderr.join().unwrap_or_default()
                 );
             }
             assert!(
@@ -342,6 +352,15 @@ impl TestMount {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
+        self.stderr = Some(stderr);
+    }
+
+    /// What the daemon wrote to stderr, once it has exited.
+    fn stderr_text(&mut self) -> String {
+        self.stderr
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// The daemon's process id.
@@ -419,10 +438,7 @@ impl TestMount {
         loop {
             if let Ok(Some(_)) = child.try_wait() {
                 let out = child.wait_with_output().expect("output");
-                return (
-                    out.status.code(),
-                    String::from_utf8_lossy(&out.stderr).into_owned(),
-                );
+                return (out.status.code(), self.stderr_text());
             }
             if Instant::now() >= deadline {
                 self.child = Some(child);
@@ -442,10 +458,7 @@ impl TestMount {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
         let out = child.wait_with_output().expect("wait mount");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code(), self.stderr_text())
     }
 }
 
