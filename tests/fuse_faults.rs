@@ -1,7 +1,8 @@
 //! Faults, each against a real mount: the audit log's disk full and the log rotated; the
 //! daemon killed with SIGKILL; relayauth stalled, answering garbage, gone and back; the JWKS
 //! rotated with the old key withdrawn; the token path turned into a directory, a huge file or
-//! a symlink loop. In each the guard must fail closed, lose nothing and recover.
+//! a symlink loop; the mirror changed underneath (replaced by rename, moved aside). In each
+//! the guard must fail closed, lose nothing and recover.
 
 mod common;
 
@@ -707,4 +708,84 @@ fn the_syncer_replacing_files_underneath_tears_nothing_and_loses_nothing() {
         .unwrap()
         .count() as u64;
     assert_eq!(kept, stale, "every ESTALE writeback is kept");
+}
+
+/// The mirror moves an object aside (not removes it) and puts another at its name while the
+/// kernel still caches the name: a file, its directory, its grandparent. Reads, stats,
+/// listings and writebacks through the name must reach what the name holds now, as on a
+/// native filesystem, never `ENOENT` for a name that exists and never the object that left.
+#[test]
+fn a_name_moved_aside_and_filled_again_resolves_to_what_is_there_now() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(&issuer, &issuer.token(WRITER), MountOpts::default());
+    let rel = "github/repos/acme/api/pulls/42/reviews/draft-lead-review.json";
+    let through = m.mnt.join(rel);
+    let moved = [
+        rel,
+        "github/repos/acme/api/pulls/42/reviews",
+        "github/repos/acme/api/pulls/42",
+    ];
+    for (round, what) in moved.iter().enumerate() {
+        // Every name on the way is in the kernel's cache (a single-session mount's TTL).
+        std::fs::metadata(&through).unwrap();
+        std::fs::read(&through).unwrap();
+        let _ = std::fs::read_dir(through.parent().unwrap())
+            .unwrap()
+            .count();
+        let aside = m.mirror_at(&format!("{what}.aside"));
+        std::fs::rename(m.mirror_at(what), &aside).unwrap();
+        std::fs::create_dir_all(m.mirror_at(rel).parent().unwrap()).unwrap();
+        let body = json!({"event": "COMMENT", "body": format!("placed in round {round}")});
+        std::fs::write(m.mirror_at(rel), body.to_string()).unwrap();
+
+        let read = std::fs::read(&through).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(read, body.to_string().as_bytes(), "round {round}");
+        let len = std::fs::metadata(&through).unwrap().len();
+        assert_eq!(len, body.to_string().len() as u64, "round {round}");
+        let names = |dir: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('_'))
+                .collect();
+            v.sort();
+            v
+        };
+        let listed = names(through.parent().unwrap());
+        assert_eq!(
+            listed,
+            names(m.mirror_at(rel).parent().unwrap()),
+            "round {round}"
+        );
+        assert_eq!(
+            listed.len(),
+            if round == 0 { 3 } else { 1 },
+            "round {round}"
+        );
+        // A writeback through the name replaces the file that is there now.
+        let mine = json!({"event": "COMMENT", "body": format!("written in round {round}")});
+        std::fs::write(&through, mine.to_string())
+            .unwrap_or_else(|e| panic!("round {round}: writeback: {e}"));
+        assert_eq!(
+            std::fs::read(m.mirror_at(rel)).unwrap(),
+            mine.to_string().as_bytes(),
+            "round {round}"
+        );
+        // What was moved aside is untouched.
+        let aside_file = if round == 0 {
+            aside.clone()
+        } else {
+            aside.join(&rel[what.len() + 1..])
+        };
+        let kept: Value = serde_json::from_slice(&std::fs::read(&aside_file).unwrap()).unwrap();
+        assert_ne!(kept["body"], mine["body"], "round {round}");
+        if aside.is_dir() {
+            std::fs::remove_dir_all(&aside).unwrap();
+        } else {
+            std::fs::remove_file(&aside).unwrap();
+        }
+    }
 }

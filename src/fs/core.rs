@@ -209,8 +209,11 @@ impl GuardFs {
     }
 
     /// The node `ino`, checked to still be where its path says: a directory (or file) moved
-    /// in the mirror behind the guard's back (into a hidden area, say) is `ENOENT` until it
-    /// is looked up again where it is now, so nothing is ever decided on a path it left. A
+    /// in the mirror behind the guard's back (into a hidden area, say, or out of the way of
+    /// the syncer's replacement, or briefly into the staging area by a writeback's exchange)
+    /// is `ESTALE`, so nothing is ever decided on a path it left. The kernel then looks the
+    /// name up again and retries on what the name holds now, as a native filesystem would
+    /// have resolved it; a name that holds nothing any more is `ENOENT` from that lookup. A
     /// staged new file is checked through its directory (it is not in the mirror yet); a
     /// generated file through the directory it describes.
     pub(crate) fn located(&self, ino: Ino) -> FsResult<Arc<Node>> {
@@ -231,7 +234,7 @@ impl GuardFs {
             Some(here) => here,
             None => self.chain_in_place(&anchor),
         };
-        if here { Ok(node) } else { Err(Error::ENOENT) }
+        if here { Ok(node) } else { Err(Error::ESTALE) }
     }
 
     /// The slow form of the location check, for paths too long for the kernel to name: each
@@ -278,7 +281,7 @@ impl GuardFs {
     /// The `O_PATH` descriptor of a mirror object (or the file behind a relay view). When the
     /// table dropped it, it is found again from the nearest ancestor still held, one name at a
     /// time, each checked to be the very object the node stands for: a name that now holds
-    /// something else is `ENOENT` (the node is not where it was).
+    /// something else is `ESTALE` (the node is not where it was; see [`GuardFs::located`]).
     pub(crate) fn fd_of(&self, node: &Node) -> FsResult<Arc<OwnedFd>> {
         if let Some(fd) = node.fd() {
             return Ok(fd);
@@ -303,7 +306,7 @@ impl GuardFs {
             let b = n.backing().ok_or(Error::ENOENT)?;
             let (fd, st) = self.mirror.lookup(base.as_fd(), &n.location().name)?;
             if (st.st_dev, st.st_ino, Kind::of(&st)) != (b.dev, b.ino, b.kind) {
-                return Err(Error::ENOENT);
+                return Err(Error::ESTALE);
             }
             base = self.inodes.hold(&n, fd);
         }

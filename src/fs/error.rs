@@ -56,6 +56,9 @@ impl Error {
     pub const ENOTSUP: Error = Error::of(libc::ENOTSUP);
     pub const ERANGE: Error = Error::of(libc::ERANGE);
     pub const EFBIG: Error = Error::of(libc::EFBIG);
+    /// The node the kernel asked about no longer stands where its name is: the kernel looks
+    /// the name up again (once, with revalidation) and retries the call on what is there now.
+    pub const ESTALE: Error = Error::of(libc::ESTALE);
 
     /// An errno with nothing more to say, at the level its errno suggests.
     pub const fn of(errno: i32) -> Error {
@@ -146,6 +149,7 @@ const fn level_of(errno: i32) -> Level {
         | libc::ENOTSUP
         | libc::ERANGE
         | libc::ENAMETOOLONG
+        | libc::ESTALE
         | libc::EBADF => Level::Debug,
         _ => Level::Warn,
     }

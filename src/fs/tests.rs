@@ -1041,9 +1041,10 @@ fn descriptors_are_bounded_and_found_again_by_name() {
     std::fs::write(many.join("impostor"), "impostor").unwrap();
     std::fs::rename(many.join("impostor"), many.join("f299")).unwrap();
     let last = inos[299];
+    // ESTALE: the kernel looks the name up again.
     assert_eq!(
         fs.open(&ME, last, OFlags::RDONLY).unwrap_err(),
-        Error::ENOENT
+        Error::ESTALE
     );
     // Looked up again, the name is the new object.
     let again = walk(&fs, "/node_modules/many/f299").unwrap();
@@ -1500,6 +1501,71 @@ fn opening_a_replaced_writeback_for_writing_asks_the_kernel_to_look_again() {
         std::fs::read(&path).unwrap(),
         br#"{"event": "COMMENT", "body": "mine"}"#
     );
+}
+
+/// A node whose object the mirror moved away (not removed) while something else took its name:
+/// the syncer's rename dance, a writeback's exchange, a directory moved aside and recreated.
+/// Every call on the old node is `ESTALE`, so the kernel looks the name up again and answers
+/// from what the name holds now (never `ENOENT` for a name that exists, never the old object).
+#[test]
+fn a_node_moved_away_underneath_is_stale_not_missing() {
+    let (_d, root) = fixture_copy();
+    let fs = guard(&root, session(LEAD), None);
+    let read = OFlags::RDONLY;
+    // A file moved aside, a new one at its name; then its directory, then its grandparent.
+    let rel = "github/repos/acme/api/pulls/42/reviews/draft-lead-review.json";
+    let file = walk(&fs, &format!("/{rel}")).unwrap();
+    let aside = root.join("github/repos/acme/api/pulls/42/aside.json");
+    std::fs::rename(root.join(rel), &aside).unwrap();
+    std::fs::write(root.join(rel), br#"{"event": "COMMENT", "body": "newer"}"#).unwrap();
+    assert_eq!(fs.open(&ME, file, read).unwrap_err(), Error::ESTALE);
+    assert_eq!(fs.getattr(&ME, file, None).unwrap_err(), Error::ESTALE);
+    assert!(
+        String::from_utf8(read_path(&fs, &format!("/{rel}")).unwrap())
+            .unwrap()
+            .contains("newer")
+    );
+    for dir in [
+        "github/repos/acme/api/pulls/42/reviews",
+        "github/repos/acme/api/pulls/42",
+    ] {
+        let ino = walk(&fs, &format!("/{dir}")).unwrap();
+        let file = walk(&fs, &format!("/{rel}")).unwrap();
+        let moved = root.join(format!("{dir}-moved"));
+        std::fs::rename(root.join(dir), &moved).unwrap();
+        std::fs::create_dir_all(root.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(
+            root.join(rel),
+            br#"{"event": "COMMENT", "body": "rebuilt"}"#,
+        )
+        .unwrap();
+        assert_eq!(fs.opendir(&ME, ino).unwrap_err(), Error::ESTALE, "{dir}");
+        assert_eq!(
+            fs.lookup(&ME, ino, OsStr::new("reviews"))
+                .map(|_| ())
+                .unwrap_err(),
+            Error::ESTALE,
+            "{dir}"
+        );
+        assert_eq!(
+            fs.open(&ME, file, read).unwrap_err(),
+            Error::ESTALE,
+            "{dir}"
+        );
+        assert!(
+            String::from_utf8(read_path(&fs, &format!("/{rel}")).unwrap())
+                .unwrap()
+                .contains("rebuilt"),
+            "{dir}"
+        );
+        std::fs::remove_dir_all(&moved).unwrap();
+    }
+    // Removed outright (no longer anywhere), the name free: the node stays what it was (an
+    // open-then-unlinked file reads natively), and the name is ENOENT.
+    let file = walk(&fs, &format!("/{rel}")).unwrap();
+    std::fs::remove_file(root.join(rel)).unwrap();
+    assert!(fs.getattr(&ME, file, None).is_ok());
+    assert_eq!(walk(&fs, &format!("/{rel}")).unwrap_err(), Error::ENOENT);
 }
 
 /// Wait (bounded) until the audit log's writer reports `failing`.
