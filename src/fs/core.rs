@@ -208,14 +208,15 @@ impl GuardFs {
         super::inode::checked_child_path(&dir.path(), name).map_err(Error::of)
     }
 
-    /// The node `ino`, checked to still be where its path says: a directory (or file) moved
-    /// in the mirror behind the guard's back (into a hidden area, say, or out of the way of
-    /// the syncer's replacement, or briefly into the staging area by a writeback's exchange)
-    /// is `ESTALE`, so nothing is ever decided on a path it left. The kernel then looks the
-    /// name up again and retries on what the name holds now, as a native filesystem would
-    /// have resolved it; a name that holds nothing any more is `ENOENT` from that lookup. A
-    /// staged new file is checked through its directory (it is not in the mirror yet); a
-    /// generated file through the directory it describes.
+    /// The node `ino`, checked to still be where its path says, so nothing is ever decided on
+    /// a path it left. A directory (or file) moved in the mirror behind the guard's back is
+    /// `ENOENT` when its path holds nothing now (moved into a hidden area, say: as if it had
+    /// been removed from the caller's view), and `ESTALE` when something else holds the path
+    /// (the syncer's replacement, a directory moved aside and made again, a writeback's
+    /// exchange briefly holding the old file in the staging area): the kernel then looks the
+    /// name up again and retries on what is there now, as a native filesystem would have
+    /// resolved the name. A staged new file is checked through its directory (it is not in
+    /// the mirror yet); a generated file through the directory it describes.
     pub(crate) fn located(&self, ino: Ino) -> FsResult<Arc<Node>> {
         let node = self.node(ino)?;
         let anchor = match &node.kind {
@@ -234,7 +235,13 @@ impl GuardFs {
             Some(here) => here,
             None => self.chain_in_place(&anchor),
         };
-        if here { Ok(node) } else { Err(Error::ESTALE) }
+        if here {
+            Ok(node)
+        } else if self.mirror.occupied(&anchor.path()) {
+            Err(Error::ESTALE)
+        } else {
+            Err(Error::ENOENT)
+        }
     }
 
     /// The slow form of the location check, for paths too long for the kernel to name: each

@@ -130,6 +130,24 @@ impl Mirror {
         Ok((fd, st))
     }
 
+    /// Whether anything is at `path` (from the root, no symlink followed on the way). Only
+    /// for choosing between "look again" and "gone" when a node left its path: nothing is
+    /// decided on what it finds.
+    pub fn occupied(&self, path: &[u8]) -> bool {
+        let rel = path.strip_prefix(b"/").unwrap_or(path);
+        let rel = if rel.is_empty() { &b"."[..] } else { rel };
+        rustix::fs::openat2(
+            &self.root,
+            OsStr::from_bytes(rel),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            rustix::fs::ResolveFlags::BENEATH
+                | rustix::fs::ResolveFlags::NO_SYMLINKS
+                | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+        )
+        .is_ok()
+    }
+
     pub fn stat(&self, fd: BorrowedFd<'_>) -> io::Result<Stat> {
         Ok(rustix::fs::fstat(fd)?)
     }

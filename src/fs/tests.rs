@@ -1560,6 +1560,12 @@ fn a_node_moved_away_underneath_is_stale_not_missing() {
         );
         std::fs::remove_dir_all(&moved).unwrap();
     }
+    // Moved aside with nothing at its name: gone from where the caller knew it (ENOENT; the
+    // kernel would find nothing by looking again), and never followed to where it went.
+    let file = walk(&fs, &format!("/{rel}")).unwrap();
+    std::fs::rename(root.join(rel), &aside).unwrap();
+    assert_eq!(fs.open(&ME, file, read).unwrap_err(), Error::ENOENT);
+    std::fs::rename(&aside, root.join(rel)).unwrap();
     // Removed outright (no longer anywhere), the name free: the node stays what it was (an
     // open-then-unlinked file reads natively), and the name is ENOENT.
     let file = walk(&fs, &format!("/{rel}")).unwrap();
