@@ -18,6 +18,10 @@ pub enum Exit {
     Usage = 2,
     /// A foreground mount whose own session ended (revoked, expired, refused): it unmounted.
     SessionEnded = 3,
+    /// `run`: the command was found but could not be executed (as shells report it).
+    CannotExecute = 126,
+    /// `run`: the command was not found (as shells report it).
+    CommandNotFound = 127,
 }
 
 impl Exit {

@@ -632,12 +632,16 @@ pub struct MountConfig {
     pub other_users: bool,
 }
 
+/// A mount being served: its threads, the signal that it ended, and the channel for telling
+/// the kernel to drop what it caches.
+pub struct Mounted {
+    pub bg: fuser::BackgroundSession,
+    pub ended: Ended,
+    pub notifier: fuser::Notifier,
+}
+
 /// Mount `fs` at `mountpoint` and serve it on background threads.
-pub fn mount(
-    fs: Arc<GuardFs>,
-    mountpoint: &Path,
-    cfg: &MountConfig,
-) -> io::Result<(fuser::BackgroundSession, Ended)> {
+pub fn mount(fs: Arc<GuardFs>, mountpoint: &Path, cfg: &MountConfig) -> io::Result<Mounted> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(cfg.source_name.clone()),
@@ -657,7 +661,30 @@ pub fn mount(
     let (alive, watch) = tokio::sync::watch::channel(());
     let adapter = FuseAdapter { fs, _alive: alive };
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
-    Ok((session.spawn()?, Ended(watch)))
+    let notifier = session.notifier();
+    Ok(Mounted {
+        bg: session.spawn()?,
+        ended: Ended(watch),
+        notifier,
+    })
+}
+
+/// Make the kernel forget every entry and attribute it caches for `fs` (and the pages of its
+/// files), so that from now on each caller's view is asked for again. Never called from a
+/// FUSE handler: the kernel may need the daemon's threads to answer while it invalidates.
+/// Returns how many entries were invalidated.
+pub fn forget_cached(notifier: &fuser::Notifier, fs: &GuardFs) -> usize {
+    let mut n = 0;
+    for (parent, name, ino) in fs.cached_entries() {
+        // ENOENT (the kernel no longer has it) is no error for an invalidation; fuser maps
+        // it to Ok. Other errors (the mount is going away) end the pass.
+        if notifier.inval_entry(INodeNo(parent), &name).is_err() {
+            break;
+        }
+        let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
+        n += 1;
+    }
+    n
 }
 
 /// A reasonable number of worker threads for this machine.

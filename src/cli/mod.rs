@@ -6,6 +6,7 @@
 mod check;
 mod issuer;
 mod mount;
+mod run;
 mod scopes;
 mod token;
 
@@ -35,6 +36,8 @@ enum Command {
     Status(mount::StatusArgs),
     /// Unmount a guarded view.
     Unmount(mount::UnmountArgs),
+    /// Run a command (an agent) under its own token in a mount: it and everything it starts.
+    Run(run::RunArgs),
     /// Run a local development token issuer (not relayauth; not for production).
     DevIssuer(issuer::DevIssuerArgs),
 }
@@ -59,6 +62,10 @@ pub fn run() -> i32 {
         }
     };
     let outcome = match cli.command {
+        Command::Run(args) => match run::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Check(args) => check::run(args),
         Command::Scopes(cmd) => scopes::run(cmd),
         Command::Token(cmd) => token::run(cmd),

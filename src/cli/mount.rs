@@ -127,7 +127,7 @@ pub struct StatusArgs {
 
 pub fn run_status(args: StatusArgs) -> CliResult {
     let v =
-        control::request(&args.mountpoint, control::Request::Status).map_err(Failure::failed)?;
+        control::request(&args.mountpoint, &control::Request::Status).map_err(Failure::failed)?;
     if v["ok"] != true {
         return Err(Failure::failed(
             v["error"]
@@ -204,7 +204,7 @@ pub struct UnmountArgs {
 
 pub fn run_unmount(args: UnmountArgs) -> CliResult {
     let mp = control::canonical_mountpoint(&args.mountpoint);
-    match control::request(&mp, control::Request::Unmount) {
+    match control::request(&mp, &control::Request::Unmount) {
         Ok(v) if v["ok"] == true => {
             // The daemon unmounts after answering; wait until the mount is gone.
             let deadline = std::time::Instant::now() + Duration::from_secs(15);

@@ -1,9 +1,10 @@
-//! The mount's control socket: `status` and `unmount` talk to the daemon through it.
+//! The mount's control socket: `status`, `unmount` and `run` talk to the daemon through it.
 //!
 //! One Unix socket per mount, in a private runtime directory (mode 0700), named after a hash of
 //! the canonical mountpoint so any command given the mountpoint finds it. Requests and answers
 //! are one JSON object per line. Every connection's peer is checked with `SO_PEERCRED`: only the
-//! daemon's own user (or root) is answered.
+//! daemon's own user (or root) is answered, and a registration is always of the peer process
+//! itself (the pid a request names must be the peer's), never of a pid someone else chose.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -14,20 +15,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// A request on the control socket: one JSON object per line, tagged by `op`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// The mount's session, expiry and decision counts.
     Status,
     /// Unmount and stop the daemon.
     Unmount,
+    /// Make the sending process (and every descendant) act under `token`. `pid` is the
+    /// sender's own pid: the daemon refuses the request unless the socket's peer is that very
+    /// process.
+    Register { token: String, pid: u32 },
 }
 
 impl Request {
     /// A request line as the daemon reads it: anything else is refused with the reason.
     pub fn parse(line: &str) -> Result<Request, String> {
         serde_json::from_str(line).map_err(|e| {
-            format!("bad request ({e}); send {{\"op\":\"status\"}} or {{\"op\":\"unmount\"}}")
+            format!(
+                "bad request ({e}); send {{\"op\":\"status\"}}, {{\"op\":\"unmount\"}} or \
+                 {{\"op\":\"register\",\"token\":...,\"pid\":...}}"
+            )
         })
     }
 }
@@ -77,7 +85,7 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 }
 
 /// Send one request to the daemon of `mountpoint` and read its answer.
-pub fn request(mountpoint: &Path, req: Request) -> Result<Value, String> {
+pub fn request(mountpoint: &Path, req: &Request) -> Result<Value, String> {
     let path = socket_path(mountpoint);
     let mut stream = UnixStream::connect(&path).map_err(|e| {
         format!(
@@ -89,7 +97,7 @@ pub fn request(mountpoint: &Path, req: Request) -> Result<Value, String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_string(&req).map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
@@ -128,5 +136,19 @@ mod tests {
             serde_json::to_string(&Request::Unmount).unwrap(),
             r#"{"op":"unmount"}"#
         );
+        assert_eq!(
+            Request::parse(r#"{"op":"register","token":"t","pid":7}"#),
+            Ok(Request::Register {
+                token: "t".into(),
+                pid: 7
+            })
+        );
+        for bad in [
+            r#"{"op":"register","token":"t"}"#,
+            r#"{"op":"register","token":"t","pid":-1}"#,
+            r#"{"op":"register","token":"t","pid":7,"root":1}"#,
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod control;
 mod process;
+mod register;
 mod serving;
 mod startup;
 mod status;
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     pub mountpoint: PathBuf,
     pub policy_file: Option<PathBuf>,
     pub started: SystemTime,
+    /// Tells the kernel to drop cached entries (when a second session registers).
+    pub notifier: fuser::Notifier,
 }
 
 /// Why the daemon stops.

@@ -348,7 +348,11 @@ pub(super) async fn start(
         source_name: source.display().to_string(),
         other_users: spec.allow_other_users,
     };
-    let (bg, ended) = crate::fuse::mount(fs.clone(), &mountpoint, &cfg).or_else(|e| {
+    let crate::fuse::Mounted {
+        bg,
+        ended,
+        notifier,
+    } = crate::fuse::mount(fs.clone(), &mountpoint, &cfg).or_else(|e| {
         fail(
             Exit::No,
             format!(
@@ -368,6 +372,7 @@ pub(super) async fn start(
         mountpoint: mountpoint.clone(),
         policy_file,
         started: SystemTime::now(),
+        notifier,
     });
     let conn = tasks::connection_of(&mountpoint);
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel::<Stop>(8);

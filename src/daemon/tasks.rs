@@ -15,6 +15,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
 
+use super::register;
 use super::{Shared, Stop, control, status_json};
 use crate::audit::{Event, Outcome};
 use crate::credentials::CredentialSource;
@@ -152,9 +153,15 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
                 continue;
             }
         };
-        let allowed = stream
-            .peer_cred()
-            .is_ok_and(|c| c.uid() == me || c.uid() == 0);
+        let cred = stream.peer_cred().ok();
+        let allowed = cred.is_some_and(|c| c.uid() == me || c.uid() == 0);
+        let peer = register::Peer {
+            uid: cred.map_or(u32::MAX, |c| c.uid()),
+            pid: cred
+                .and_then(|c| c.pid())
+                .and_then(|p| u32::try_from(p).ok()),
+            pidfd: register::peer_pidfd(std::os::fd::AsRawFd::as_raw_fd(&stream)),
+        };
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -173,6 +180,9 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
                     Ok(control::Request::Unmount) => {
                         let _ = stop.send(Stop::Requested).await;
                         json!({"ok": true})
+                    }
+                    Ok(control::Request::Register { token, pid }) => {
+                        register::register(&shared, peer, &token, pid).await
                     }
                     Err(e) => control::error(e),
                 }

@@ -164,6 +164,16 @@ impl GuardFs {
         })
     }
 
+    /// How the view was set up (cache times, limits).
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Every entry the kernel may cache, as `(parent, name, ino)` (see [`Inodes::known`]).
+    pub fn cached_entries(&self) -> Vec<(Ino, std::ffi::OsString, Ino)> {
+        self.inodes.known()
+    }
+
     pub fn stats(&self) -> &Stats {
         self.gate.stats()
     }

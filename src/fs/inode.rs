@@ -370,6 +370,21 @@ impl Inodes {
         }
     }
 
+    /// Every node the kernel may still cache, as `(parent, name, ino)`: what has to be
+    /// invalidated when the kernel's caches must stop answering for the daemon (a second
+    /// session registered).
+    pub fn known(&self) -> Vec<(Ino, std::ffi::OsString, Ino)> {
+        let t = self.table.read();
+        t.nodes
+            .values()
+            .filter(|n| n.ino != ROOT)
+            .map(|n| {
+                let loc = n.loc.read();
+                (loc.parent, loc.name.clone(), n.ino)
+            })
+            .collect()
+    }
+
     pub fn get(&self, ino: Ino) -> Option<Arc<Node>> {
         self.table.read().nodes.get(&ino).cloned()
     }

@@ -396,7 +396,7 @@ fn fuse_smoke() {
         other_users: false,
     };
     // Dropping the session unmounts, also when an assertion below fails.
-    let (bg, _ended) = crate::fuse::mount(fs, &mnt, &cfg).unwrap();
+    let crate::fuse::Mounted { bg, .. } = crate::fuse::mount(fs, &mnt, &cfg).unwrap();
     let mut top: Vec<String> = std::fs::read_dir(&mnt)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

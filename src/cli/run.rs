@@ -1,0 +1,251 @@
+//! `relayauth-mount run`: start an agent under its own token in an existing mount.
+//!
+//! The daemon decides (it verifies the token, checks the workspace, the parent and revocation)
+//! and registers this very process; the agent then runs as this process's child, so it and
+//! every descendant act under the token. `run` makes itself a child subreaper first: a
+//! descendant that double-forks is re-parented to `run`, not to init, and so stays inside the
+//! registered tree. Nothing the agent started outlives `run`: when the command exits, what is
+//! left of its tree is sent SIGTERM and, after a grace period, SIGKILL (left running, it would
+//! act as the mount's user). Signals `run` receives are passed to the command; its exit status
+//! is `run`'s (128 + N when it was killed by signal N).
+
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clap::{ArgGroup, Args};
+
+use super::token::TokenSourceArgs;
+use super::{Exit, Failure};
+use crate::daemon::control;
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("token_source").required(true).args(["token_file", "token_env", "credentials"])))]
+#[command(
+    after_help = "Example:\n  relayauth-mount run --mountpoint ~/relay --token-file reviewer.jwt -- \
+                        python3 review.py\n\nThe command and everything it starts act under the \
+                        token; what is left running when the command exits is stopped."
+)]
+pub struct RunArgs {
+    /// The guarded view to run in (a mountpoint of `relayauth-mount mount`).
+    #[arg(long, value_name = "M")]
+    mountpoint: PathBuf,
+    #[command(flatten)]
+    from: TokenSourceArgs,
+    /// How long what the command left running gets between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "D", default_value = "2s", value_parser = super::token::duration)]
+    grace: Duration,
+    /// The command to run and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Run the command; returns its exit code (or 1 when the registration was refused).
+pub fn run(args: RunArgs) -> Result<i32, Failure> {
+    let source = args.from.source().ok_or_else(|| {
+        Failure::input(
+            "give the agent's token with --token-file F, --token-env [VAR] or --credentials B",
+        )
+    })?;
+    let token = source.read().map_err(|e| Failure::input(e.to_string()))?;
+    // Before registering: from here on every orphan of the tree comes back to this process.
+    // SAFETY: prctl with an integer argument.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(Failure::failed(format!(
+            "cannot keep the agent's processes together (PR_SET_CHILD_SUBREAPER: {}); nothing was started",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let answer = control::request(
+        &args.mountpoint,
+        &control::Request::Register {
+            token: token.access_token.clone(),
+            pid: std::process::id(),
+        },
+    )
+    .map_err(Failure::failed)?;
+    if answer["ok"] != true {
+        let why = answer["error"]
+            .as_str()
+            .unwrap_or("the daemon gave no reason");
+        return Err(Failure::failed(format!(
+            "the mount refused the token: {why}"
+        )));
+    }
+    let signals = Signals::block()?;
+    let mut child = Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .spawn()
+        .map_err(|e| {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                Exit::CommandNotFound
+            } else {
+                Exit::CannotExecute
+            };
+            Failure {
+                exit: code,
+                message: format!("cannot start {}: {e}", args.command[0].to_string_lossy()),
+            }
+        })?;
+    let cmd = child.id() as libc::pid_t;
+    let status = loop {
+        match signals.wait(None) {
+            Some(libc::SIGCHLD) => {
+                reap_others(cmd);
+                match child.try_wait() {
+                    Ok(Some(status)) => break status,
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(Failure::failed(format!("cannot wait for the command: {e}")));
+                    }
+                }
+            }
+            Some(sig) => {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(cmd, sig) };
+            }
+            None => {}
+        }
+    };
+    stop_the_rest(&signals, args.grace);
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Reap exited descendants other than the command (orphans re-parented to us).
+fn reap_others(cmd: libc::pid_t) {
+    loop {
+        let mut st = 0;
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a peek at any exited child: WNOWAIT leaves its status for `try_wait` when it
+        // is the command.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: reading the pid field the kernel filled in.
+        let pid = unsafe { info.si_pid() };
+        if rc != 0 || pid == 0 || pid == cmd {
+            return;
+        }
+        // SAFETY: reaping a child that has exited.
+        unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+    }
+}
+
+/// The children of this process (orphans of the tree come back to it as a subreaper).
+fn children() -> Vec<libc::pid_t> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| crate::session::callers::proc_stat(pid).is_some_and(|(ppid, _)| ppid == me))
+        .map(|pid| pid as libc::pid_t)
+        .collect()
+}
+
+/// Stop what is left of the tree: SIGTERM, then SIGKILL after `grace`, until nothing is left.
+fn stop_the_rest(signals: &Signals, grace: Duration) {
+    let reap = || {
+        let mut st = 0;
+        // SAFETY: reaping any exited child without blocking.
+        while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
+    };
+    reap();
+    let mut left = children();
+    if left.is_empty() {
+        return;
+    }
+    eprintln!(
+        "relayauth-mount: the command exited; stopping {} process(es) it left running",
+        left.len()
+    );
+    let deadline = Instant::now() + grace;
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        for &pid in &left {
+            // SAFETY: signalling a child of ours.
+            unsafe { libc::kill(pid, sig) };
+        }
+        loop {
+            reap();
+            left = children();
+            let now = Instant::now();
+            if left.is_empty() || (sig == libc::SIGTERM && now >= deadline) {
+                break;
+            }
+            if sig == libc::SIGKILL {
+                // Killed children's own children come back to us: kill those too.
+                for &pid in &left {
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            let _ = signals.wait(Some(
+                deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(20))
+                    .min(Duration::from_millis(100)),
+            ));
+        }
+        if left.is_empty() {
+            return;
+        }
+    }
+}
+
+/// The signals `run` handles itself, blocked so that they are taken with `sigtimedwait` (the
+/// command gets them unblocked: `Command` resets the mask in the child).
+struct Signals(libc::sigset_t);
+
+const HANDLED: [libc::c_int; 5] = [
+    libc::SIGCHLD,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+];
+
+impl Signals {
+    fn block() -> Result<Signals, Failure> {
+        // SAFETY: building and installing a signal mask for this (single-threaded) process.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in HANDLED {
+                libc::sigaddset(&mut set, s);
+            }
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return Err(Failure::failed(
+                    "cannot block signals to pass them to the command",
+                ));
+            }
+            Ok(Signals(set))
+        }
+    }
+
+    /// The next handled signal, or `None` after `timeout` (or an interruption).
+    fn wait(&self, timeout: Option<Duration>) -> Option<libc::c_int> {
+        let ts = timeout.map(|t| libc::timespec {
+            tv_sec: t.as_secs() as libc::time_t,
+            tv_nsec: t.subsec_nanos() as libc::c_long,
+        });
+        // SAFETY: the set was built in `block`; the timespec, if any, lives across the call.
+        let sig = unsafe {
+            libc::sigtimedwait(
+                &self.0,
+                std::ptr::null_mut(),
+                ts.as_ref().map_or(std::ptr::null(), |t| t as *const _),
+            )
+        };
+        (sig > 0).then_some(sig)
+    }
+}

@@ -1,0 +1,467 @@
+//! Sub-agents in one mount, on real mounts: `relayauth-mount run` registers a process under its
+//! own token, and it and everything it starts see and do only what that token allows, while the
+//! lead and other sub-agents keep theirs; each is refused, revoked and audited on its own.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::mount::*;
+use serde_json::{Value, json};
+
+const LEAD: &[&str] = &["relayfile:fs:read:*"];
+const GITHUB: &[&str] = &["relayfile:fs:read:/github/*"];
+const SLACK: &[&str] = &["relayfile:fs:read:/slack/*"];
+const GH_FILE: &str = "github/repos/acme/api/metadata.json";
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relayauth-mount"))
+}
+
+/// A token file for `scopes` (a fresh identity of the mount's workspace).
+fn token_file(m: &TestMount, issuer: &Issuer, name: &str, scopes: &[&str]) -> std::path::PathBuf {
+    let path = m.dir.path().join(format!("{name}.jwt"));
+    std::fs::write(&path, issuer.token(scopes)).unwrap();
+    path
+}
+
+/// `relayauth-mount run` of a Python program in the mount.
+fn run_py(m: &TestMount, token: &Path, code: &str) -> Command {
+    let mut cmd = bin();
+    cmd.arg("run")
+        .arg("--mountpoint")
+        .arg(&m.mnt)
+        .arg("--token-file")
+        .arg(token)
+        .args(["--", "/usr/bin/python3", "-c", code])
+        .current_dir(&m.mnt);
+    cmd
+}
+
+/// What a process sees: the top level, and for each path whether it reads.
+const LOOK: &str = "import os, json, errno
+def attempt(p):
+    try:
+        open(p).read()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno)
+top = sorted(n for n in os.listdir('.') if not n.startswith('_'))
+print(json.dumps({'top': top,
+    'github': attempt('github/repos/acme/api/metadata.json'),
+    'slack': attempt('slack/users/U04ALICE01.json') if os.path.exists('slack') else 'ENOENT',
+    'notice': open('_PERMISSIONS.md').read()}))";
+
+fn look(o: &Output) -> Value {
+    assert!(o.status.success(), "{}", err(o));
+    serde_json::from_str(out(o).trim()).unwrap_or_else(|e| panic!("{e}: {}", out(o)))
+}
+
+fn two_sessions() -> (Issuer, TestMount) {
+    let issuer = Issuer::start();
+    let m = TestMount::start(&issuer, &issuer.token(LEAD), MountOpts::default());
+    (issuer, m)
+}
+
+#[test]
+fn a_lead_and_two_sub_agents_see_their_own_trees_at_the_same_time() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    assert!(m.mirror_at("slack/users/U04ALICE01.json").exists());
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let sl = token_file(&m, &issuer, "slack", SLACK);
+    // Both at once, each holding its view while the other runs.
+    let slow = format!("import time\ntime.sleep(0.5)\n{LOOK}");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run_py(&m, &gh, &slow).output().unwrap());
+        let b = s.spawn(|| run_py(&m, &sl, &slow).output().unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (look(&a), look(&b));
+    assert_eq!(a["top"], json!(["github"]), "{a}");
+    assert_eq!(a["github"], "ok");
+    assert_eq!(a["slack"], "ENOENT");
+    assert_eq!(b["top"], json!(["slack"]), "{b}");
+    assert_eq!(b["github"], "ENOENT");
+    assert_eq!(b["slack"], "ok");
+    // Each one's notice is its own.
+    let (na, nb) = (a["notice"].as_str().unwrap(), b["notice"].as_str().unwrap());
+    let sub = |f: &Path| {
+        claims_of(&std::fs::read_to_string(f).unwrap())["sub"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(na.contains(&format!("Agent: `{}`", sub(&gh))), "{na}");
+    assert!(nb.contains(&format!("Agent: `{}`", sub(&sl))), "{nb}");
+    assert!(
+        na.contains("| `github` | dir") && !na.contains("| `slack` | dir"),
+        "{na}"
+    );
+    assert!(
+        nb.contains("| `slack` | dir") && !nb.contains("| `github` | dir"),
+        "{nb}"
+    );
+    // The lead (this process, unregistered, the mount's own user) still sees everything.
+    let mut top: Vec<String> = std::fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('_'))
+        .collect();
+    top.sort();
+    assert_eq!(top, ["github", "linear", "slack"]);
+    // Every registration audited with its sponsor chain.
+    let regs: Vec<Value> = m
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["action"] == "session.registered")
+        .collect();
+    assert_eq!(regs.len(), 2, "{regs:?}");
+    for r in &regs {
+        assert_eq!(r["result"], "allowed");
+        assert_eq!(r["sponsorId"], "user_alice");
+        assert!(r["sponsorChain"].as_array().is_some_and(|c| !c.is_empty()));
+    }
+}
+
+/// Session A looks a path up; B, which may not see it, must get ENOENT right after, whatever
+/// the kernel cached for A; and the reverse for a path only B may see.
+#[test]
+fn nothing_one_session_looked_up_answers_for_another() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let sl = token_file(&m, &issuer, "slack", SLACK);
+    // The lead caches entries (TTL while it is the only session), then A registers and B
+    // looks at them at once.
+    std::fs::read(m.at(GH_FILE)).unwrap();
+    std::fs::metadata(m.at("slack/channels")).unwrap();
+    let stat = |p: &str| {
+        format!(
+            "import os, errno\ntry:\n    os.stat('{p}'); print('seen')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])"
+        )
+    };
+    for _ in 0..3 {
+        let a = run_py(&m, &gh, &stat(GH_FILE)).output().unwrap();
+        assert_eq!(out(&a).trim(), "seen", "{}", err(&a));
+        let b = run_py(&m, &sl, &stat(GH_FILE)).output().unwrap();
+        assert_eq!(out(&b).trim(), "ENOENT", "{}", err(&b));
+        let b = run_py(&m, &sl, &stat("slack/channels")).output().unwrap();
+        assert_eq!(out(&b).trim(), "seen", "{}", err(&b));
+        let a = run_py(&m, &gh, &stat("slack/channels")).output().unwrap();
+        assert_eq!(out(&a).trim(), "ENOENT", "{}", err(&a));
+    }
+}
+
+#[test]
+fn threads_and_orphans_of_a_sub_agent_stay_in_its_session_and_stop_with_it() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    // Threads started after the registration; a grandchild that double-forks away from its
+    // parent (re-parented to `run`, not to init) and reads after its parent is gone.
+    let code = format!(
+        "import os, sys, time, threading, errno
+def attempt(p):
+    try:
+        open(p).read(); return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno)
+out = []
+ts = [threading.Thread(target=lambda: out.append((attempt('{GH_FILE}'), attempt('slack/users/U04ALICE01.json')))) for _ in range(8)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print('threads', sorted(set(out)), flush=True)
+r, w = os.pipe()
+if os.fork() == 0:
+    if os.fork() == 0:
+        time.sleep(0.3)  # the middle process has exited: this one is an orphan now
+        os.write(w, ('%d %d %s %s' % (os.getpid(), os.getppid(), attempt('{GH_FILE}'), attempt('slack/users/U04ALICE01.json'))).encode())
+        time.sleep(60)  # left running when the command exits
+        os._exit(0)
+    os._exit(0)
+os.wait()
+print('orphan', os.read(r, 200).decode(), flush=True)
+sys.exit(7)"
+    );
+    let started = Instant::now();
+    let o = run_py(&m, &gh, &code).output().unwrap();
+    let took = started.elapsed();
+    // The command's exit status is run's.
+    assert_eq!(o.status.code(), Some(7), "{}", err(&o));
+    let text = out(&o);
+    assert!(
+        text.contains("threads [('ok', 'ENOENT')]"),
+        "a thread left its session: {text}"
+    );
+    let orphan = text
+        .lines()
+        .find_map(|l| l.strip_prefix("orphan "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let f: Vec<&str> = orphan.split_whitespace().collect();
+    assert_eq!(
+        &f[2..],
+        ["ok", "ENOENT"],
+        "the orphan left its session: {orphan}"
+    );
+    // What the command left running was stopped before run returned (not after 60 s).
+    let pid: u32 = f[0].parse().unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the orphan outlived run"
+    );
+    assert!(took < Duration::from_secs(30));
+    assert!(err(&o).contains("stopping 1 process"), "{}", err(&o));
+}
+
+#[test]
+fn registrations_the_daemon_must_refuse() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let lead_file = m.dir.path().join("lead.jwt");
+    std::fs::copy(&m.token_file, &lead_file).unwrap();
+    // A token of another workspace.
+    let (status, v) = issuer.call(
+        "POST",
+        "/v1/identities",
+        Some(
+            json!({"name": "elsewhere", "orgId": "org_acme", "workspaceId": "ws_other",
+            "sponsorId": "user_alice", "scopes": ["relayfile:fs:read:*"]}),
+        ),
+        None,
+    );
+    assert_eq!(status, 201, "{v}");
+    let other = m.dir.path().join("other.jwt");
+    std::fs::write(
+        &other,
+        issuer.mint(v["id"].as_str().unwrap(), 600)["accessToken"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let o = run_py(&m, &other, "print('ran')").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!out(&o).contains("ran"));
+    assert!(err(&o).contains("ws_other"), "{}", err(&o));
+    // A revoked token.
+    let revoked = token_file(&m, &issuer, "revoked", GITHUB);
+    let jti = claims_of(&std::fs::read_to_string(&revoked).unwrap())["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    issuer.revoke(json!({ "tokenId": jti }));
+    let o = run_py(&m, &revoked, "print('ran')").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err(&o).contains("revoked"), "{}", err(&o));
+    // Garbage.
+    let junk = m.dir.path().join("junk.jwt");
+    std::fs::write(&junk, "eyJhbGciOiJub25lIn0.e30.").unwrap();
+    let o = run_py(&m, &junk, "print('ran')").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    // A sub-agent cannot widen itself with a broader token it got hold of (the lead's).
+    let nested = format!(
+        "import subprocess, sys
+r = subprocess.run(['{bin}', 'run', '--mountpoint', '{mnt}', '--token-file', '{lead}', '--', 'ls', 'slack'], capture_output=True, text=True)
+print(r.returncode); print(r.stderr)",
+        bin = env!("CARGO_BIN_EXE_relayauth-mount"),
+        mnt = m.mnt.display(),
+        lead = lead_file.display(),
+    );
+    let o = run_py(&m, &gh, &nested).output().unwrap();
+    let text = out(&o);
+    assert!(
+        text.starts_with("1\n"),
+        "a sub-agent widened itself: {text}"
+    );
+    assert!(
+        text.contains("beyond the session this process acts under"),
+        "{text}"
+    );
+    let esc = m.wait_audit(|e| e["action"] == "scope.escalation_denied");
+    assert!(
+        esc["metadata"]["offending"]
+            .as_str()
+            .is_some_and(|s| s.contains("relayfile:fs:read:*")),
+        "{esc}"
+    );
+    // ... but may narrow itself further.
+    let narrow = token_file(
+        &m,
+        &issuer,
+        "narrow",
+        &["relayfile:fs:read:/github/repos/acme/api/*"],
+    );
+    let nested = format!(
+        "import subprocess
+r = subprocess.run(['{bin}', 'run', '--mountpoint', '{mnt}', '--token-file', '{narrow}', '--', '/usr/bin/python3', '-c', 'import os; print([n for n in os.listdir(\"github/repos/acme\") if n[0] != \"_\"])'], capture_output=True, text=True)
+print(r.returncode, r.stdout.strip(), r.stderr.strip())",
+        bin = env!("CARGO_BIN_EXE_relayauth-mount"),
+        mnt = m.mnt.display(),
+        narrow = narrow.display(),
+    );
+    let o = run_py(&m, &gh, &nested).output().unwrap();
+    assert_eq!(out(&o).trim(), "0 ['api']", "{}", err(&o));
+    // A request that names another process is refused: a process registers only itself.
+    let sock = control_socket(&m);
+    let forge = format!(
+        "import socket, json, os
+s = socket.socket(socket.AF_UNIX); s.connect('{sock}')
+s.sendall((json.dumps({{'op': 'register', 'token': open('{lead}').read().strip(), 'pid': os.getppid()}}) + '\\n').encode())
+print(s.makefile().readline())",
+        sock = sock.display(),
+        lead = lead_file.display(),
+    );
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", &forge])
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_str(out(&o).trim()).unwrap();
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("may register only itself")),
+        "{answer}"
+    );
+}
+
+/// The control socket of a test mount: the one in root's runtime directory whose daemon
+/// serves this mountpoint.
+fn control_socket(m: &TestMount) -> std::path::PathBuf {
+    use std::io::{BufRead, Write};
+    let want = m.mnt.canonicalize().unwrap().display().to_string();
+    std::fs::read_dir("/run/relayauth-mount")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            std::os::unix::net::UnixStream::connect(p).is_ok_and(|mut s| {
+                let _ = s.write_all(b"{\"op\":\"status\"}\n");
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(s).read_line(&mut line);
+                serde_json::from_str::<Value>(&line)
+                    .is_ok_and(|v| v["mountpoint"].as_str() == Some(want.as_str()))
+            })
+        })
+        .expect("the mount's control socket")
+}
+
+fn status(m: &TestMount) -> Value {
+    let o = bin()
+        .args(["status", "--json"])
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn revoking_one_sub_agent_cuts_it_off_at_once_and_leaves_the_others() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let other = token_file(&m, &issuer, "github2", GITHUB);
+    // Both agents keep a file open and read by path, a line per answer, until told to stop.
+    let agent = format!(
+        "import sys, errno, time
+held = open('{GH_FILE}')
+def attempt():
+    try:
+        open('{GH_FILE}').read(); return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno)
+def held_read():
+    try:
+        held.seek(0); held.read(); return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno)
+print('ready', flush=True)
+for line in sys.stdin:
+    print(attempt(), held_read(), flush=True)"
+    );
+    let spawn = |token: &Path| {
+        let mut c = run_py(&m, token, &agent);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        Running {
+            child,
+            stdin,
+            lines,
+        }
+    };
+    let mut a = spawn(&gh);
+    let mut b = spawn(&other);
+    assert_eq!(a.ask(), "ok ok");
+    assert_eq!(b.ask(), "ok ok");
+    let jti = claims_of(&std::fs::read_to_string(&gh).unwrap())["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked_at = Instant::now();
+    issuer.revoke(json!({ "tokenId": jti }));
+    let mut answer = String::new();
+    while revoked_at.elapsed() < Duration::from_secs(5) {
+        answer = a.ask();
+        if answer != "ok ok" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = revoked_at.elapsed();
+    eprintln!("revocation to first refusal: {took:?} (poll interval 200ms)");
+    assert_eq!(answer, "ENOENT EACCES", "the revoked agent still reads");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // The other sub-agent and the lead go on.
+    assert_eq!(b.ask(), "ok ok");
+    std::fs::read(m.at(GH_FILE)).unwrap();
+    assert!(is_mounted(&m.mnt));
+    let st = status(&m);
+    let states: Vec<&str> = st["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "revoked").count(),
+        1,
+        "{st}"
+    );
+    assert_eq!(states.len(), 3, "{st}");
+    for mut agent in [a, b] {
+        agent.stdin.take();
+        let _ = agent.child.wait();
+    }
+}
+
+/// An agent started with `run` that answers a line per line it is sent.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Running {
+    fn ask(&mut self) -> String {
+        let stdin = self.stdin.as_mut().expect("running");
+        stdin.write_all(b"go\n").unwrap();
+        self.lines.next().unwrap().unwrap()
+    }
+}
