@@ -38,6 +38,8 @@ enum Command {
     Unmount(mount::UnmountArgs),
     /// Run a command (an agent) under its own token in a mount: it and everything it starts.
     Run(run::RunArgs),
+    /// Run a command as a sub-agent with a child token of the caller's session (narrower).
+    Delegate(run::DelegateArgs),
     /// Run a local development token issuer (not relayauth; not for production).
     DevIssuer(issuer::DevIssuerArgs),
 }
@@ -63,6 +65,10 @@ pub fn run() -> i32 {
     };
     let outcome = match cli.command {
         Command::Run(args) => match run::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Delegate(args) => match run::delegate(args) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

@@ -66,6 +66,10 @@ pub struct MountArgs {
     /// Callers that are not registered with the mount see nothing.
     #[arg(long)]
     require_registration: bool,
+    /// What happens to a sub-agent's processes when its session is revoked or expires:
+    /// `deny` refuses everything they ask; `kill` also stops them (SIGTERM, then SIGKILL).
+    #[arg(long, value_enum, default_value = "deny")]
+    on_revoke: crate::daemon::ending::OnRevoke,
     /// Let every local user act under the mount's token (by default only the user running the
     /// mount, and root, may use it). The kernel then also applies the mirror's permission bits.
     #[arg(long)]
@@ -110,6 +114,7 @@ pub fn run_mount(args: MountArgs) -> CliResult {
             .collect(),
         require_registration: args.require_registration,
         allow_other_users: args.allow_other_users,
+        on_revoke: args.on_revoke,
         threads: args.threads.unwrap_or_else(crate::fuse::default_threads),
         foreground: args.foreground,
     };
@@ -165,6 +170,31 @@ pub fn run_status(args: StatusArgs) -> CliResult {
             v["revocation"].as_str().unwrap_or("?")
         ),
         None => println!("  relayauth has not confirmed the session"),
+    }
+    let subs = v["sessions"].as_array().map_or(&[][..], |a| a.as_slice());
+    for sub in subs.iter().skip(1) {
+        let pids: Vec<String> = sub["root_pids"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p.to_string()).collect())
+            .unwrap_or_default();
+        println!(
+            "  sub-agent {} (chain {}), pid {}: {}",
+            sub["agent"].as_str().unwrap_or("?"),
+            sub["sponsor_chain"]
+                .as_array()
+                .map(|c| c
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" -> "))
+                .unwrap_or_default(),
+            if pids.is_empty() {
+                "(gone)".to_owned()
+            } else {
+                pids.join(", ")
+            },
+            sub["state_detail"].as_str().unwrap_or("?")
+        );
     }
     println!(
         "  decisions: {} allowed, {} denied",

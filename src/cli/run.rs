@@ -1,4 +1,6 @@
-//! `relayauth-mount run`: start an agent under its own token in an existing mount.
+//! `relayauth-mount run` and `delegate`: start an agent under its own token in an existing
+//! mount (`delegate` has the daemon obtain that token from relayauth as a child of the
+//! caller's session).
 //!
 //! The daemon decides (it verifies the token, checks the workspace, the parent and revocation)
 //! and registers this very process; the agent then runs as this process's child, so it and
@@ -10,7 +12,7 @@
 //! is `run`'s (128 + N when it was killed by signal N).
 
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -50,6 +52,60 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         )
     })?;
     let token = source.read().map_err(|e| Failure::input(e.to_string()))?;
+    let request = control::Request::Register {
+        token: token.access_token.clone(),
+        pid: std::process::id(),
+    };
+    run_registered(&args.mountpoint, &request, args.grace, &args.command)
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  relayauth-mount delegate --mountpoint ~/relay --agent reviewer \\\n    \
+                        --scope 'relayfile:fs:read:/github/repos/acme/api/pulls/*' --ttl 30m -- \
+                        python3 review.py\n\nThe child token comes from relayauth, issued by the \
+                        session the caller acts under: never wider, never outliving it."
+)]
+pub struct DelegateArgs {
+    /// The guarded view to run in (a mountpoint of `relayauth-mount mount`).
+    #[arg(long, value_name = "M")]
+    mountpoint: PathBuf,
+    /// The sub-agent's name (relayauth reuses the identity of an earlier delegation to it).
+    #[arg(long, value_name = "NAME")]
+    agent: String,
+    /// A scope for the sub-agent (repeat, or several after one flag); each must be within the
+    /// caller's own session.
+    #[arg(long = "scope", value_name = "S", required = true, num_args = 1..)]
+    scopes: Vec<String>,
+    /// How long the child token lives (never past the parent's expiry).
+    #[arg(long, value_name = "D", value_parser = super::token::duration)]
+    ttl: Option<Duration>,
+    /// How long what the command left running gets between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "D", default_value = "2s", value_parser = super::token::duration)]
+    grace: Duration,
+    /// The command to run and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// `delegate`: a child token of the caller's session, then the command under it.
+pub fn delegate(args: DelegateArgs) -> Result<i32, Failure> {
+    let request = control::Request::Delegate {
+        agent: args.agent.clone(),
+        scopes: args.scopes.clone(),
+        ttl_secs: args.ttl.map(|d| d.as_secs()),
+        pid: std::process::id(),
+    };
+    run_registered(&args.mountpoint, &request, args.grace, &args.command)
+}
+
+/// Register this process with `request`, then run `command` under the session.
+fn run_registered(
+    mountpoint: &std::path::Path,
+    request: &control::Request,
+    grace: Duration,
+    command: &[OsString],
+) -> Result<i32, Failure> {
     // Before registering: from here on every orphan of the tree comes back to this process.
     // SAFETY: prctl with an integer argument.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -58,37 +114,38 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             std::io::Error::last_os_error()
         )));
     }
-    let answer = control::request(
-        &args.mountpoint,
-        &control::Request::Register {
-            token: token.access_token.clone(),
-            pid: std::process::id(),
-        },
-    )
-    .map_err(Failure::failed)?;
+    let answer = control::request(mountpoint, request).map_err(Failure::failed)?;
     if answer["ok"] != true {
         let why = answer["error"]
             .as_str()
             .unwrap_or("the daemon gave no reason");
-        return Err(Failure::failed(format!(
-            "the mount refused the token: {why}"
-        )));
+        return Err(Failure::failed(format!("the mount refused: {why}")));
     }
     let signals = Signals::block()?;
-    let mut child = Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .spawn()
-        .map_err(|e| {
-            let code = if e.kind() == std::io::ErrorKind::NotFound {
-                Exit::CommandNotFound
-            } else {
-                Exit::CannotExecute
-            };
-            Failure {
-                exit: code,
-                message: format!("cannot start {}: {e}", args.command[0].to_string_lossy()),
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]);
+    let unblock = signals.0;
+    // SAFETY: between fork and exec only async-signal-safe calls: sigprocmask. The command
+    // must not inherit the mask `run` waits with (it would never see SIGTERM).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sigprocmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
-        })?;
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
+            Exit::CommandNotFound
+        } else {
+            Exit::CannotExecute
+        };
+        Failure {
+            exit: code,
+            message: format!("cannot start {}: {e}", command[0].to_string_lossy()),
+        }
+    })?;
     let cmd = child.id() as libc::pid_t;
     let status = loop {
         match signals.wait(None) {
@@ -109,7 +166,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
             None => {}
         }
     };
-    stop_the_rest(&signals, args.grace);
+    stop_the_rest(&signals, grace);
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
@@ -203,7 +260,7 @@ fn stop_the_rest(signals: &Signals, grace: Duration) {
 }
 
 /// The signals `run` handles itself, blocked so that they are taken with `sigtimedwait` (the
-/// command gets them unblocked: `Command` resets the mask in the child).
+/// command gets them unblocked again before it is executed).
 struct Signals(libc::sigset_t);
 
 const HANDLED: [libc::c_int; 5] = [

@@ -26,6 +26,14 @@ pub enum Request {
     /// sender's own pid: the daemon refuses the request unless the socket's peer is that very
     /// process.
     Register { token: String, pid: u32 },
+    /// Obtain a child token of the session the sending process acts under, with `scopes`
+    /// (which must be within it), for the agent `agent`, and register the sender under it.
+    Delegate {
+        agent: String,
+        scopes: Vec<String>,
+        ttl_secs: Option<u64>,
+        pid: u32,
+    },
 }
 
 impl Request {
@@ -34,7 +42,8 @@ impl Request {
         serde_json::from_str(line).map_err(|e| {
             format!(
                 "bad request ({e}); send {{\"op\":\"status\"}}, {{\"op\":\"unmount\"}} or \
-                 {{\"op\":\"register\",\"token\":...,\"pid\":...}}"
+                 {{\"op\":\"register\",\"token\":...,\"pid\":...}} or \
+                 {{\"op\":\"delegate\",\"agent\":...,\"scopes\":[...],\"pid\":...}}"
             )
         })
     }

@@ -23,6 +23,7 @@
 //! - [`status`]: the start-up summary and `status`.
 
 pub mod control;
+pub mod ending;
 mod process;
 mod register;
 mod serving;
@@ -70,6 +71,8 @@ pub struct MountSpec {
     pub require_registration: bool,
     /// Unregistered callers of every uid act under the mount's session.
     pub allow_other_users: bool,
+    /// What happens to a registered session's processes when it ends.
+    pub on_revoke: ending::OnRevoke,
     pub threads: usize,
     pub foreground: bool,
 }

@@ -1,5 +1,7 @@
 //! Registration of a session on the control socket (DESIGN section 6): `relayauth-mount run`
-//! asks the daemon to make its own process, and so every descendant, act under a token.
+//! asks the daemon to make its own process, and so every descendant, act under a token;
+//! `relayauth-mount delegate` asks it to obtain a child token of the session the caller acts
+//! under (never wider: an escalation is refused before relayauth is asked) and do the same.
 //!
 //! The daemon, not the client, decides: it verifies the token with the mount's verifier, asks
 //! relayauth that it is not revoked, and refuses a token of another org or workspace, one that
@@ -78,18 +80,25 @@ fn refuse(shared: &Shared, pid: Option<u32>, action: &str, why: String) -> Value
     super::control::error(why)
 }
 
-/// Register the peer process under `raw` (see the module documentation).
-pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claimed: u32) -> Value {
+/// The registering process, checked: the peer itself, still running, with its start time.
+struct Registrant {
+    pid: u32,
+    uid: u32,
+    key: ProcessKey,
+}
+
+/// Check that the peer is the process the request names and pin its identity.
+fn registrant(shared: &Shared, peer: Peer, claimed: u32) -> Result<Registrant, Value> {
     let Some(pid) = peer.pid else {
-        return refuse(
+        return Err(refuse(
             shared,
             None,
             "session.registered",
             "the kernel did not name the process on the control socket".to_owned(),
-        );
+        ));
     };
     if claimed != pid {
-        return refuse(
+        return Err(refuse(
             shared,
             Some(pid),
             "session.registered",
@@ -97,16 +106,17 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
                 "a process may register only itself: the request names pid {claimed} but comes \
                  from pid {pid}; run the agent through `relayauth-mount run`"
             ),
-        );
+        ));
     }
-    let Some(key) = ProcessKey::of(pid) else {
-        return refuse(
+    let gone = || {
+        refuse(
             shared,
             Some(pid),
             "session.registered",
             format!("process {pid} exited while registering"),
-        );
+        )
     };
+    let key = ProcessKey::of(pid).ok_or_else(gone)?;
     // The start time just read is the connecting process's only if it is still running now
     // (a pid is not reused while its process lives).
     let pidfd = match peer.pidfd {
@@ -116,24 +126,170 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
         }),
     };
     if !pidfd.as_ref().is_some_and(still_running) {
-        return refuse(
-            shared,
-            Some(pid),
-            "session.registered",
-            format!("process {pid} exited while registering"),
-        );
+        return Err(gone());
     }
+    Ok(Registrant {
+        pid,
+        uid: peer.uid,
+        key,
+    })
+}
+
+/// Register the peer process under `raw` (see the module documentation).
+pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claimed: u32) -> Value {
+    let who = match registrant(shared, peer, claimed) {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
     let token = match shared.verifier.verify_fresh(raw.trim()).await {
         Ok(t) => t,
         Err(e) => {
             return refuse(
                 shared,
-                Some(pid),
+                Some(who.pid),
                 "token.validated",
                 format!("the token was refused: {e}"),
             );
         }
     };
+    admit(shared, &who, token).await
+}
+
+/// What a `delegate` request asks for.
+pub(crate) struct Delegation<'a> {
+    pub agent: &'a str,
+    pub scopes: &'a [String],
+    pub ttl: Option<Duration>,
+}
+
+/// Obtain a child token of the session the peer acts under and register the peer under it.
+pub(crate) async fn delegate(
+    shared: &Arc<Shared>,
+    peer: Peer,
+    want: Delegation<'_>,
+    claimed: u32,
+) -> Value {
+    let who = match registrant(shared, peer, claimed) {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    let Some(parent) = shared.callers.resolve(who.pid, who.uid) else {
+        return refuse(
+            shared,
+            Some(who.pid),
+            "session.registered",
+            format!(
+                "process {} acts under no session of this mount, so it has nothing to delegate",
+                who.pid
+            ),
+        );
+    };
+    let g = parent.grants();
+    if !parent.is_active(SystemTime::now()) {
+        return refuse(
+            shared,
+            Some(who.pid),
+            "session.registered",
+            format!(
+                "the session this process acts under is {}; it cannot delegate",
+                parent.state(SystemTime::now()).describe()
+            ),
+        );
+    }
+    // Containment first: an escalation fails at once, named, audited.
+    let check = crate::scope::within(want.scopes, g.scopes().raw());
+    let refused = check.refused();
+    if want.scopes.is_empty() || !refused.is_empty() {
+        let why = if want.scopes.is_empty() {
+            "no scope was asked for; name the scopes the sub-agent needs with --scope".to_owned()
+        } else {
+            format!(
+                "{} not within the delegating session's scopes ({}); a sub-agent gets only \
+                 scopes within its parent's",
+                refused.join(", "),
+                g.scopes().raw().collect::<Vec<_>>().join(" ")
+            )
+        };
+        escalation(shared, who.pid, &g, &why, &refused, want.agent, "delegate");
+        return super::control::error(why);
+    }
+    let Some(url) = shared.spec.relayauth_url.as_deref() else {
+        return refuse(
+            shared,
+            Some(who.pid),
+            "session.registered",
+            "delegation needs relayauth: mount with --relayauth-url".to_owned(),
+        );
+    };
+    use crate::relayauth::delegate::{DelegateError, delegate};
+    let raw = match delegate(url, g.raw(), want.agent, want.scopes, want.ttl).await {
+        Ok(raw) => raw,
+        Err(DelegateError::Escalation { message, offending }) => {
+            let why = format!("relayauth refused the scopes: {message}");
+            escalation(
+                shared, who.pid, &g, &why, &offending, want.agent, "delegate",
+            );
+            return super::control::error(why);
+        }
+        Err(e) => return refuse(shared, Some(who.pid), "session.registered", e.to_string()),
+    };
+    let token = match shared.verifier.verify_fresh(&raw).await {
+        Ok(t) => t,
+        Err(e) => {
+            return refuse(
+                shared,
+                Some(who.pid),
+                "token.validated",
+                format!("the child token relayauth issued was refused: {e}"),
+            );
+        }
+    };
+    if token.expires_at() > g.expires_at() || token.parent_token_id() != Some(&g.actor().token_id) {
+        return refuse(
+            shared,
+            Some(who.pid),
+            "token.validated",
+            "the child token relayauth issued outlives its parent or names another parent"
+                .to_owned(),
+        );
+    }
+    admit(shared, &who, token).await
+}
+
+/// Audit a refused widening (`operation`: `register` or `delegate`), under the session that
+/// would have been widened.
+fn escalation(
+    shared: &Shared,
+    pid: u32,
+    parent: &crate::session::Grants,
+    why: &str,
+    offending: &[String],
+    agent: &str,
+    operation: &str,
+) {
+    tracing::warn!("{operation} refused: {why}");
+    shared.audit.record(
+        Event::new(
+            "scope.escalation_denied",
+            Outcome::Denied,
+            parent.actor(),
+            operation,
+        )
+        .pid(pid)
+        .reason(why)
+        .meta("offending", offending.join(" "))
+        .meta("agentName", agent),
+    );
+}
+
+/// Register `who` under the verified `token`: same org and workspace, never wider than the
+/// session it acts under now nor than the parent the token claims, confirmed by relayauth.
+async fn admit(
+    shared: &Arc<Shared>,
+    who: &Registrant,
+    token: crate::token::VerifiedToken,
+) -> Value {
+    let pid = who.pid;
     let mount = shared.callers.mount_session().grants();
     let m = mount.actor();
     if token.org() != m.org_id || token.workspace() != m.workspace_id {
@@ -154,7 +310,7 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
     // Never wider than what the registering process acts under now, nor than the parent the
     // token claims, when that parent is a session of this mount.
     let sessions = shared.callers.sessions();
-    let current = shared.callers.resolve(pid, peer.uid);
+    let current = shared.callers.resolve(pid, who.uid);
     let mut bounds: Vec<(String, Arc<Session>)> = Vec::new();
     if let Some(c) = current.filter(|c| !Arc::ptr_eq(c, shared.callers.mount_session())) {
         bounds.push(("the session this process acts under".to_owned(), c));
@@ -176,20 +332,7 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
                  parent's scopes",
                 refused.join(", ")
             );
-            tracing::warn!("registration refused: {why}");
-            shared.audit.record(
-                Event::new(
-                    "scope.escalation_denied",
-                    Outcome::Denied,
-                    g.actor(),
-                    "register",
-                )
-                .pid(pid)
-                .reason(why.clone())
-                .meta("offending", refused.join(" "))
-                .meta("refusedTokenId", token.token_id())
-                .meta("refusedSubject", token.subject()),
-            );
+            escalation(shared, pid, &g, &why, &refused, token.subject(), "register");
             return super::control::error(why);
         }
     }
@@ -222,7 +365,7 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
     if confirmed {
         session.confirm();
     }
-    if !ProcessKey::of(pid).is_some_and(|now| now == key) {
+    if !ProcessKey::of(pid).is_some_and(|now| now == who.key) {
         return refuse(
             shared,
             Some(pid),
@@ -230,7 +373,7 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
             format!("process {pid} exited while registering"),
         );
     }
-    shared.callers.register(key, session.clone());
+    shared.callers.register(who.key, session.clone());
     let g = session.grants();
     shared.audit.record(
         Event::new(

@@ -110,6 +110,8 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
                 "state": state.name(),
                 "state_detail": state.describe(),
                 "confirmed_secs_ago": s.since_confirmed().map(|d| d.as_secs()),
+                "parent_token_id": g.parent_token_id(),
+                "root_pids": shared.callers.roots_of(s).iter().map(|k| k.pid).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -101,6 +101,7 @@ pub(crate) fn spawn_all(
         tokio::spawn(serve_control(shared.clone(), listener, stop.clone())),
         tokio::spawn(watch_session(shared.clone(), stop.clone())),
         tokio::spawn(poll_revocation(shared.clone())),
+        tokio::spawn(tend_sessions(shared.clone())),
         tokio::spawn(refresh_jwks(shared.clone())),
     ];
     if let CredentialSource::Bundle(path) = &shared.spec.credentials {
@@ -184,6 +185,19 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
                     Ok(control::Request::Register { token, pid }) => {
                         register::register(&shared, peer, &token, pid).await
                     }
+                    Ok(control::Request::Delegate {
+                        agent,
+                        scopes,
+                        ttl_secs,
+                        pid,
+                    }) => {
+                        let want = register::Delegation {
+                            agent: &agent,
+                            scopes: &scopes,
+                            ttl: ttl_secs.map(Duration::from_secs),
+                        };
+                        register::delegate(&shared, peer, want, pid).await
+                    }
                     Err(e) => control::error(e),
                 }
             };
@@ -256,6 +270,7 @@ async fn poll_revocation(shared: Arc<Shared>) {
                 Ok(Status::Revoked(_)) if now_past(g.expires_at()) => {}
                 Ok(Status::Revoked(why)) => {
                     if s.revoke(&why) {
+                        super::ending::end_children(&shared, &s);
                         shared.audit.record(
                             Event::new(
                                 "token.revoked",
@@ -278,6 +293,34 @@ async fn poll_revocation(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// How often registered sessions are looked after (ended ones stopped in kill mode, those
+/// whose root process is gone forgotten). Only memory and `/proc` are read.
+const TEND_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Look after registered sessions: a session that ended (revoked, expired, its parent ended)
+/// has its processes stopped in kill mode, once; a registration whose root process is gone is
+/// forgotten.
+async fn tend_sessions(shared: Arc<Shared>) {
+    let mut handled: std::collections::HashSet<u64> = std::collections::HashSet::new();
+    loop {
+        tokio::time::sleep(TEND_INTERVAL).await;
+        let now = SystemTime::now();
+        for s in shared.callers.sessions().into_iter().skip(1) {
+            if s.is_active(now) || !handled.insert(s.serial()) {
+                continue;
+            }
+            super::ending::end_children(&shared, &s);
+            if shared.spec.on_revoke == super::ending::OnRevoke::Kill {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    super::ending::stop_processes(&shared, &s, super::ending::KILL_GRACE)
+                });
+            }
+        }
+        shared.callers.prune();
     }
 }
 

@@ -3,6 +3,7 @@
 //! Nothing here runs on a filesystem call; where tokens come from is `crate::credentials`
 //! (no HTTP), and verifying them is `crate::token`.
 
+pub mod delegate;
 pub mod http;
 pub mod refresh;
 pub mod revocation;

@@ -154,6 +154,17 @@ impl Callers {
         self.may_use_mount_session(uid).then(|| self.mount.clone())
     }
 
+    /// The registered roots of `session` (processes it was registered for, still running or
+    /// not).
+    pub fn roots_of(&self, session: &Arc<Session>) -> Vec<ProcessKey> {
+        self.registered
+            .read()
+            .iter()
+            .filter(|(_, s)| Arc::ptr_eq(s, session))
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     /// Forget registrations whose root process is gone.
     pub fn prune(&self) {
         self.registered

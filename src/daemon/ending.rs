@@ -1,0 +1,138 @@
+//! What happens when a registered session ends (DESIGN section 10).
+//!
+//! A revoked or expired sub-agent loses everything at once: the gate refuses its every call
+//! and its open files, since each decision asks the session's state. Its registration stays
+//! (its processes must not fall back to the mount's session) until its root process is gone.
+//! Revoking a parent ends its children in the same moment: the daemon does not wait for
+//! relayauth's cascade to show up in the children's own checks. With `--on-revoke kill` the
+//! session's processes are also stopped: SIGTERM, then SIGKILL after a grace period, and the
+//! audit log says which.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::Shared;
+use crate::audit::{Event, Outcome};
+use crate::session::Session;
+use crate::session::callers::{ProcessKey, proc_stat};
+
+/// What happens to a registered session's processes when it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnRevoke {
+    /// Refuse everything they ask of the mount; leave them running.
+    #[default]
+    Deny,
+    /// Refuse, and stop the session's processes (SIGTERM, then SIGKILL).
+    Kill,
+}
+
+/// How long processes get between SIGTERM and SIGKILL in kill mode.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// End every session whose token names `ended`'s token as its parent, and theirs in turn.
+pub(crate) fn end_children(shared: &Shared, ended: &Arc<Session>) {
+    let mut parents = vec![ended.grants().actor().token_id.clone()];
+    while let Some(parent) = parents.pop() {
+        for s in shared.callers.sessions() {
+            let g = s.grants();
+            if g.parent_token_id() != Some(parent.as_str()) {
+                continue;
+            }
+            let why = format!("its parent token {parent} ended");
+            if s.revoke(&why) {
+                shared.audit.record(
+                    Event::new("session.revoked", Outcome::Denied, g.actor(), "revocation")
+                        .reason(why)
+                        .meta("parentTokenId", parent.clone()),
+                );
+                parents.push(g.actor().token_id.clone());
+            }
+        }
+    }
+}
+
+/// Every process below `root` (inclusive), from one scan of `/proc`; empty when `root` is not
+/// that process any more (its pid was reused).
+fn tree_of(root: ProcessKey) -> Vec<ProcessKey> {
+    if ProcessKey::of(root.pid) != Some(root) {
+        return Vec::new();
+    }
+    let mut children: HashMap<u32, Vec<ProcessKey>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+            if let Some((ppid, start_time)) = proc_stat(pid) {
+                children
+                    .entry(ppid)
+                    .or_default()
+                    .push(ProcessKey { pid, start_time });
+            }
+        }
+    }
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(c) = children.get(&out[i].pid) {
+            out.extend(c.iter().copied());
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Signal each process of `keys` that is still the process it was.
+fn signal(keys: &[ProcessKey], sig: libc::c_int) -> Vec<u32> {
+    let mut hit = Vec::new();
+    for k in keys {
+        if ProcessKey::of(k.pid) == Some(*k) {
+            // SAFETY: kill(2) with a pid checked a moment ago to be that very process.
+            if unsafe { libc::kill(k.pid as libc::pid_t, sig) } == 0 {
+                hit.push(k.pid);
+            }
+        }
+    }
+    hit
+}
+
+/// Stop the processes of `session` (kill mode): SIGTERM, then SIGKILL for what is left after
+/// the grace period. Runs on a blocking thread.
+pub(crate) fn stop_processes(shared: &Arc<Shared>, session: &Arc<Session>, grace: Duration) {
+    let roots = shared.callers.roots_of(session);
+    let tree: Vec<ProcessKey> = roots.into_iter().flat_map(tree_of).collect();
+    if tree.is_empty() {
+        return;
+    }
+    let termed = signal(&tree, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    let mut left: Vec<ProcessKey> = tree.clone();
+    while std::time::Instant::now() < deadline {
+        // Children the terminated ones leave behind count too.
+        left = shared
+            .callers
+            .roots_of(session)
+            .into_iter()
+            .flat_map(tree_of)
+            .chain(
+                left.into_iter()
+                    .filter(|k| ProcessKey::of(k.pid) == Some(*k)),
+            )
+            .collect();
+        left.sort_by_key(|k| k.pid);
+        left.dedup();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed = signal(&left, libc::SIGKILL);
+    let g = session.grants();
+    shared.audit.record(
+        Event::new("session.killed", Outcome::Denied, g.actor(), "on-revoke")
+            .reason(format!(
+                "the session ended ({}); its processes were stopped (--on-revoke kill)",
+                session.state(SystemTime::now()).describe()
+            ))
+            .meta("sigterm", termed)
+            .meta("sigkill", killed),
+    );
+}
