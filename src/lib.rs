@@ -22,6 +22,15 @@ pub mod token;
 #[doc(hidden)]
 pub mod fuzzing;
 
+/// What the benchmarks need of private modules, behind the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::session::Callers;
+    pub use crate::session::callers::{ProcessKey, proc_stat};
+    pub use crate::session::testing::session;
+}
+
 mod audit;
 mod daemon;
 mod failure;

@@ -291,8 +291,9 @@ fn grants_of(token: &crate::token::VerifiedToken) -> Grants {
 }
 
 #[cfg(any(test, feature = "fuzzing"))]
-pub(crate) mod testing {
-    //! Sessions for unit tests of the layers above (no token needed).
+pub mod testing {
+    //! Sessions for unit tests of the layers above, the fuzz targets and the benchmarks (no
+    //! token needed; only built for tests and with the `fuzzing` feature).
     use super::*;
     use std::time::Duration;
 
