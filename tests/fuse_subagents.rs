@@ -623,3 +623,65 @@ time.sleep(60)",
     assert!(is_mounted(&m.mnt));
     std::fs::read(m.at(GH_FILE)).unwrap();
 }
+
+/// A sub-agent whose identity is suspended, and one whose token expires without a refresh,
+/// lose everything; the notice says why; the lead goes on.
+#[test]
+fn suspension_and_expiry_end_only_that_sub_agent() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let suspended = issuer.identity("to-suspend", GITHUB);
+    let short = issuer.identity("short-lived", GITHUB);
+    let files = [
+        ("suspended", issuer.mint(&suspended, 600)),
+        ("short", issuer.mint(&short, 3)),
+    ];
+    let watch = format!(
+        "import time, errno
+print('ready', flush=True)
+end = time.time() + 15
+while time.time() < end:
+    try:
+        open('{GH_FILE}').read()
+    except OSError as e:
+        print(errno.errorcode.get(e.errno), flush=True)
+        print(open('_PERMISSIONS.md').read(), flush=True)
+        break
+    time.sleep(0.02)
+else:
+    print('still reading', flush=True)"
+    );
+    let mut agents = Vec::new();
+    for (name, pair) in &files {
+        let f = m.dir.path().join(format!("{name}.jwt"));
+        std::fs::write(&f, pair["accessToken"].as_str().unwrap()).unwrap();
+        let mut c = run_py(&m, &f, &watch);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Registered and running before anything ends it.
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        agents.push((name, child, lines));
+    }
+    let (status, v) = issuer.call(
+        "POST",
+        &format!("/v1/identities/{suspended}/suspend"),
+        Some(json!({"reason": "test"})),
+        None,
+    );
+    assert!(status < 300, "suspend: {status} {v}");
+    for (name, mut agent, lines) in agents {
+        let text: String = lines.map(|l| l.unwrap() + "\n").collect();
+        agent.wait().unwrap();
+        assert!(text.starts_with("ENOENT\n"), "{name}: {text}");
+        let expected = if *name == "short" {
+            "expired"
+        } else {
+            "revoked"
+        };
+        assert!(text.contains(expected), "{name}: {text}");
+    }
+    std::fs::read(m.at(GH_FILE)).unwrap();
+}

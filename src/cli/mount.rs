@@ -178,7 +178,7 @@ pub fn run_status(args: StatusArgs) -> CliResult {
             .map(|a| a.iter().map(|p| p.to_string()).collect())
             .unwrap_or_default();
         println!(
-            "  sub-agent {} (chain {}), pid {}: {}",
+            "  sub-agent {} (chain {}), pid {}: {}; {} allowed, {} denied",
             sub["agent"].as_str().unwrap_or("?"),
             sub["sponsor_chain"]
                 .as_array()
@@ -193,7 +193,9 @@ pub fn run_status(args: StatusArgs) -> CliResult {
             } else {
                 pids.join(", ")
             },
-            sub["state_detail"].as_str().unwrap_or("?")
+            sub["state_detail"].as_str().unwrap_or("?"),
+            sub["allowed"],
+            sub["denied"]
         );
     }
     println!(

@@ -112,6 +112,8 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
                 "confirmed_secs_ago": s.since_confirmed().map(|d| d.as_secs()),
                 "parent_token_id": g.parent_token_id(),
                 "root_pids": shared.callers.roots_of(s).iter().map(|k| k.pid).collect::<Vec<_>>(),
+                "allowed": s.decisions().0,
+                "denied": s.decisions().1,
             })
         })
         .collect();

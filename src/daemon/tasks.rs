@@ -7,6 +7,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
@@ -248,52 +249,72 @@ async fn watch_session(shared: Arc<Shared>, stop: Sender<Stop>) {
     }
 }
 
+/// Ask relayauth about every active session once per poll interval (jittered by up to a
+/// tenth either way, so many mounts do not ask in step), all sessions at once: one slow answer
+/// delays no other session's check, and each request is bounded by the client's timeout.
 async fn poll_revocation(shared: Arc<Shared>) {
     let Some(client) = shared.revocation.clone() else {
         return;
     };
-    let mut warned = false;
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
-        tokio::time::sleep(shared.spec.poll_interval).await;
+        tokio::time::sleep(jittered(shared.spec.poll_interval)).await;
+        let mut checks = tokio::task::JoinSet::new();
         for s in shared.callers.sessions() {
             if !s.is_active(SystemTime::now()) {
                 continue;
             }
-            let g = s.grants();
-            match client.check(g.raw(), &g.actor().token_id).await {
-                Ok(Status::Alive) => {
-                    s.confirm();
-                    warned = false;
-                }
-                // A token that expired while relayauth was being asked is refused there for
-                // that reason: expiry, not revocation, ends such a session.
-                Ok(Status::Revoked(_)) if now_past(g.expires_at()) => {}
-                Ok(Status::Revoked(why)) => {
-                    if s.revoke(&why) {
-                        super::ending::end_children(&shared, &s);
-                        shared.audit.record(
-                            Event::new(
-                                "token.revoked",
-                                Outcome::Denied,
-                                g.actor(),
-                                "revocation-check",
-                            )
-                            .reason(why.clone())
-                            .meta("strategy", client.strategy().name()),
-                        );
+            let (shared, client, warned) = (shared.clone(), client.clone(), warned.clone());
+            checks.spawn(async move {
+                let g = s.grants();
+                match client.check(g.raw(), &g.actor().token_id).await {
+                    Ok(Status::Alive) => {
+                        s.confirm();
+                        warned.store(false, Ordering::Relaxed);
+                    }
+                    // A token that expired while relayauth was being asked is refused there
+                    // for that reason: expiry, not revocation, ends such a session.
+                    Ok(Status::Revoked(_)) if now_past(g.expires_at()) => {}
+                    Ok(Status::Revoked(why)) => {
+                        if s.revoke(&why) {
+                            shared.audit.record(
+                                Event::new(
+                                    "token.revoked",
+                                    Outcome::Denied,
+                                    g.actor(),
+                                    "revocation-check",
+                                )
+                                .reason(why.clone())
+                                .meta("strategy", client.strategy().name()),
+                            );
+                            super::ending::end_children(&shared, &s);
+                        }
+                    }
+                    Err(e) => {
+                        if !warned.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                "revocation check failed ({e}); the session's confirmation is getting older"
+                            );
+                        }
                     }
                 }
-                Err(e) => {
-                    if !warned {
-                        tracing::warn!(
-                            "revocation check failed ({e}); the session's confirmation is getting older"
-                        );
-                        warned = true;
-                    }
-                }
-            }
+            });
         }
+        while checks.join_next().await.is_some() {}
     }
+}
+
+/// `interval`, moved by up to a tenth either way (from the clock's nanoseconds: spreading
+/// mounts apart needs no better randomness).
+fn jittered(interval: Duration) -> Duration {
+    let spread = interval.as_nanos() as u64 / 5;
+    if spread == 0 {
+        return interval;
+    }
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    interval - Duration::from_nanos(spread / 2) + Duration::from_nanos(nanos % spread)
 }
 
 /// How often registered sessions are looked after (ended ones stopped in kill mode, those

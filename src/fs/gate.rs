@@ -619,11 +619,15 @@ impl Gate {
     ) {
         if outcome == Outcome::Allowed {
             self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            if let Some(s) = &ctx.session {
+                s.count(true);
+            }
         } else if outcome == Outcome::Denied {
             // An operation that failed (result `error`) was not refused: it is neither counted
             // nor shown among the refusals.
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
             if let Some(s) = &ctx.session {
+                s.count(false);
                 s.remember_denial(Denial {
                     at: SystemTime::now(),
                     path: path.clone(),

@@ -139,6 +139,8 @@ pub struct Session {
     /// Told of every change of grants or state, so the daemon's tasks wait for one instead of
     /// polling (the value counts changes).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Decisions made for this session: allowed, denied (for `status`).
+    decisions: [AtomicU64; 2],
 }
 
 impl Session {
@@ -157,7 +159,21 @@ impl Session {
             serial: NEXT_SERIAL.fetch_add(1, Ordering::Relaxed),
             epoch: AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(0),
+            decisions: [AtomicU64::new(0), AtomicU64::new(0)],
         }
+    }
+
+    /// Count one decision made for this session.
+    pub fn count(&self, allowed: bool) {
+        self.decisions[usize::from(!allowed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(allowed, denied)` decisions made for this session so far.
+    pub fn decisions(&self) -> (u64, u64) {
+        (
+            self.decisions[0].load(Ordering::Relaxed),
+            self.decisions[1].load(Ordering::Relaxed),
+        )
     }
 
     /// A receiver that sees every later change of this session's grants or state (a revocation,
