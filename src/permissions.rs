@@ -279,15 +279,16 @@ pub fn compute(
     }
 }
 
+/// The session's state in words. Nothing here changes from one moment to the next while the
+/// session does not (no countdown): tools that copy the notice (`rsync`, `cp`) take its size
+/// from `stat` and read it later, and a text that shrank meanwhile reads short.
 fn describe_state(state: &State, expires: SystemTime, now: SystemTime) -> String {
     match state {
-        State::Active => match expires.duration_since(now) {
-            Ok(left) => format!(
-                "active; the token expires in {}",
-                humantime::format_duration(std::time::Duration::from_secs(left.as_secs()))
-            ),
-            Err(_) => "active".to_owned(),
-        },
+        State::Active if expires > now => format!(
+            "active until {} (when the token expires)",
+            crate::token::time::format_rfc3339(expires)
+        ),
+        State::Active => "active".to_owned(),
         other => other.describe(),
     }
 }
@@ -615,6 +616,24 @@ pub fn claim_matches(right: &Right, d: &Decision) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `rsync -a` took the notice's size from `stat` and read it seconds later: a countdown
+    /// that went from "59m 10s" to "59m 9s" made the read short.
+    #[test]
+    fn the_state_in_words_does_not_change_while_the_session_does_not() {
+        let now = SystemTime::now();
+        let exp = now + std::time::Duration::from_secs(3600);
+        let first = describe_state(&State::Active, exp, now);
+        for later in [1, 9, 10, 61, 3599] {
+            let then = now + std::time::Duration::from_secs(later);
+            assert_eq!(
+                describe_state(&State::Active, exp, then),
+                first,
+                "{later} s later"
+            );
+        }
+        assert!(first.contains(&crate::token::time::format_rfc3339(exp)));
+    }
     use crate::session::Denial;
     use crate::session::testing::session;
 

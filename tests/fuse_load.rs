@@ -1,7 +1,8 @@
 //! Load on a real mount: 32 agent processes doing mixed operations (create, write, read back,
 //! rename, unlink, mkdir, list, provider reads, refused provider writes) while the token file is
 //! rewritten with the same identity's fresh tokens, then a revocation in the middle of a second
-//! run. Bounded by `LOAD_SECS` (default 20; the report's run uses 60).
+//! run; and 32 agents under 4 sub-agent sessions, one revoked midway while the others go on.
+//! Bounded by `LOAD_SECS` (default 20; the report's run uses 60).
 //!
 //! It checks what a guard under load must keep: no crash or deadlock, descriptors and memory
 //! bounded (and back to where they were), every file as its writer left it, every decision a
@@ -23,8 +24,9 @@ const AGENTS: usize = 32;
 const AGENT: &str = r#"
 import errno, hashlib, json, os, random, sys, time
 n, secs, tag = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+top = sys.argv[4] if len(sys.argv) > 4 else "scratch"
 rnd = random.Random(n)
-base = f"scratch/{tag}{n}"
+base = f"{top}/{tag}{n}"
 os.mkdir(base)
 audited, denied, ops = 1, 0, 0
 unexpected, expect = [], {}
@@ -75,7 +77,7 @@ while time.time() < end:
                 audited += 1; denied += 1
         ops += 1
     except OSError as e:
-        if e.errno in (errno.ENOTCONN, errno.ENOENT, errno.EACCES) and tag == "r":
+        if e.errno in (errno.ENOTCONN, errno.ENOENT, errno.EACCES) and tag.startswith("r"):
             gone = True
             break
         unexpected.append(f"op {op}: {e}")
@@ -271,4 +273,166 @@ fn records_of(m: &TestMount) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Started by `relayauth-mount run` for one session: 8 agents under it, their reports as one
+/// JSON list.
+const LAUNCH: &str = r#"
+import json, subprocess, sys
+agent, secs, tag, top = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+ps = [subprocess.Popen(["/usr/bin/python3", "-c", agent, str(n), secs, tag, top],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in range(8)]
+out = []
+for p in ps:
+    o, e = p.communicate()
+    if p.returncode != 0:
+        print("an agent failed:", e, file=sys.stderr)
+        sys.exit(1)
+    out.append(json.loads(o))
+print(json.dumps(out))
+"#;
+
+#[test]
+fn four_sessions_of_eight_agents_go_on_while_one_is_revoked() {
+    if !fuse_available() {
+        return;
+    }
+    let secs: u64 = std::env::var("LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let issuer = Issuer::start();
+    let lead_scopes = ["relayfile:fs:read:*", "relayfile:fs:manage:/scratch/**"];
+    let lead = issuer.identity("load-lead", &lead_scopes);
+    let m = TestMount::start(
+        &issuer,
+        &issuer.mint_scoped(&lead, &lead_scopes, 3600),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&|mirror: &std::path::Path| {
+                for k in 0..4 {
+                    std::fs::create_dir_all(mirror.join(format!("scratch/s{k}"))).unwrap();
+                }
+            }),
+            ..MountOpts::default()
+        },
+    );
+    let pid = m.daemon_pid().unwrap();
+    let fds_before = open_fds(pid);
+    let mut fds = FdWatch::start(pid);
+    // Each session may change only its own part of scratch.
+    let sessions: Vec<(String, Child)> = (0..4)
+        .map(|k| {
+            let scopes = [
+                "relayfile:fs:read:*".to_owned(),
+                format!("relayfile:fs:manage:/scratch/s{k}/**"),
+            ];
+            let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+            let token = issuer.token(&scopes);
+            let file = m.dir.path().join(format!("s{k}.jwt"));
+            std::fs::write(&file, &token).unwrap();
+            let tag = if k == 0 { "ra" } else { "a" };
+            let child = Command::new(env!("CARGO_BIN_EXE_relayauth-mount"))
+                .arg("run")
+                .arg("--mountpoint")
+                .arg(&m.mnt)
+                .arg("--token-file")
+                .arg(&file)
+                .args(["--", "/usr/bin/python3", "-c", LAUNCH, AGENT])
+                .args([secs.to_string(), tag.to_owned(), format!("scratch/s{k}")])
+                .current_dir(&m.mnt)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (token, child)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs / 2));
+    let jti = claims_of(&sessions[0].0)["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked_at = Instant::now();
+    issuer.revoke(json!({ "tokenId": jti }));
+    let mut reports = Vec::new();
+    for (k, (_, child)) in sessions.into_iter().enumerate() {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "session {k}: {}", err(&o));
+        let r: Vec<Value> = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("session {k}: {e}: {}", out(&o)));
+        if k == 0 {
+            eprintln!(
+                "load: the revoked session's 8 agents all stopped {:?} after the revocation",
+                revoked_at.elapsed()
+            );
+        }
+        reports.push(r);
+    }
+    let peak_fds = fds.peak();
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    eventually(Duration::from_secs(10), || open_fds(pid) <= fds_before + 8);
+    let fds_after = open_fds(pid);
+    let rss = peak_rss_kib(pid);
+    let total: u64 = reports
+        .iter()
+        .flatten()
+        .map(|r| r["ops"].as_u64().unwrap())
+        .sum();
+    eprintln!(
+        "load: 4 sessions x 8 agents, {secs} s, {total} operations; daemon descriptors \
+         {fds_before} before, peak {peak_fds}, {fds_after} after; peak RSS {} MiB",
+        rss / 1024
+    );
+    assert!(peak_fds < 1024, "descriptors peaked at {peak_fds}");
+    assert!(
+        fds_after <= fds_before + 8,
+        "{fds_before} before, {fds_after} after"
+    );
+    assert!(rss < 256 * 1024, "peak RSS {rss} KiB");
+    // The revoked session's agents were cut off; the others never noticed.
+    for r in &reports[0] {
+        assert_eq!(r["gone"], true, "a revoked agent went on: {r}");
+    }
+    let records = records_of(&m);
+    for (k, session) in reports.iter().enumerate().skip(1) {
+        for (n, r) in session.iter().enumerate() {
+            assert_eq!(r["unexpected"], json!([]), "session {k}: {r}");
+            assert_eq!(r["gone"], false, "session {k}: {r}");
+            // Every file as its writer left it, and every decision audited under its pid.
+            let dir = m.mirror_at(&format!("scratch/s{k}/a{n}"));
+            let on_disk: BTreeMap<String, String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        sha256(&e.path()),
+                    )
+                })
+                .collect();
+            let expected: BTreeMap<String, String> = r["files"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+                .collect();
+            assert_eq!(on_disk, expected, "session {k} agent {n}");
+            let pid = r["pid"].as_u64();
+            let mine: Vec<&Value> = records
+                .iter()
+                .filter(|e| e["pid"].as_u64() == pid)
+                .collect();
+            let denied = mine.iter().filter(|e| e["result"] == "denied").count() as u64;
+            assert_eq!(
+                (mine.len() as u64, denied),
+                (
+                    r["audited"].as_u64().unwrap(),
+                    r["denied"].as_u64().unwrap()
+                ),
+                "session {k} agent {n}: audit records (all, denied) against its decisions"
+            );
+        }
+    }
+    assert!(is_mounted(&m.mnt));
 }
