@@ -337,23 +337,30 @@ print(s.makefile().readline())",
 }
 
 /// The control socket of a test mount: the one in root's runtime directory whose daemon
-/// serves this mountpoint.
+/// serves this mountpoint (bound just after the mount appears, so looked for until it is).
 fn control_socket(m: &TestMount) -> std::path::PathBuf {
-    use std::io::{BufRead, Write};
     let want = m.mnt.canonicalize().unwrap().display().to_string();
-    std::fs::read_dir("/run/relayauth-mount")
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            std::os::unix::net::UnixStream::connect(p).is_ok_and(|mut s| {
-                let _ = s.write_all(b"{\"op\":\"status\"}\n");
-                let mut line = String::new();
-                let _ = std::io::BufReader::new(s).read_line(&mut line);
-                serde_json::from_str::<Value>(&line)
-                    .is_ok_and(|v| v["mountpoint"].as_str() == Some(want.as_str()))
+    let find = || {
+        std::fs::read_dir("/run/relayauth-mount")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                std::os::unix::net::UnixStream::connect(p).is_ok_and(|mut s| {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = s.write_all(b"{\"op\":\"status\"}\n");
+                    let mut line = String::new();
+                    let _ = BufReader::new(s).read_line(&mut line);
+                    serde_json::from_str::<Value>(&line)
+                        .is_ok_and(|v| v["mountpoint"].as_str() == Some(want.as_str()))
+                })
             })
-        })
-        .expect("the mount's control socket")
+    };
+    let mut found = None;
+    eventually(Duration::from_secs(10), || {
+        found = find();
+        found.is_some()
+    });
+    found.expect("the mount's control socket")
 }
 
 fn status(m: &TestMount) -> Value {
@@ -684,4 +691,192 @@ else:
         assert!(text.contains(expected), "{name}: {text}");
     }
     std::fs::read(m.at(GH_FILE)).unwrap();
+}
+
+/// Forking deeper than any walk of the ancestry goes must not fall back to the mount's
+/// session (found by review: 64 levels were enough once).
+#[test]
+fn a_sub_agent_cannot_fork_its_way_out_of_its_session() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let deep = "import os, sys
+def probe():
+    try:
+        return ','.join(sorted(os.listdir('slack')))
+    except OSError as e:
+        return 'refused'
+def chain(n):
+    if n == 0:
+        print(probe(), flush=True)
+        return
+    pid = os.fork()
+    if pid == 0:
+        chain(n - 1)
+        os._exit(0)
+    os.waitpid(pid, 0)
+chain(int(sys.argv[1]))";
+    for depth in ["5", "70", "200"] {
+        let o = bin()
+            .arg("run")
+            .arg("--mountpoint")
+            .arg(&m.mnt)
+            .arg("--token-file")
+            .arg(&gh)
+            .args(["--", "/usr/bin/python3", "-c", deep, depth])
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap();
+        assert_eq!(out(&o).trim(), "refused", "depth {depth}: {}", err(&o));
+    }
+}
+
+/// Kill mode against a tree that ignores SIGTERM and keeps forking: nothing of it ever acts
+/// under the mount's session, and nothing of it survives.
+#[test]
+fn kill_mode_leaves_no_survivor_outside_the_session() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(LEAD),
+        MountOpts {
+            args: vec!["--on-revoke", "kill"],
+            ..MountOpts::default()
+        },
+    );
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let log = m.dir.path().join("escape.log");
+    let code = format!(
+        "import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+print('ready', flush=True)
+if os.fork() == 0:
+    while True:
+        if os.fork() == 0:
+            try:
+                names = os.listdir('slack')
+                with open('{log}', 'a') as f:
+                    f.write('ESCAPED %d ppid %d %s\\n' % (os.getpid(), os.getppid(), names))
+            except OSError:
+                pass
+            os._exit(0)
+        time.sleep(0.001)
+time.sleep(120)",
+        log = log.display()
+    );
+    let mut c = run_py(&m, &gh, &code);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut agent = c.spawn().unwrap();
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    std::thread::sleep(Duration::from_millis(300));
+    let jti = claims_of(&std::fs::read_to_string(&gh).unwrap())["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    issuer.revoke(json!({ "tokenId": jti }));
+    let ended = agent.wait().unwrap();
+    m.wait_audit(|e| e["action"] == "session.killed");
+    std::thread::sleep(Duration::from_millis(500));
+    let escaped = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(escaped.is_empty(), "{escaped}");
+    // Nothing of the tree is left.
+    let marker = log.display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| c.contains(&marker))
+        .collect();
+    assert!(left.is_empty(), "{} survivors ({ended:?})", left.len());
+}
+
+/// Idle connections to the control socket cannot take the daemon's descriptors: the lead
+/// keeps working and the daemon frees them.
+#[test]
+fn a_flood_of_idle_control_connections_wedges_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let (_issuer, m) = two_sessions();
+    let sock = control_socket(&m);
+    let pid = m.daemon_pid().unwrap();
+    let before = open_fds(pid);
+    let mut held = Vec::new();
+    for _ in 0..2000 {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"{\"op\":");
+                held.push(s);
+            }
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let during = open_fds(pid);
+    assert!(
+        during < before + 200,
+        "{before} descriptors before, {during} during the flood"
+    );
+    std::fs::read(m.at(GH_FILE)).unwrap();
+    // Once the idle ones time out, the socket answers again (the flood still connected).
+    assert!(eventually(Duration::from_secs(15), || status(&m)["ok"] == true));
+    drop(held);
+}
+
+/// Descriptors the lead opened are not handed to a sub-agent by `run` unless asked, and a
+/// sub-agent may not unmount the mount it shares.
+#[test]
+fn run_hands_over_no_descriptor_and_a_sub_agent_cannot_unmount() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let secret = "slack/users/U04ALICE01.json";
+    let via = |keep: bool| {
+        let keep = if keep { "--keep-fds" } else { "" };
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec 7< {secret}; {bin} run --mountpoint {mnt} --token-file {gh} {keep} -- sh -c 'head -c 20 <&7'",
+                bin = env!("CARGO_BIN_EXE_relayauth-mount"),
+                mnt = m.mnt.display(),
+                gh = gh.display(),
+            ))
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap()
+    };
+    let o = via(false);
+    assert!(
+        out(&o).is_empty(),
+        "the lead's descriptor reached the sub-agent: {}",
+        out(&o)
+    );
+    assert!(!o.status.success());
+    let o = via(true);
+    assert!(!out(&o).is_empty(), "--keep-fds hands it over: {}", err(&o));
+    // A sub-agent asking the daemon to unmount is refused; the mount stays.
+    let o = bin()
+        .arg("run")
+        .arg("--mountpoint")
+        .arg(&m.mnt)
+        .arg("--token-file")
+        .arg(&gh)
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_relayauth-mount"))
+        .arg("unmount")
+        .arg(&m.mnt)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", out(&o));
+    assert!(err(&o).contains("sub-agent"), "{}", err(&o));
+    assert!(is_mounted(&m.mnt));
 }

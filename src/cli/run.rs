@@ -39,6 +39,11 @@ pub struct RunArgs {
     /// How long what the command left running gets between SIGTERM and SIGKILL.
     #[arg(long, value_name = "D", default_value = "2s", value_parser = super::token::duration)]
     grace: Duration,
+    /// Let the command inherit this process's open descriptors beyond stdin, stdout and stderr
+    /// (by default they are closed: a descriptor opened under another session keeps that
+    /// session's rights).
+    #[arg(long)]
+    keep_fds: bool,
     /// The command to run and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -56,7 +61,15 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         token: token.access_token.clone(),
         pid: std::process::id(),
     };
-    run_registered(&args.mountpoint, &request, args.grace, &args.command)
+    run_registered(
+        &args.mountpoint,
+        &request,
+        Launch {
+            grace: args.grace,
+            keep_fds: args.keep_fds,
+        },
+        &args.command,
+    )
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +96,11 @@ pub struct DelegateArgs {
     /// How long what the command left running gets between SIGTERM and SIGKILL.
     #[arg(long, value_name = "D", default_value = "2s", value_parser = super::token::duration)]
     grace: Duration,
+    /// Let the command inherit this process's open descriptors beyond stdin, stdout and stderr
+    /// (by default they are closed: a descriptor opened under another session keeps that
+    /// session's rights).
+    #[arg(long)]
+    keep_fds: bool,
     /// The command to run and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -96,16 +114,31 @@ pub fn delegate(args: DelegateArgs) -> Result<i32, Failure> {
         ttl_secs: args.ttl.map(|d| d.as_secs()),
         pid: std::process::id(),
     };
-    run_registered(&args.mountpoint, &request, args.grace, &args.command)
+    run_registered(
+        &args.mountpoint,
+        &request,
+        Launch {
+            grace: args.grace,
+            keep_fds: args.keep_fds,
+        },
+        &args.command,
+    )
+}
+
+/// How the command is started.
+struct Launch {
+    grace: Duration,
+    keep_fds: bool,
 }
 
 /// Register this process with `request`, then run `command` under the session.
 fn run_registered(
     mountpoint: &std::path::Path,
     request: &control::Request,
-    grace: Duration,
+    launch: Launch,
     command: &[OsString],
 ) -> Result<i32, Failure> {
+    let Launch { grace, keep_fds } = launch;
     // Before registering: from here on every orphan of the tree comes back to this process.
     // SAFETY: prctl with an integer argument.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -125,11 +158,18 @@ fn run_registered(
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
     let unblock = signals.0;
-    // SAFETY: between fork and exec only async-signal-safe calls: sigprocmask. The command
-    // must not inherit the mask `run` waits with (it would never see SIGTERM).
+    // SAFETY: between fork and exec only async-signal-safe calls: sigprocmask, close_range.
+    // The command must not inherit the mask `run` waits with (it would never see SIGTERM),
+    // nor, unless asked, descriptors opened under another session (they keep its rights):
+    // every descriptor past stderr is marked close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::sigprocmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if !keep_fds
+                && libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -171,6 +211,10 @@ fn run_registered(
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
+
+/// `close_range(2)`'s flag that marks descriptors close-on-exec instead of closing them
+/// (Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// Reap exited descendants other than the command (orphans re-parented to us).
 fn reap_others(cmd: libc::pid_t) {

@@ -94,38 +94,57 @@ fn signal(keys: &[ProcessKey], sig: libc::c_int) -> Vec<u32> {
     hit
 }
 
-/// Stop the processes of `session` (kill mode): SIGTERM, then SIGKILL for what is left after
-/// the grace period. Runs on a blocking thread.
+/// Stop the processes of `session` (kill mode): SIGTERM to the whole tree; after the grace
+/// period SIGKILL to what is left below the registered roots, again and again until nothing is
+/// left there (a process forked meanwhile is in the next scan); only then the roots. A root
+/// (`run`, a child subreaper) is what keeps the tree together: killed first, a process forked
+/// after the last scan would be re-parented outside it and fall back to the mount's session.
+/// Runs on a blocking thread.
 pub(crate) fn stop_processes(shared: &Arc<Shared>, session: &Arc<Session>, grace: Duration) {
     let roots = shared.callers.roots_of(session);
-    let tree: Vec<ProcessKey> = roots.into_iter().flat_map(tree_of).collect();
-    if tree.is_empty() {
-        return;
-    }
-    let termed = signal(&tree, libc::SIGTERM);
-    let deadline = std::time::Instant::now() + grace;
-    let mut left: Vec<ProcessKey> = tree.clone();
-    while std::time::Instant::now() < deadline {
-        // Children the terminated ones leave behind count too.
-        left = shared
+    let below = || -> Vec<ProcessKey> {
+        let mut v: Vec<ProcessKey> = shared
             .callers
             .roots_of(session)
             .into_iter()
-            .flat_map(tree_of)
-            .chain(
-                left.into_iter()
-                    .filter(|k| ProcessKey::of(k.pid) == Some(*k)),
-            )
+            .flat_map(|r| tree_of(r).into_iter().skip(1))
             .collect();
-        left.sort_by_key(|k| k.pid);
-        left.dedup();
-        if left.is_empty() {
-            break;
-        }
+        v.sort_by_key(|k| k.pid);
+        v.dedup();
+        v
+    };
+    let mut termed = signal(&roots, libc::SIGTERM);
+    termed.extend(signal(&below(), libc::SIGTERM));
+    if termed.is_empty() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && !below().is_empty() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let killed = signal(&left, libc::SIGKILL);
+    let mut killed = Vec::new();
+    let give_up = std::time::Instant::now() + KILL_ROUNDS_FOR;
+    let left = loop {
+        let left = below();
+        if left.is_empty() || std::time::Instant::now() >= give_up {
+            break left;
+        }
+        killed.extend(signal(&left, libc::SIGKILL));
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let g = session.grants();
+    if !left.is_empty() {
+        // The roots stay, so what is left stays in the (ended) session and sees nothing.
+        tracing::warn!(
+            agent = %g.actor().identity_id,
+            left = left.len(),
+            "processes of an ended session could not all be stopped; its registration stays"
+        );
+    } else {
+        killed.extend(signal(&roots, libc::SIGKILL));
+    }
+    killed.sort_unstable();
+    killed.dedup();
     shared.audit.record(
         Event::new("session.killed", Outcome::Denied, g.actor(), "on-revoke")
             .reason(format!(
@@ -133,6 +152,10 @@ pub(crate) fn stop_processes(shared: &Arc<Shared>, session: &Arc<Session>, grace
                 session.state(SystemTime::now()).describe()
             ))
             .meta("sigterm", termed)
-            .meta("sigkill", killed),
+            .meta("sigkill", killed)
+            .meta("survivors", left.iter().map(|k| k.pid).collect::<Vec<_>>()),
     );
 }
+
+/// How long SIGKILL rounds go on against a tree that keeps forking.
+const KILL_ROUNDS_FOR: Duration = Duration::from_secs(5);

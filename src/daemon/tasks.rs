@@ -145,6 +145,11 @@ async fn reopen_audit_on_hangup(shared: Arc<Shared>) {
 
 async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender<Stop>) {
     let me = rustix::process::getuid().as_raw();
+    // A bounded number of connections at a time, each with a deadline for its request: idle
+    // or slow connections cannot take the daemon's descriptors (which the mount itself needs)
+    // or hold up a revocation.
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let mut refused_at: Option<std::time::Instant> = None;
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -155,36 +160,59 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
                 continue;
             }
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if refused_at.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(
+                    "control socket: {MAX_CONTROL_CONNECTIONS} connections are open already; \
+                     refusing more until they finish"
+                );
+                refused_at = Some(std::time::Instant::now());
+            }
+            drop(stream);
+            continue;
+        };
         let cred = stream.peer_cred().ok();
         let allowed = cred.is_some_and(|c| c.uid() == me || c.uid() == 0);
-        let peer = register::Peer {
-            uid: cred.map_or(u32::MAX, |c| c.uid()),
-            pid: cred
-                .and_then(|c| c.pid())
-                .and_then(|p| u32::try_from(p).ok()),
-            pidfd: register::peer_pidfd(std::os::fd::AsRawFd::as_raw_fd(&stream)),
-        };
+        let uid = cred.map_or(u32::MAX, |c| c.uid());
+        let pid = cred
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
-            // One request line, bounded: nobody makes the daemon buffer without limit.
+            // One request line, bounded in size and time.
             let mut reader = BufReader::new(read).take(MAX_CONTROL_LINE);
-            if reader.read_line(&mut line).await.is_err() {
-                return;
+            match tokio::time::timeout(CONTROL_READ_TIMEOUT, reader.read_line(&mut line)).await {
+                Ok(Ok(_)) => {}
+                _ => return,
             }
+            // Taken only for a request that registers (the socket's halves keep `raw` open).
+            let peer = || register::Peer {
+                uid,
+                pid,
+                pidfd: register::peer_pidfd(raw),
+            };
             let answer = if !allowed {
                 control::error("only the user running the mount may control it")
             } else {
                 match control::Request::parse(&line) {
                     Ok(control::Request::Status) => status_json(&shared),
-                    Ok(control::Request::Unmount) => {
-                        let _ = stop.send(Stop::Requested).await;
-                        json!({"ok": true})
-                    }
+                    Ok(control::Request::Unmount) => match sub_agent_of(&shared, pid, uid) {
+                        Some(agent) => control::error(format!(
+                            "a sub-agent ({agent}) may not unmount the mount it shares; the \
+                             user who mounted it can (relayauth-mount unmount)"
+                        )),
+                        None => {
+                            let _ = stop.send(Stop::Requested).await;
+                            json!({"ok": true})
+                        }
+                    },
                     Ok(control::Request::Register { token, pid }) => {
-                        register::register(&shared, peer, &token, pid).await
+                        register::register(&shared, peer(), &token, pid).await
                     }
                     Ok(control::Request::Delegate {
                         agent,
@@ -197,17 +225,32 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
                             scopes: &scopes,
                             ttl: ttl_secs.map(Duration::from_secs),
                         };
-                        register::delegate(&shared, peer, want, pid).await
+                        register::delegate(&shared, peer(), want, pid).await
                     }
                     Err(e) => control::error(e),
                 }
             };
             let mut text = answer.to_string();
             text.push('\n');
-            let _ = write.write_all(text.as_bytes()).await;
+            let _ =
+                tokio::time::timeout(CONTROL_READ_TIMEOUT, write.write_all(text.as_bytes())).await;
         });
     }
 }
+
+/// The agent of the registered session `pid` acts under, if it acts under one (not the
+/// mount's own session).
+fn sub_agent_of(shared: &Shared, pid: Option<u32>, uid: u32) -> Option<String> {
+    let s = shared.callers.resolve(pid?, uid)?;
+    (!Arc::ptr_eq(&s, shared.callers.mount_session()))
+        .then(|| s.grants().actor().identity_id.clone())
+}
+
+/// How many control connections may be open at once.
+const MAX_CONTROL_CONNECTIONS: usize = 64;
+
+/// How long a control connection has to send its request (and to take the answer).
+const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest control request read (a request is a few dozen bytes).
 const MAX_CONTROL_LINE: u64 = 64 * 1024;

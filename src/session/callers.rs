@@ -66,8 +66,10 @@ pub struct Callers {
     registered: RwLock<FxHashMap<ProcessKey, Arc<Session>>>,
 }
 
-/// How far up the process tree to look before giving up.
-const MAX_DEPTH: usize = 64;
+/// How far up the process tree to look. A walk that has not reached the top by then (or that
+/// cannot read an ancestor) resolves to no session at all: falling back to the mount's session
+/// would let a sub-agent out of its tree by forking deep enough.
+const MAX_DEPTH: usize = 4096;
 
 impl Callers {
     /// The callers of a mount owned by the daemon's own user; other local users see nothing
@@ -140,18 +142,19 @@ impl Callers {
         // `/proc/<tid>/stat` gives its own start time and the process's parent).
         let mut pid = thread_group(pid);
         for _ in 0..MAX_DEPTH {
-            let Some((ppid, start_time)) = proc_stat(pid) else {
-                break;
-            };
+            // An ancestor that cannot be read (it exited mid-walk, or /proc hides it) leaves
+            // the question open: nothing, rather than the mount's session.
+            let (ppid, start_time) = proc_stat(pid)?;
             if let Some(s) = reg.get(&ProcessKey { pid, start_time }) {
                 return Some(s.clone());
             }
             if ppid == 0 || ppid == pid {
-                break;
+                // The top of the tree, and no registered ancestor on the way.
+                return self.may_use_mount_session(uid).then(|| self.mount.clone());
             }
             pid = ppid;
         }
-        self.may_use_mount_session(uid).then(|| self.mount.clone())
+        None
     }
 
     /// The registered roots of `session` (processes it was registered for, still running or
@@ -256,6 +259,26 @@ mod tests {
             Arc::ptr_eq(&got, &child),
             "a worker thread escaped its registration"
         );
+    }
+
+    /// A process deeper than the walk goes, or whose ancestry cannot be read, is in no
+    /// session: never the mount's.
+    #[test]
+    fn an_unfinished_walk_resolves_to_nothing() {
+        let mount = session(&["relayfile:fs:read:*"]);
+        let child = session(&["relayfile:fs:read:/a/**"]);
+        let callers = Callers::new(mount, false);
+        callers.register(
+            ProcessKey {
+                pid: 4_000_001,
+                start_time: 1,
+            },
+            child,
+        );
+        // A pid that is no process: its ancestry cannot be read.
+        assert!(callers.resolve(4_000_002, 0).is_none());
+        // This process (shallow, readable to the top) still gets the mount's session.
+        assert!(callers.resolve(std::process::id(), 0).is_some());
     }
 
     #[test]
