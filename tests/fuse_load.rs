@@ -394,6 +394,26 @@ fn four_sessions_of_eight_agents_go_on_while_one_is_revoked() {
     for r in &reports[0] {
         assert_eq!(r["gone"], true, "a revoked agent went on: {r}");
     }
+    // The mount is still up: its log is written behind the decisions, so wait for it to hold
+    // every decision the agents counted.
+    let wanted: u64 = reports
+        .iter()
+        .skip(1)
+        .flatten()
+        .map(|r| r["audited"].as_u64().unwrap())
+        .sum();
+    let agent_pids: std::collections::BTreeSet<u64> = reports
+        .iter()
+        .flatten()
+        .filter_map(|r| r["pid"].as_u64())
+        .collect();
+    eventually(Duration::from_secs(10), || {
+        records_of(&m)
+            .iter()
+            .filter(|e| e["pid"].as_u64().is_some_and(|p| agent_pids.contains(&p)))
+            .count() as u64
+            >= wanted
+    });
     let records = records_of(&m);
     for (k, session) in reports.iter().enumerate().skip(1) {
         for (n, r) in session.iter().enumerate() {
