@@ -57,6 +57,12 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         )
     })?;
     let token = source.read().map_err(|e| Failure::input(e.to_string()))?;
+    if matches!(source, crate::credentials::CredentialSource::Bundle(_)) {
+        eprintln!(
+            "relayauth-mount: note: run uses the bundle's access token as it is now and does not \
+             refresh it; the sub-agent's session ends when that token expires"
+        );
+    }
     let request = control::Request::Register {
         token: token.access_token.clone(),
         pid: std::process::id(),
