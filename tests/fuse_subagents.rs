@@ -880,3 +880,43 @@ fn run_hands_over_no_descriptor_and_a_sub_agent_cannot_unmount() {
     assert!(err(&o).contains("sub-agent"), "{}", err(&o));
     assert!(is_mounted(&m.mnt));
 }
+
+/// With `--require-registration` nothing acts under the mount's token by default: an
+/// unregistered process (root's, even) sees only a notice that says how to start, and the lead
+/// started with `run` sees its tree.
+#[test]
+fn with_required_registration_only_registered_trees_see_anything() {
+    if !fuse_available() {
+        return;
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(LEAD),
+        MountOpts {
+            args: vec!["--require-registration"],
+            ..MountOpts::default()
+        },
+    );
+    // Listing is refused, nothing below the root is there; the notice says how to start.
+    let listing = std::fs::read_dir(&m.mnt).map(|d| {
+        d.filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "_PERMISSIONS.md")
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        listing.as_ref().is_err() || listing.as_ref().is_ok_and(|v| v.is_empty()),
+        "{listing:?}"
+    );
+    assert!(!m.at("github").exists());
+    let notice = std::fs::read_to_string(m.at("_PERMISSIONS.md")).unwrap();
+    assert!(notice.contains("relayauth-mount run"), "{notice}");
+    assert!(std::fs::read(m.at(GH_FILE)).is_err());
+    let lead = m.dir.path().join("lead.jwt");
+    std::fs::copy(&m.token_file, &lead).unwrap();
+    let o = run_py(&m, &lead, LOOK).output().unwrap();
+    let v = look(&o);
+    assert_eq!(v["top"], json!(["github", "linear", "slack"]), "{v}");
+    assert_eq!(v["github"], "ok");
+}
