@@ -396,6 +396,11 @@ def held_read():
         return errno.errorcode.get(e.errno)
 print('ready', flush=True)
 for line in sys.stdin:
+    if line.startswith('run '):
+        import subprocess
+        r = subprocess.run(line[4:], shell=True, capture_output=True, text=True)
+        print(r.returncode, r.stderr.strip().replace('\\n', ' '), flush=True)
+        continue
     print(attempt(), held_read(), flush=True)"
     );
     let spawn = |token: &Path| {
@@ -438,6 +443,30 @@ for line in sys.stdin:
     assert_ne!(answer, "ok ok", "the revoked agent still reads");
     assert_eq!(a.ask(), "ENOENT EACCES", "the revoked agent still reads");
     assert!(took < Duration::from_secs(2), "{took:?}");
+    // A revoked sub-agent cannot start over under another token it holds.
+    let spare = token_file(&m, &issuer, "spare", &["relayfile:fs:read:/github/repos/*"]);
+    let o = bin()
+        .arg("run")
+        .arg("--mountpoint")
+        .arg(&m.mnt)
+        .arg("--token-file")
+        .arg(&spare)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "an active caller may: {}", err(&o));
+    let restart = format!(
+        "{bin} run --mountpoint {mnt} --token-file {spare} -- true",
+        bin = env!("CARGO_BIN_EXE_relayauth-mount"),
+        mnt = m.mnt.display(),
+        spare = spare.display()
+    );
+    let answer = a.send(&format!("run {restart}\n"));
+    assert!(
+        answer.starts_with("1 "),
+        "a revoked agent started over: {answer}"
+    );
+    assert!(answer.contains("cannot register another token"), "{answer}");
     // The other sub-agent and the lead go on.
     assert_eq!(b.ask(), "ok ok");
     std::fs::read(m.at(GH_FILE)).unwrap();
@@ -470,8 +499,12 @@ struct Running {
 
 impl Running {
     fn ask(&mut self) -> String {
+        self.send("go\n")
+    }
+
+    fn send(&mut self, line: &str) -> String {
         let stdin = self.stdin.as_mut().expect("running");
-        stdin.write_all(b"go\n").unwrap();
+        stdin.write_all(line.as_bytes()).unwrap();
         self.lines.next().unwrap().unwrap()
     }
 }

@@ -311,6 +311,21 @@ async fn admit(
     // token claims, when that parent is a session of this mount.
     let sessions = shared.callers.sessions();
     let current = shared.callers.resolve(pid, who.uid);
+    // A process whose session ended (revoked, expired, its parent ended) lost everything: it
+    // cannot start over under another token.
+    if let Some(c) = &current
+        && !c.is_active(SystemTime::now())
+    {
+        return refuse(
+            shared,
+            Some(pid),
+            "session.registered",
+            format!(
+                "process {pid} acts under a session that is {}; it cannot register another token",
+                c.state(SystemTime::now()).describe()
+            ),
+        );
+    }
     let mut bounds: Vec<(String, Arc<Session>)> = Vec::new();
     if let Some(c) = current.filter(|c| !Arc::ptr_eq(c, shared.callers.mount_session())) {
         bounds.push(("the session this process acts under".to_owned(), c));
