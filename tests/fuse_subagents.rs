@@ -443,6 +443,23 @@ for line in sys.stdin:
     assert_ne!(answer, "ok ok", "the revoked agent still reads");
     assert_eq!(a.ask(), "ENOENT EACCES", "the revoked agent still reads");
     assert!(took < Duration::from_secs(2), "{took:?}");
+    // The other sub-agent and the lead go on.
+    assert_eq!(b.ask(), "ok ok");
+    std::fs::read(m.at(GH_FILE)).unwrap();
+    assert!(is_mounted(&m.mnt));
+    let st = status(&m);
+    let states: Vec<&str> = st["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "revoked").count(),
+        1,
+        "{st}"
+    );
+    assert_eq!(states.len(), 3, "{st}");
     // A revoked sub-agent cannot start over under another token it holds.
     let spare = token_file(&m, &issuer, "spare", &["relayfile:fs:read:/github/repos/*"]);
     let o = bin()
@@ -467,23 +484,6 @@ for line in sys.stdin:
         "a revoked agent started over: {answer}"
     );
     assert!(answer.contains("cannot register another token"), "{answer}");
-    // The other sub-agent and the lead go on.
-    assert_eq!(b.ask(), "ok ok");
-    std::fs::read(m.at(GH_FILE)).unwrap();
-    assert!(is_mounted(&m.mnt));
-    let st = status(&m);
-    let states: Vec<&str> = st["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        states.iter().filter(|s| **s == "revoked").count(),
-        1,
-        "{st}"
-    );
-    assert_eq!(states.len(), 3, "{st}");
     for mut agent in [a, b] {
         agent.stdin.take();
         let _ = agent.child.wait();
