@@ -677,12 +677,14 @@ pub fn forget_cached(notifier: &fuser::Notifier, fs: &GuardFs) -> usize {
     let mut n = 0;
     for (parent, name, ino) in fs.cached_entries() {
         // ENOENT (the kernel no longer has it) is no error for an invalidation; fuser maps
-        // it to Ok. Other errors (the mount is going away) end the pass.
-        if notifier.inval_entry(INodeNo(parent), &name).is_err() {
-            break;
+        // it to Ok. A connection that is gone ends the pass; any other refusal of one entry
+        // must not spare the entries after it.
+        match notifier.inval_entry(INodeNo(parent), &name) {
+            Ok(()) => n += 1,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ENODEV)) => break,
+            Err(e) => tracing::debug!(parent, error = %e, "an entry could not be invalidated"),
         }
         let _ = notifier.inval_inode(INodeNo(ino), 0, 0);
-        n += 1;
     }
     n
 }
