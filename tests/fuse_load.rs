@@ -188,24 +188,11 @@ fn thirty_two_agents_under_load_keep_the_guard_bounded_consistent_and_audited() 
 
     // Every file is what its writer last wrote.
     for (n, r) in done.iter().enumerate() {
-        let dir = m.mirror_at(&format!("scratch/p{n}"));
-        let on_disk: BTreeMap<String, String> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    sha256(&e.path()),
-                )
-            })
-            .collect();
-        let expected: BTreeMap<String, String> = r["files"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-            .collect();
-        assert_eq!(on_disk, expected, "agent {n}");
+        assert_files_as_written(
+            &m.mirror_at(&format!("scratch/p{n}")),
+            r,
+            &format!("agent {n}"),
+        );
     }
 
     // Every decision an agent's operations needed is in the audit log, under its pid.
@@ -265,6 +252,27 @@ fn thirty_two_agents_under_load_keep_the_guard_bounded_consistent_and_audited() 
             >= refreshed - 1,
         "the token rewrites were adopted"
     );
+}
+
+/// Every file in `dir` is what the agent reporting `r` last wrote there, and nothing else is.
+fn assert_files_as_written(dir: &std::path::Path, r: &Value, who: &str) {
+    let on_disk: BTreeMap<String, String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                sha256(&e.path()),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = r["files"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(on_disk, expected, "{who}");
 }
 
 fn records_of(m: &TestMount) -> Vec<Value> {
@@ -420,24 +428,11 @@ fn four_sessions_of_eight_agents_go_on_while_one_is_revoked() {
             assert_eq!(r["unexpected"], json!([]), "session {k}: {r}");
             assert_eq!(r["gone"], false, "session {k}: {r}");
             // Every file as its writer left it, and every decision audited under its pid.
-            let dir = m.mirror_at(&format!("scratch/s{k}/a{n}"));
-            let on_disk: BTreeMap<String, String> = std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap())
-                .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        sha256(&e.path()),
-                    )
-                })
-                .collect();
-            let expected: BTreeMap<String, String> = r["files"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                .collect();
-            assert_eq!(on_disk, expected, "session {k} agent {n}");
+            assert_files_as_written(
+                &m.mirror_at(&format!("scratch/s{k}/a{n}")),
+                r,
+                &format!("session {k} agent {n}"),
+            );
             let pid = r["pid"].as_u64();
             let mine: Vec<&Value> = records
                 .iter()

@@ -28,17 +28,37 @@ fn token_file(m: &TestMount, issuer: &Issuer, name: &str, scopes: &[&str]) -> st
     path
 }
 
-/// `relayauth-mount run` of a Python program in the mount.
-fn run_py(m: &TestMount, token: &Path, code: &str) -> Command {
+/// `relayauth-mount run` of `argv` in the mount, under the token in `token`.
+fn run_as<S: AsRef<std::ffi::OsStr>>(m: &TestMount, token: &Path, argv: &[S]) -> Command {
     let mut cmd = bin();
     cmd.arg("run")
         .arg("--mountpoint")
         .arg(&m.mnt)
         .arg("--token-file")
         .arg(token)
-        .args(["--", "/usr/bin/python3", "-c", code])
+        .arg("--")
+        .args(argv)
         .current_dir(&m.mnt);
     cmd
+}
+
+/// `relayauth-mount run` of a Python program in the mount.
+fn run_py(m: &TestMount, token: &Path, code: &str) -> Command {
+    run_as(m, token, &["/usr/bin/python3", "-c", code])
+}
+
+/// A mount of the lead's token started with extra `mount` flags.
+fn lead_mount(args: Vec<&str>) -> (Issuer, TestMount) {
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(LEAD),
+        MountOpts {
+            args,
+            ..MountOpts::default()
+        },
+    );
+    (issuer, m)
 }
 
 /// What a process sees: the top level, and for each path whether it reads.
@@ -61,9 +81,7 @@ fn look(o: &Output) -> Value {
 }
 
 fn two_sessions() -> (Issuer, TestMount) {
-    let issuer = Issuer::start();
-    let m = TestMount::start(&issuer, &issuer.token(LEAD), MountOpts::default());
-    (issuer, m)
+    lead_mount(Vec::new())
 }
 
 #[test]
@@ -462,15 +480,7 @@ for line in sys.stdin:
     assert_eq!(states.len(), 3, "{st}");
     // A revoked sub-agent cannot start over under another token it holds.
     let spare = token_file(&m, &issuer, "spare", &["relayfile:fs:read:/github/repos/*"]);
-    let o = bin()
-        .arg("run")
-        .arg("--mountpoint")
-        .arg(&m.mnt)
-        .arg("--token-file")
-        .arg(&spare)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let o = run_as(&m, &spare, &["true"]).output().unwrap();
     assert!(o.status.success(), "an active caller may: {}", err(&o));
     let restart = format!(
         "{bin} run --mountpoint {mnt} --token-file {spare} -- true",
@@ -605,15 +615,7 @@ fn revoking_a_parent_ends_its_children_and_kill_mode_stops_them() {
     if !fuse_available() {
         return;
     }
-    let issuer = Issuer::start();
-    let m = TestMount::start(
-        &issuer,
-        &issuer.token(LEAD),
-        MountOpts {
-            args: vec!["--on-revoke", "kill"],
-            ..MountOpts::default()
-        },
-    );
+    let (issuer, m) = lead_mount(vec!["--on-revoke", "kill"]);
     let lead = token_file(&m, &issuer, "sub-lead", GITHUB);
     // The sub-lead delegates a child that sleeps; both keep running until stopped.
     let code = format!(
@@ -752,14 +754,7 @@ def chain(n):
     os.waitpid(pid, 0)
 chain(int(sys.argv[1]))";
     for depth in ["5", "70", "200"] {
-        let o = bin()
-            .arg("run")
-            .arg("--mountpoint")
-            .arg(&m.mnt)
-            .arg("--token-file")
-            .arg(&gh)
-            .args(["--", "/usr/bin/python3", "-c", deep, depth])
-            .current_dir(&m.mnt)
+        let o = run_as(&m, &gh, &["/usr/bin/python3", "-c", deep, depth])
             .output()
             .unwrap();
         assert_eq!(out(&o).trim(), "refused", "depth {depth}: {}", err(&o));
@@ -773,15 +768,7 @@ fn kill_mode_leaves_no_survivor_outside_the_session() {
     if !fuse_available() {
         return;
     }
-    let issuer = Issuer::start();
-    let m = TestMount::start(
-        &issuer,
-        &issuer.token(LEAD),
-        MountOpts {
-            args: vec!["--on-revoke", "kill"],
-            ..MountOpts::default()
-        },
-    );
+    let (issuer, m) = lead_mount(vec!["--on-revoke", "kill"]);
     let gh = token_file(&m, &issuer, "github", GITHUB);
     let log = m.dir.path().join("escape.log");
     let code = format!(
@@ -897,18 +884,12 @@ fn run_hands_over_no_descriptor_and_a_sub_agent_cannot_unmount() {
     let o = via(true);
     assert!(!out(&o).is_empty(), "--keep-fds hands it over: {}", err(&o));
     // A sub-agent asking the daemon to unmount is refused; the mount stays.
-    let o = bin()
-        .arg("run")
-        .arg("--mountpoint")
-        .arg(&m.mnt)
-        .arg("--token-file")
-        .arg(&gh)
-        .arg("--")
-        .arg(env!("CARGO_BIN_EXE_relayauth-mount"))
-        .arg("unmount")
-        .arg(&m.mnt)
-        .output()
-        .unwrap();
+    let unmount = [
+        std::ffi::OsStr::new(env!("CARGO_BIN_EXE_relayauth-mount")),
+        std::ffi::OsStr::new("unmount"),
+        m.mnt.as_os_str(),
+    ];
+    let o = run_as(&m, &gh, &unmount).output().unwrap();
     assert!(!o.status.success(), "{}", out(&o));
     assert!(err(&o).contains("sub-agent"), "{}", err(&o));
     assert!(is_mounted(&m.mnt));
@@ -922,15 +903,7 @@ fn with_required_registration_only_registered_trees_see_anything() {
     if !fuse_available() {
         return;
     }
-    let issuer = Issuer::start();
-    let m = TestMount::start(
-        &issuer,
-        &issuer.token(LEAD),
-        MountOpts {
-            args: vec!["--require-registration"],
-            ..MountOpts::default()
-        },
-    );
+    let (_issuer, m) = lead_mount(vec!["--require-registration"]);
     // Listing is refused, nothing below the root is there; the notice says how to start.
     let listing = std::fs::read_dir(&m.mnt).map(|d| {
         d.filter_map(|e| e.ok())

@@ -31,22 +31,10 @@ use crate::daemon::control;
                         token; what is left running when the command exits is stopped."
 )]
 pub struct RunArgs {
-    /// The guarded view to run in (a mountpoint of `relayauth-mount mount`).
-    #[arg(long, value_name = "M")]
-    mountpoint: PathBuf,
     #[command(flatten)]
     from: TokenSourceArgs,
-    /// How long what the command left running gets between SIGTERM and SIGKILL.
-    #[arg(long, value_name = "D", default_value = "2s", value_parser = super::token::duration)]
-    grace: Duration,
-    /// Let the command inherit this process's open descriptors beyond stdin, stdout and stderr
-    /// (by default they are closed: a descriptor opened under another session keeps that
-    /// session's rights).
-    #[arg(long)]
-    keep_fds: bool,
-    /// The command to run and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
+    #[command(flatten)]
+    launch: Launch,
 }
 
 /// Run the command; returns its exit code (or 1 when the registration was refused).
@@ -67,15 +55,7 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         token: token.access_token.clone(),
         pid: std::process::id(),
     };
-    run_registered(
-        &args.mountpoint,
-        &request,
-        Launch {
-            grace: args.grace,
-            keep_fds: args.keep_fds,
-        },
-        &args.command,
-    )
+    run_registered(&request, &args.launch)
 }
 
 #[derive(Debug, Args)]
@@ -86,9 +66,6 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
                         session the caller acts under: never wider, never outliving it."
 )]
 pub struct DelegateArgs {
-    /// The guarded view to run in (a mountpoint of `relayauth-mount mount`).
-    #[arg(long, value_name = "M")]
-    mountpoint: PathBuf,
     /// The sub-agent's name (relayauth reuses the identity of an earlier delegation to it).
     #[arg(long, value_name = "NAME")]
     agent: String,
@@ -99,6 +76,27 @@ pub struct DelegateArgs {
     /// How long the child token lives (never past the parent's expiry).
     #[arg(long, value_name = "D", value_parser = super::token::duration)]
     ttl: Option<Duration>,
+    #[command(flatten)]
+    launch: Launch,
+}
+
+/// `delegate`: a child token of the caller's session, then the command under it.
+pub fn delegate(args: DelegateArgs) -> Result<i32, Failure> {
+    let request = control::Request::Delegate {
+        agent: args.agent.clone(),
+        scopes: args.scopes.clone(),
+        ttl_secs: args.ttl.map(|d| d.as_secs()),
+        pid: std::process::id(),
+    };
+    run_registered(&request, &args.launch)
+}
+
+/// Where and how the command is started: the flags `run` and `delegate` share.
+#[derive(Debug, Args)]
+struct Launch {
+    /// The guarded view to run in (a mountpoint of `relayauth-mount mount`).
+    #[arg(long, value_name = "M")]
+    mountpoint: PathBuf,
     /// How long what the command left running gets between SIGTERM and SIGKILL.
     #[arg(long, value_name = "D", default_value = "2s", value_parser = super::token::duration)]
     grace: Duration,
@@ -112,39 +110,18 @@ pub struct DelegateArgs {
     command: Vec<OsString>,
 }
 
-/// `delegate`: a child token of the caller's session, then the command under it.
-pub fn delegate(args: DelegateArgs) -> Result<i32, Failure> {
-    let request = control::Request::Delegate {
-        agent: args.agent.clone(),
-        scopes: args.scopes.clone(),
-        ttl_secs: args.ttl.map(|d| d.as_secs()),
-        pid: std::process::id(),
+/// Register this process with `request`, then run the command under the session.
+fn run_registered(request: &control::Request, launch: &Launch) -> Result<i32, Failure> {
+    let Launch {
+        mountpoint,
+        grace,
+        keep_fds,
+        command,
+    } = launch;
+    let (grace, keep_fds) = (*grace, *keep_fds);
+    let Some((program, program_args)) = command.split_first() else {
+        return Err(Failure::input("give the command to run after --"));
     };
-    run_registered(
-        &args.mountpoint,
-        &request,
-        Launch {
-            grace: args.grace,
-            keep_fds: args.keep_fds,
-        },
-        &args.command,
-    )
-}
-
-/// How the command is started.
-struct Launch {
-    grace: Duration,
-    keep_fds: bool,
-}
-
-/// Register this process with `request`, then run `command` under the session.
-fn run_registered(
-    mountpoint: &std::path::Path,
-    request: &control::Request,
-    launch: Launch,
-    command: &[OsString],
-) -> Result<i32, Failure> {
-    let Launch { grace, keep_fds } = launch;
     // Before registering: from here on every orphan of the tree comes back to this process.
     // SAFETY: prctl with an integer argument.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -161,8 +138,8 @@ fn run_registered(
         return Err(Failure::failed(format!("the mount refused: {why}")));
     }
     let signals = Signals::block()?;
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]);
+    let mut cmd = Command::new(program);
+    cmd.args(program_args);
     let unblock = signals.0;
     // SAFETY: between fork and exec only async-signal-safe calls: sigprocmask, close_range.
     // The command must not inherit the mask `run` waits with (it would never see SIGTERM),
@@ -189,7 +166,7 @@ fn run_registered(
         };
         Failure {
             exit: code,
-            message: format!("cannot start {}: {e}", command[0].to_string_lossy()),
+            message: format!("cannot start {}: {e}", program.to_string_lossy()),
         }
     })?;
     let cmd = child.id() as libc::pid_t;

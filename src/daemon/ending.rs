@@ -80,6 +80,14 @@ fn tree_of(root: ProcessKey) -> Vec<ProcessKey> {
     out
 }
 
+/// Whether `pid` has exited and waits to be reaped (its state in `/proc/<pid>/stat` is `Z`).
+fn zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|t| {
+        t.rfind(')')
+            .is_some_and(|i| t[i + 1..].trim_start().starts_with('Z'))
+    })
+}
+
 /// Signal each process of `keys` that is still the process it was.
 fn signal(keys: &[ProcessKey], sig: libc::c_int) -> Vec<u32> {
     let mut hit = Vec::new();
@@ -141,6 +149,12 @@ pub(crate) fn stop_processes(shared: &Arc<Shared>, session: &Arc<Session>, grace
             "processes of an ended session could not all be stopped; its registration stays"
         );
     } else {
+        // The roots pass SIGTERM on and exit with their command's status once their tree is
+        // gone: they get the rest of the grace period to do so, then SIGKILL.
+        let alive = |k: &ProcessKey| ProcessKey::of(k.pid) == Some(*k) && !zombie(k.pid);
+        while std::time::Instant::now() < deadline && roots.iter().any(alive) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         killed.extend(signal(&roots, libc::SIGKILL));
     }
     killed.sort_unstable();

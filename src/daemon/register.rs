@@ -141,18 +141,27 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let token = match shared.verifier.verify_fresh(raw.trim()).await {
-        Ok(t) => t,
-        Err(e) => {
-            return refuse(
-                shared,
-                Some(who.pid),
-                "token.validated",
-                format!("the token was refused: {e}"),
-            );
-        }
-    };
-    admit(shared, &who, token).await
+    match verified(shared, who.pid, raw.trim(), "the token").await {
+        Ok(token) => admit(shared, &who, token).await,
+        Err(answer) => answer,
+    }
+}
+
+/// `raw` verified with the mount's verifier, or the refusal (audited) naming `what` was refused.
+async fn verified(
+    shared: &Shared,
+    pid: u32,
+    raw: &str,
+    what: &str,
+) -> Result<crate::token::VerifiedToken, Value> {
+    shared.verifier.verify_fresh(raw).await.map_err(|e| {
+        refuse(
+            shared,
+            Some(pid),
+            "token.validated",
+            format!("{what} was refused: {e}"),
+        )
+    })
 }
 
 /// What a `delegate` request asks for.
@@ -233,16 +242,9 @@ pub(crate) async fn delegate(
         }
         Err(e) => return refuse(shared, Some(who.pid), "session.registered", e.to_string()),
     };
-    let token = match shared.verifier.verify_fresh(&raw).await {
+    let token = match verified(shared, who.pid, &raw, "the child token relayauth issued").await {
         Ok(t) => t,
-        Err(e) => {
-            return refuse(
-                shared,
-                Some(who.pid),
-                "token.validated",
-                format!("the child token relayauth issued was refused: {e}"),
-            );
-        }
+        Err(answer) => return answer,
     };
     if token.expires_at() > g.expires_at() || token.parent_token_id() != Some(&g.actor().token_id) {
         return refuse(
