@@ -926,3 +926,106 @@ fn with_required_registration_only_registered_trees_see_anything() {
     assert_eq!(v["top"], json!(["github", "linear", "slack"]), "{v}");
     assert_eq!(v["github"], "ok");
 }
+
+/// `--token-from-env`: a process started with `RELAYAUTH_TOKEN` in its environment acts under
+/// that token, without `run`; its children (which inherit the variable) stay in the one session;
+/// a forged, foreign or revoked token there leaves the process nothing rather than the
+/// mount's session; the lead keeps its view.
+#[test]
+fn with_token_from_env_a_process_acts_under_the_token_in_its_environment() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = lead_mount(vec!["--token-from-env"]);
+    let gh = issuer.token(GITHUB);
+    let py = |token: &str, code: &str| {
+        Command::new("/usr/bin/python3")
+            .args(["-c", code])
+            .env("RELAYAUTH_TOKEN", token)
+            .current_dir(&m.mnt)
+            .output()
+            .unwrap()
+    };
+    // The process and a child it starts (the child inherits the variable).
+    let family = format!(
+        "import subprocess, json, sys
+{LOOK}
+r = subprocess.run([sys.executable, '-c', '''{LOOK}'''], capture_output=True, text=True)
+print(r.stdout.strip())"
+    );
+    let o = py(&gh, &family);
+    assert!(o.status.success(), "{}", err(&o));
+    let lines: Vec<Value> = out(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", out(&o));
+    for v in &lines {
+        assert_eq!(v["top"], json!(["github"]), "{v}");
+        assert_eq!(v["github"], "ok");
+        assert_eq!(v["slack"], "ENOENT");
+        let sub = claims_of(&gh)["sub"].as_str().unwrap().to_owned();
+        assert!(
+            v["notice"]
+                .as_str()
+                .is_some_and(|n| n.contains(&format!("Agent: `{sub}`"))),
+            "{v}"
+        );
+    }
+    // One registration for the family, said to come from the environment.
+    m.wait_audit(|e| e["action"] == "session.registered" && e["result"] == "allowed");
+    let regs: Vec<Value> = m
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["action"] == "session.registered" && e["result"] == "allowed")
+        .collect();
+    assert_eq!(regs.len(), 1, "{regs:?}");
+    assert_eq!(regs[0]["metadata"]["via"], "environment", "{}", regs[0]);
+    // A forged token: nothing, and the notice says why (not the mount's view).
+    const NOTHING: &str = "import os, json, errno
+try:
+    top = sorted(n for n in os.listdir('.') if not n.startswith('_'))
+except OSError as e:
+    top = errno.errorcode.get(e.errno)
+print(json.dumps({'top': top, 'github': os.path.exists('github'),
+    'notice': open('_PERMISSIONS.md').read()}))";
+    let nothing = |v: &Value| {
+        assert!(v["top"] == json!([]) || v["top"] == "EACCES", "{v}");
+        assert_eq!(v["github"], false, "{v}");
+    };
+    let v = look(&py("eyJhbGciOiJub25lIn0.e30.", NOTHING));
+    nothing(&v);
+    assert!(
+        v["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("RELAYAUTH_TOKEN")),
+        "{v}"
+    );
+    m.wait_audit(|e| {
+        e["action"] == "token.validated"
+            && e["result"] == "denied"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("RELAYAUTH_TOKEN"))
+    });
+    // A revoked one.
+    let revoked = issuer.token(GITHUB);
+    let jti = claims_of(&revoked)["jti"].as_str().unwrap().to_owned();
+    issuer.revoke(json!({ "tokenId": jti }));
+    nothing(&look(&py(&revoked, NOTHING)));
+    // A sub-agent that starts a child with a wider token (the lead's) gets it nothing.
+    let lead = std::fs::read_to_string(&m.token_file).unwrap();
+    let widen = format!(
+        "import subprocess, sys, os
+env = dict(os.environ, RELAYAUTH_TOKEN={lead:?})
+r = subprocess.run([sys.executable, '-c', '''{NOTHING}'''], env=env, capture_output=True, text=True)
+print(r.stdout.strip())",
+        lead = lead.trim()
+    );
+    nothing(&look(&py(&gh, &widen)));
+    m.wait_audit(|e| e["action"] == "scope.escalation_denied");
+    // The lead, with no token in its environment, still sees everything.
+    assert!(std::fs::read(m.at(GH_FILE)).is_ok());
+    assert!(m.at("slack").exists());
+    assert!(is_mounted(&m.mnt));
+}

@@ -66,6 +66,11 @@ pub struct MountArgs {
     /// Callers that are not registered with the mount see nothing.
     #[arg(long)]
     require_registration: bool,
+    /// A process whose own environment holds RELAYAUTH_TOKEN acts under that token (admitted
+    /// as `run` would register it: verified, never wider than what the process acts under).
+    /// Turns the kernel's caches off for the whole mount.
+    #[arg(long)]
+    token_from_env: bool,
     /// What happens to a sub-agent's processes when its session is revoked or expires:
     /// `deny` refuses everything they ask; `kill` also stops them (SIGTERM, then SIGKILL).
     #[arg(long, value_enum, default_value = "deny")]
@@ -113,6 +118,7 @@ pub fn run_mount(args: MountArgs) -> CliResult {
             .filter(|r| !r.is_empty())
             .collect(),
         require_registration: args.require_registration,
+        token_from_env: args.token_from_env,
         allow_other_users: args.allow_other_users,
         on_revoke: args.on_revoke,
         threads: args.threads.unwrap_or_else(crate::fuse::default_threads),

@@ -69,6 +69,8 @@ pub struct MountSpec {
     pub writeback_policies: Option<PathBuf>,
     pub local_roots: Vec<String>,
     pub require_registration: bool,
+    /// A process whose own environment holds `RELAYAUTH_TOKEN` acts under that token.
+    pub token_from_env: bool,
     /// Unregistered callers of every uid act under the mount's session.
     pub allow_other_users: bool,
     /// What happens to a registered session's processes when it ends.

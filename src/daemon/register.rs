@@ -142,9 +142,60 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
         Err(answer) => return answer,
     };
     match verified(shared, who.pid, raw.trim(), "the token").await {
-        Ok(token) => admit(shared, &who, token).await,
+        Ok(token) => answer(admit(shared, &who, token, "run").await),
         Err(answer) => answer,
     }
+}
+
+/// How long a FUSE request waits for the admission of the token in its process's environment
+/// (verification, relayauth's revocation answer) before the process is refused.
+const ENV_ADMISSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--token-from-env`: what admits the `RELAYAUTH_TOKEN` found in a caller's environment, as
+/// if the process had registered itself with `run` (the same checks, audited). It is called
+/// from a FUSE worker thread (never from the daemon's runtime, where it refuses) and waits for
+/// the admission on `runtime`.
+pub(crate) fn env_admission(
+    shared: std::sync::Weak<Shared>,
+    runtime: tokio::runtime::Handle,
+) -> Arc<crate::session::callers::EnvAdmission> {
+    Arc::new(move |key: ProcessKey, uid: u32, raw: &str| {
+        let shared = shared.upgrade()?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tracing::error!(
+                pid = key.pid,
+                "an environment token cannot be admitted from the daemon's own tasks"
+            );
+            return None;
+        }
+        let who = Registrant {
+            pid: key.pid,
+            uid,
+            key,
+        };
+        let what = format!("the token in {}", crate::session::callers::TOKEN_VARIABLE);
+        runtime.block_on(async {
+            let admitted = async {
+                let token = verified(&shared, key.pid, raw.trim(), &what).await.ok()?;
+                admit(&shared, &who, token, "environment").await.ok()
+            };
+            match tokio::time::timeout(ENV_ADMISSION_TIMEOUT, admitted).await {
+                Ok(s) => s,
+                Err(_) => {
+                    refuse(
+                        &shared,
+                        Some(key.pid),
+                        "session.registered",
+                        format!(
+                            "{what} could not be admitted within {}s (is relayauth answering?)",
+                            ENV_ADMISSION_TIMEOUT.as_secs()
+                        ),
+                    );
+                    None
+                }
+            }
+        })
+    })
 }
 
 /// `raw` verified with the mount's verifier, or the refusal (audited) naming `what` was refused.
@@ -182,7 +233,7 @@ pub(crate) async fn delegate(
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let Some(parent) = shared.callers.resolve(who.pid, who.uid) else {
+    let Some(parent) = shared.callers.resolve_known(who.pid, who.uid) else {
         return refuse(
             shared,
             Some(who.pid),
@@ -255,7 +306,7 @@ pub(crate) async fn delegate(
                 .to_owned(),
         );
     }
-    admit(shared, &who, token).await
+    answer(admit(shared, &who, token, "delegate").await)
 }
 
 /// Audit a refused widening (`operation`: `register` or `delegate`), under the session that
@@ -286,16 +337,19 @@ fn escalation(
 
 /// Register `who` under the verified `token`: same org and workspace, never wider than the
 /// session it acts under now nor than the parent the token claims, confirmed by relayauth.
+/// `via` says how the token came (`run`, `delegate`, `environment`); the refusal is the
+/// answer to give.
 async fn admit(
     shared: &Arc<Shared>,
     who: &Registrant,
     token: crate::token::VerifiedToken,
-) -> Value {
+    via: &str,
+) -> Result<Arc<Session>, Value> {
     let pid = who.pid;
     let mount = shared.callers.mount_session().grants();
     let m = mount.actor();
     if token.org() != m.org_id || token.workspace() != m.workspace_id {
-        return refuse(
+        return Err(refuse(
             shared,
             Some(pid),
             "token.validated",
@@ -307,18 +361,18 @@ async fn admit(
                 m.org_id,
                 m.workspace_id
             ),
-        );
+        ));
     }
     // Never wider than what the registering process acts under now, nor than the parent the
     // token claims, when that parent is a session of this mount.
     let sessions = shared.callers.sessions();
-    let current = shared.callers.resolve(pid, who.uid);
+    let current = shared.callers.resolve_known(pid, who.uid);
     // A process whose session ended (revoked, expired, its parent ended) lost everything: it
     // cannot start over under another token.
     if let Some(c) = &current
         && !c.is_active(SystemTime::now())
     {
-        return refuse(
+        return Err(refuse(
             shared,
             Some(pid),
             "session.registered",
@@ -326,7 +380,7 @@ async fn admit(
                 "process {pid} acts under a session that is {}; it cannot register another token",
                 c.state(SystemTime::now()).describe()
             ),
-        );
+        ));
     }
     let mut bounds: Vec<(String, Arc<Session>)> = Vec::new();
     if let Some(c) = current.filter(|c| !Arc::ptr_eq(c, shared.callers.mount_session())) {
@@ -350,7 +404,7 @@ async fn admit(
                 refused.join(", ")
             );
             escalation(shared, pid, &g, &why, &refused, token.subject(), "register");
-            return super::control::error(why);
+            return Err(super::control::error(why));
         }
     }
     let confirmed = match &shared.revocation {
@@ -358,15 +412,15 @@ async fn admit(
         Some(client) => match client.check(token.raw(), token.token_id()).await {
             Ok(Status::Alive) => true,
             Ok(Status::Revoked(r)) => {
-                return refuse(
+                return Err(refuse(
                     shared,
                     Some(pid),
                     "token.validated",
                     format!("relayauth says the token is revoked ({r}); get a new token"),
-                );
+                ));
             }
             Err(e) => {
-                return refuse(
+                return Err(refuse(
                     shared,
                     Some(pid),
                     "token.validated",
@@ -374,7 +428,7 @@ async fn admit(
                         "relayauth could not confirm the token is not revoked ({e}); try again \
                          when relayauth answers"
                     ),
-                );
+                ));
             }
         },
     };
@@ -383,12 +437,12 @@ async fn admit(
         session.confirm();
     }
     if !ProcessKey::of(pid).is_some_and(|now| now == who.key) {
-        return refuse(
+        return Err(refuse(
             shared,
             Some(pid),
             "session.registered",
             format!("process {pid} exited while registering"),
-        );
+        ));
     }
     shared.callers.register(who.key, session.clone());
     let g = session.grants();
@@ -404,8 +458,15 @@ async fn admit(
             "process {pid} and its descendants act under this token"
         ))
         .meta("rootPid", pid)
+        .meta("via", via)
         .meta("scopes", g.scopes().raw().collect::<Vec<_>>().join(" ")),
     );
+    tracing::info!(pid, agent = %g.actor().identity_id, via, "registered a session");
+    if shared.callers.reads_environment() {
+        // Nothing was cached (any request could open a session) and nothing may be invalidated
+        // from here: this may run for a FUSE request whose kernel locks the invalidation needs.
+        return Ok(session);
+    }
     // From now on every reply carries no cache time; what the kernel already caches goes
     // before the agent starts. A reply computed just before the registration may reach the
     // kernel after that pass, so the pass runs again once such a reply's cache time is over.
@@ -416,12 +477,22 @@ async fn admit(
     })
     .await;
     if let Ok((n, notifier, fs)) = first {
-        tracing::info!(pid, agent = %g.actor().identity_id, invalidated = n, "registered a session");
+        tracing::debug!(pid, invalidated = n, "emptied the kernel's caches");
         tokio::task::spawn_blocking(move || {
             std::thread::sleep(fs.options().attr_ttl + Duration::from_millis(50));
             crate::fuse::forget_cached(&notifier, &fs);
         });
     }
+    Ok(session)
+}
+
+/// The control socket's answer to a registration: the session, or the refusal.
+fn answer(admitted: Result<Arc<Session>, Value>) -> Value {
+    let session = match admitted {
+        Ok(s) => s,
+        Err(refusal) => return refusal,
+    };
+    let g = session.grants();
     json!({
         "ok": true,
         "session_id": g.actor().session_id,

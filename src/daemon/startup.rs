@@ -308,7 +308,8 @@ pub(super) async fn start(
     );
     let callers = Arc::new(
         Callers::new(session.clone(), spec.require_registration)
-            .allow_other_users(spec.allow_other_users),
+            .allow_other_users(spec.allow_other_users)
+            .token_from_env(spec.token_from_env),
     );
     let mirror = Mirror::open(&source).or_else(|e| {
         fail(
@@ -374,6 +375,12 @@ pub(super) async fn start(
         started: SystemTime::now(),
         notifier,
     });
+    shared
+        .callers
+        .set_env_admission(super::register::env_admission(
+            Arc::downgrade(&shared),
+            tokio::runtime::Handle::current(),
+        ));
     let conn = tasks::connection_of(&mountpoint);
     let (stop_tx, stop_rx) = tokio::sync::mpsc::channel::<Stop>(8);
     let listener = match tasks::bind_control(&mountpoint) {

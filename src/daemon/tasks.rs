@@ -241,7 +241,7 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
 /// The agent of the registered session `pid` acts under, if it acts under one (not the
 /// mount's own session).
 fn sub_agent_of(shared: &Shared, pid: Option<u32>, uid: u32) -> Option<String> {
-    let s = shared.callers.resolve(pid?, uid)?;
+    let s = shared.callers.resolve_known(pid?, uid)?;
     (!Arc::ptr_eq(&s, shared.callers.mount_session()))
         .then(|| s.grants().actor().identity_id.clone())
 }

@@ -25,7 +25,12 @@ impl GuardFs {
         let dir_path = String::from_utf8_lossy(&dir_node.path()).into_owned();
         let (Some(grants), Some(state), Some(session)) = (&ctx.grants, &ctx.state, &ctx.session)
         else {
-            return Ok(b"# Permissions\n\nThis process is not registered with the mount, so it may see nothing. Start it with `relayauth-mount run` and a token.\n".to_vec());
+            let how = if self.gate.callers().reads_environment() {
+                "Start it with `relayauth-mount run` and a token, or with the token in `RELAYAUTH_TOKEN` (a token there that was refused also leaves it nothing; the audit log says why)."
+            } else {
+                "Start it with `relayauth-mount run` and a token."
+            };
+            return Ok(format!("# Permissions\n\nThis process is not registered with the mount, so it may see nothing. {how}\n").into_bytes());
         };
         let listed: Vec<Listed> = if *state == State::Active {
             let fd = self.dir_fd(&dir_node)?;

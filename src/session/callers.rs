@@ -8,10 +8,18 @@
 //! with `--allow-other-users`): the mount's token is its owner's, not every local user's. Any
 //! other caller, and every unregistered caller when the mount requires registration, sees
 //! nothing.
+//!
+//! With `--token-from-env` a process may also register by what it *is*: at its first request
+//! the daemon reads its own environment (`/proc/<pid>/environ`) once, and a `RELAYAUTH_TOKEN`
+//! there is admitted exactly as `run` would have registered it (verified, same workspace, never
+//! wider than the session the process acted under, audited). A token the process merely
+//! inherited from the ancestor whose session it already acts under changes nothing; a token
+//! that is refused leaves the process seeing nothing rather than falling back to another
+//! session.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 
 use super::Session;
@@ -23,16 +31,32 @@ pub struct ProcessKey {
     pub start_time: u64,
 }
 
-/// `(parent pid, start time)` of `pid`, from `/proc/<pid>/stat`.
-pub fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+/// What `/proc/<pid>/stat` says about a process.
+struct Stat {
+    ppid: u32,
+    start_time: u64,
+    /// Where its environment lies in its memory (`env_start`, `env_end`): new at every
+    /// `execve`, which keeps the pid and start time but brings a new environment.
+    env: EnvRange,
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain anything, so parse after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // fields[0] is the state (field 3 of the file), so field N is fields[N - 3].
-    let ppid = fields.get(1)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((ppid, start))
+    let num = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        start_time: num(22)?,
+        env: (num(50).unwrap_or(0), num(51).unwrap_or(0)),
+    })
+}
+
+/// `(parent pid, start time)` of `pid`, from `/proc/<pid>/stat`.
+pub fn proc_stat(pid: u32) -> Option<(u32, u64)> {
+    read_stat(pid).map(|s| (s.ppid, s.start_time))
 }
 
 /// The thread group (process) of the thread `tid`, from `/proc/<tid>/status`; `tid` itself when
@@ -54,6 +78,56 @@ impl ProcessKey {
     }
 }
 
+/// The variable `--token-from-env` reads.
+pub const TOKEN_VARIABLE: &str = "RELAYAUTH_TOKEN";
+
+/// The value of `RELAYAUTH_TOKEN` in the environment the process `pid` was started with (as
+/// it is now in its memory), if it has one.
+pub fn environment_token(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{TOKEN_VARIABLE}=");
+    env.split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Admits the process `key` (running as `uid`) under the token its environment holds, as a
+/// registration would; `None` when the token is refused (the refusal is audited by it).
+pub type EnvAdmission = dyn Fn(ProcessKey, u32, &str) -> Option<Arc<Session>> + Send + Sync;
+
+/// Where a process's environment lies in its memory (`env_start`, `env_end` of
+/// `/proc/<pid>/stat`); `(0, 0)` while an `execve` is placing a new one.
+type EnvRange = (u64, u64);
+
+/// `--token-from-env`: who decides, and which processes were looked at.
+struct FromEnv {
+    admit: OnceLock<Arc<EnvAdmission>>,
+    /// Processes whose environment was read (and where that environment lay, so an `execve`
+    /// with a new one is read again), and whether the token in it was refused (a process whose
+    /// token was admitted is registered instead, and keeps that session across an `execve`,
+    /// as under `run`).
+    checked: RwLock<FxHashMap<ProcessKey, (EnvRange, EnvVerdict)>>,
+    /// Held while one admission runs, so two threads of one process are never admitted twice.
+    /// Only FUSE workers take it; the admission itself (and the daemon) only read `checked`.
+    admitting: Mutex<()>,
+}
+
+impl std::fmt::Debug for FromEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FromEnv")
+            .field("checked", &self.checked.read().len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EnvVerdict {
+    /// No token of its own: the process acts under what its ancestry gives it.
+    Inherits,
+    /// Its token was refused: it sees nothing.
+    Refused,
+}
+
 /// The sessions of a mount and who acts under which.
 #[derive(Debug)]
 pub struct Callers {
@@ -64,6 +138,7 @@ pub struct Callers {
     /// Whether unregistered callers of any uid act under the mount's session.
     other_users: bool,
     registered: RwLock<FxHashMap<ProcessKey, Arc<Session>>>,
+    from_env: Option<FromEnv>,
 }
 
 /// How far up the process tree to look. A walk that has not reached the top by then (or that
@@ -81,7 +156,32 @@ impl Callers {
             owner: rustix::process::getuid().as_raw(),
             other_users: false,
             registered: RwLock::new(FxHashMap::default()),
+            from_env: None,
         }
+    }
+
+    /// Let a process act under the `RELAYAUTH_TOKEN` of its own environment (`--token-from-env`);
+    /// [`Callers::set_env_admission`] names who admits it.
+    pub fn token_from_env(mut self, enabled: bool) -> Callers {
+        self.from_env = enabled.then(|| FromEnv {
+            admit: OnceLock::new(),
+            checked: RwLock::new(FxHashMap::default()),
+            admitting: Mutex::new(()),
+        });
+        self
+    }
+
+    /// Who admits a token found in a caller's environment. Until it is set (and without
+    /// `--token-from-env`) such a token is refused.
+    pub fn set_env_admission(&self, admit: Arc<EnvAdmission>) {
+        if let Some(env) = &self.from_env {
+            let _ = env.admit.set(admit);
+        }
+    }
+
+    /// Whether processes may bring their token in their environment.
+    pub fn reads_environment(&self) -> bool {
+        self.from_env.is_some()
     }
 
     /// Let unregistered callers of every uid act under the mount's session (the loudly
@@ -96,9 +196,15 @@ impl Callers {
         self.owner
     }
 
+    /// Whether a caller running as `uid` may use this mount at all (as the control socket
+    /// answers only the mount's user and root, unless every local user was let in).
+    fn may_use_mount(&self, uid: u32) -> bool {
+        uid == self.owner || uid == 0 || self.other_users
+    }
+
     /// Whether an unregistered caller running as `uid` may act under the mount's session.
     fn may_use_mount_session(&self, uid: u32) -> bool {
-        !self.require_registration && (uid == self.owner || uid == 0 || self.other_users)
+        !self.require_registration && self.may_use_mount(uid)
     }
 
     /// The mount's own session.
@@ -126,13 +232,107 @@ impl Callers {
     /// so the filesystem turns them off when this exceeds one). Unregistered callers have one
     /// view besides the registered sessions: the mount session's, or, when registration is
     /// required, the empty one, which a cached entry of a registered session must not reach.
+    /// When processes may bring their own token, any request can be the first of a new
+    /// session, so there are always several.
     pub fn session_count(&self) -> usize {
-        1 + self.registered.read().len()
+        let env = usize::from(self.from_env.is_some());
+        1 + env + self.registered.read().len()
     }
 
-    /// The session the process `pid`, running as `uid`, acts under, or `None` when it may see
-    /// nothing.
+    /// The session the process `pid` (a thread id), running as `uid`, acts under, or `None`
+    /// when it may see nothing. With `--token-from-env`, a process seen for the first time has
+    /// its environment read and a token there admitted (this may wait for relayauth): call it
+    /// from a FUSE worker, never from the daemon's own tasks, which use
+    /// [`Callers::resolve_known`].
     pub fn resolve(&self, pid: u32, uid: u32) -> Option<Arc<Session>> {
+        let Some(env) = &self.from_env else {
+            return self.walk(pid, uid);
+        };
+        let tgid = thread_group(pid);
+        let stat = read_stat(tgid)?;
+        let key = ProcessKey {
+            pid: tgid,
+            start_time: stat.start_time,
+        };
+        let known = || {
+            if self.registered.read().contains_key(&key) {
+                return Some(EnvVerdict::Inherits);
+            }
+            env.checked
+                .read()
+                .get(&key)
+                .filter(|(at, _)| *at == stat.env)
+                .map(|(_, v)| *v)
+        };
+        let judged = match known() {
+            Some(v) => v,
+            None => {
+                // One admission at a time; another thread of this process may have been
+                // admitted (or judged) while this one waited.
+                let _one = env.admitting.lock();
+                match known() {
+                    Some(v) => v,
+                    None => {
+                        let v = self.judge_environment(env, key, uid);
+                        // No environment yet: the kernel is in the middle of an `execve` (the
+                        // new one is placed after the old memory is gone). Judged again later.
+                        if stat.env != (0, 0) {
+                            env.checked.write().insert(key, (stat.env, v));
+                        }
+                        v
+                    }
+                }
+            }
+        };
+        match judged {
+            EnvVerdict::Inherits => self.walk(tgid, uid),
+            EnvVerdict::Refused => None,
+        }
+    }
+
+    /// Read the environment of the process `key` and admit the token there, if it has one of
+    /// its own: registered (and so `Inherits` from now on), or `Refused`.
+    fn judge_environment(&self, env: &FromEnv, key: ProcessKey, uid: u32) -> EnvVerdict {
+        let Some(raw) = environment_token(key.pid) else {
+            return EnvVerdict::Inherits;
+        };
+        let inherited = self.walk(key.pid, uid);
+        if inherited
+            .as_ref()
+            .is_some_and(|s| &**s.grants().raw() == raw.trim())
+        {
+            return EnvVerdict::Inherits;
+        }
+        if !self.may_use_mount(uid) {
+            return EnvVerdict::Refused;
+        }
+        match env.admit.get().and_then(|admit| admit(key, uid, &raw)) {
+            // The admission registered it: its session is found by the walk from now on.
+            Some(_) if self.registered.read().contains_key(&key) => EnvVerdict::Inherits,
+            _ => EnvVerdict::Refused,
+        }
+    }
+
+    /// The session `pid` acts under by what is registered now (no environment is read and
+    /// nothing is admitted); a process whose environment's token was refused acts under none.
+    pub fn resolve_known(&self, pid: u32, uid: u32) -> Option<Arc<Session>> {
+        if let Some(env) = &self.from_env {
+            let tgid = thread_group(pid);
+            let stat = read_stat(tgid)?;
+            let key = ProcessKey {
+                pid: tgid,
+                start_time: stat.start_time,
+            };
+            if env.checked.read().get(&key) == Some(&(stat.env, EnvVerdict::Refused)) {
+                return None;
+            }
+        }
+        self.walk(pid, uid)
+    }
+
+    /// The nearest registered ancestor's session of `pid`, or the mount's when there is none
+    /// and `uid` may use it.
+    fn walk(&self, pid: u32, uid: u32) -> Option<Arc<Session>> {
         let reg = self.registered.read();
         if reg.is_empty() {
             return self.may_use_mount_session(uid).then(|| self.mount.clone());
@@ -168,11 +368,13 @@ impl Callers {
             .collect()
     }
 
-    /// Forget registrations whose root process is gone.
+    /// Forget registrations (and environments looked at) whose process is gone.
     pub fn prune(&self) {
-        self.registered
-            .write()
-            .retain(|k, _| ProcessKey::of(k.pid).is_some_and(|now| now == *k));
+        let alive = |k: &ProcessKey| ProcessKey::of(k.pid).is_some_and(|now| now == *k);
+        self.registered.write().retain(|k, _| alive(k));
+        if let Some(env) = &self.from_env {
+            env.checked.write().retain(|k, _| alive(k));
+        }
     }
 }
 
@@ -202,6 +404,127 @@ mod tests {
         assert_eq!(thread_group(live), me);
         done_tx.send(()).unwrap();
         t.join().unwrap();
+    }
+
+    /// A child process started with `env` as its whole environment (it waits for stdin).
+    fn child_with(env: &[(&str, &str)]) -> std::process::Child {
+        let mut cmd = std::process::Command::new("/bin/cat");
+        cmd.env_clear()
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        // The spawn returns once the exec is past its point of no return, before the kernel
+        // has placed the new environment.
+        settled(child.id());
+        child
+    }
+
+    fn settled(pid: u32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while read_stat(pid).is_some_and(|s| s.env == (0, 0)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no environment for {pid}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    fn stop(mut c: std::process::Child) {
+        drop(c.stdin.take());
+        c.wait().unwrap();
+    }
+
+    #[test]
+    fn the_token_is_read_from_the_processs_own_environment() {
+        let with = child_with(&[("A", "1"), (TOKEN_VARIABLE, "eyJ.x.y"), ("B", "2")]);
+        let without = child_with(&[("RELAYAUTH_TOKEN_FILE", "/t"), ("X_RELAYAUTH_TOKEN", "no")]);
+        assert_eq!(environment_token(with.id()).as_deref(), Some("eyJ.x.y"));
+        assert_eq!(environment_token(without.id()), None);
+        stop(with);
+        stop(without);
+    }
+
+    #[test]
+    fn an_environment_token_is_admitted_once_inherited_tokens_change_nothing_and_refusals_stick() {
+        let mount = session(&["relayfile:fs:read:*"]);
+        let narrow = session(&["relayfile:fs:read:/a/**"]);
+        let calls = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let callers = Arc::new(Callers::new(mount.clone(), false).token_from_env(true));
+        // Several views from the start: any request may open a session.
+        assert_eq!(callers.session_count(), 2);
+        let (seen, admitted, weak) = (calls.clone(), narrow.clone(), Arc::downgrade(&callers));
+        // Admission registers, as the daemon's does.
+        callers.set_env_admission(Arc::new(move |key, _uid, raw: &str| {
+            seen.lock().unwrap().push(raw.to_owned());
+            let callers = weak.upgrade()?;
+            (raw == "good").then(|| {
+                callers.register(key, admitted.clone());
+                admitted.clone()
+            })
+        }));
+        let good = child_with(&[(TOKEN_VARIABLE, "good")]);
+        let got = callers.resolve(good.id(), 0).unwrap();
+        assert!(Arc::ptr_eq(&got, &narrow));
+        assert!(Arc::ptr_eq(
+            &callers.resolve(good.id(), 0).unwrap(),
+            &narrow
+        ));
+        assert_eq!(callers.session_count(), 3);
+        // A refused token leaves nothing, and is not tried again at every request.
+        let bad = child_with(&[(TOKEN_VARIABLE, "forged")]);
+        assert!(callers.resolve(bad.id(), 0).is_none());
+        assert!(callers.resolve(bad.id(), 0).is_none());
+        assert!(callers.resolve_known(bad.id(), 0).is_none());
+        // The mount's own token in the environment is no new session; no token, the mount's.
+        let same = child_with(&[(TOKEN_VARIABLE, "test")]);
+        assert!(Arc::ptr_eq(&callers.resolve(same.id(), 0).unwrap(), &mount));
+        let none = child_with(&[]);
+        assert!(Arc::ptr_eq(&callers.resolve(none.id(), 0).unwrap(), &mount));
+        // Another local user's token is refused without being looked at (as on the socket).
+        let other = child_with(&[(TOKEN_VARIABLE, "good")]);
+        assert!(callers.resolve(other.id(), 65534).is_none());
+        assert_eq!(*calls.lock().unwrap(), ["good", "forged"]);
+        // An execve brings a new environment under the same pid and start time: read again
+        // (a shell forks, changes directory in the mount, then execs the agent).
+        let mut late = std::process::Command::new("/bin/sh")
+            .args(["-c", "read x; exec env RELAYAUTH_TOKEN=good /bin/cat"])
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        settled(late.id());
+        assert!(Arc::ptr_eq(&callers.resolve(late.id(), 0).unwrap(), &mount));
+        {
+            use std::io::Write;
+            late.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while environment_token(late.id()).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        settled(late.id());
+        assert!(Arc::ptr_eq(
+            &callers.resolve(late.id(), 0).unwrap(),
+            &narrow
+        ));
+        stop(late);
+        // A process that is gone is forgotten.
+        let bad_key = ProcessKey::of(bad.id()).unwrap();
+        for c in [good, bad, same, none, other] {
+            stop(c);
+        }
+        callers.prune();
+        assert!(
+            !callers
+                .from_env
+                .as_ref()
+                .unwrap()
+                .checked
+                .read()
+                .contains_key(&bad_key)
+        );
+        assert_eq!(callers.session_count(), 2);
     }
 
     #[test]
