@@ -1029,3 +1029,140 @@ print(r.stdout.strip())",
     assert!(m.at("slack").exists());
     assert!(is_mounted(&m.mnt));
 }
+
+/// A sub-agent started with `run --credentials` keeps its session past its token's expiry:
+/// `run` rotates the bundle's pair and the daemon swaps the session's token, while the agent
+/// reads without pause from several threads. A renewal is only ever of the session's own
+/// relayauth session, from its root process, never wider, and never brings an ended session
+/// back.
+#[test]
+fn a_sub_agents_bundle_is_refreshed_under_a_read_storm_and_a_renewal_never_widens() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = two_sessions();
+    let id = issuer.identity("renewing", GITHUB);
+    let pair = issuer.mint(&id, 4);
+    let bundle = m.dir.path().join("renewing.json");
+    std::fs::write(
+        &bundle,
+        serde_json::to_string(&json!({
+            "accessToken": pair["accessToken"], "refreshToken": pair["refreshToken"],
+            "relayauthUrl": issuer.url, "workspaceId": "ws_acme", "agentName": "renewing",
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    let first = claims_of(pair["accessToken"].as_str().unwrap());
+    // Four threads read for 11 s: past the first token's expiry (4 s) and two refreshes.
+    let storm = format!(
+        "import threading, time, errno, json, collections
+errors = collections.Counter(); reads = [0]
+lock = threading.Lock()
+def read():
+    end = time.time() + 11
+    while time.time() < end:
+        try:
+            open('{GH_FILE}').read()
+            with lock: reads[0] += 1
+        except OSError as e:
+            with lock: errors[errno.errorcode.get(e.errno)] += 1
+ts = [threading.Thread(target=read) for _ in range(4)]
+[t.start() for t in ts]; [t.join() for t in ts]
+try:
+    open('slack/users/U04ALICE01.json').read(); slack = 'ok'
+except OSError as e:
+    slack = errno.errorcode.get(e.errno)
+print(json.dumps({{'reads': reads[0], 'errors': errors, 'slack': slack}}))"
+    );
+    let o = bin()
+        .arg("run")
+        .arg("--mountpoint")
+        .arg(&m.mnt)
+        .arg("--credentials")
+        .arg(&bundle)
+        .args(["--", "/usr/bin/python3", "-c", &storm])
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    let v = look(&o);
+    assert_eq!(
+        v["errors"],
+        json!({}),
+        "reads failed while the token was refreshed: {v}\n{}",
+        err(&o)
+    );
+    assert!(v["reads"].as_u64().unwrap() > 100, "{v}");
+    assert_eq!(v["slack"], "ENOENT", "{v}");
+    let renewed: Vec<Value> = m
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["action"] == "token.refreshed" && e["metadata"]["via"] == "run")
+        .collect();
+    assert!(renewed.len() >= 2, "{renewed:#?}\n{}", err(&o));
+    assert!(
+        renewed.iter().all(|e| e["result"] == "allowed"),
+        "{renewed:#?}"
+    );
+    assert_eq!(renewed[0]["metadata"]["previousTokenId"], first["jti"]);
+    // The bundle holds the latest pair, private to its owner.
+    let now: Value = serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    assert_ne!(now["refreshToken"], pair["refreshToken"]);
+    let mode = std::fs::metadata(&bundle).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    // Renewals the daemon must refuse, sent by a process that registered itself.
+    let sock = control_socket(&m);
+    let other = issuer.identity("another", GITHUB);
+    let other_token = issuer.mint(&other, 600)["accessToken"].clone();
+    let wide_id = issuer.identity("widening", LEAD);
+    let narrow = issuer.mint_scoped(&wide_id, GITHUB, 600);
+    let wide = issuer.mint_scoped(&wide_id, LEAD, 600);
+    let another_session = issuer.mint_scoped(&wide_id, GITHUB, 600);
+    let lead = std::fs::read_to_string(&m.token_file).unwrap();
+    let script = format!(
+        "import socket, json, os
+def ask(req):
+    s = socket.socket(socket.AF_UNIX); s.connect('{sock}')
+    s.sendall((json.dumps(dict(req, pid=os.getpid())) + '\\n').encode())
+    return json.loads(s.makefile().readline())
+out = {{}}
+out['unregistered'] = ask({{'op': 'renew', 'token': {narrow:?}}})
+out['registered'] = ask({{'op': 'register', 'token': {narrow:?}}})
+out['another_identity'] = ask({{'op': 'renew', 'token': {other_token}}})
+out['the_lead'] = ask({{'op': 'renew', 'token': {lead:?}}})
+out['wider'] = ask({{'op': 'renew', 'token': {wide:?}}})
+out['another_session'] = ask({{'op': 'renew', 'token': {another_session:?}}})
+out['garbage'] = ask({{'op': 'renew', 'token': 'eyJhbGciOiJub25lIn0.e30.'}})
+print(json.dumps(out))",
+        sock = sock.display(),
+        lead = lead.trim(),
+    );
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let v: Value =
+        serde_json::from_str(out(&o).trim()).unwrap_or_else(|e| panic!("{e}: {}", err(&o)));
+    assert_eq!(v["registered"]["ok"], true, "{v}");
+    for (case, says) in [
+        ("unregistered", "registered no session"),
+        ("another_identity", "identity"),
+        ("the_lead", "identity"),
+        ("wider", "beyond the session's scopes"),
+        ("another_session", "relayauth session"),
+        ("garbage", "refreshed token was refused"),
+    ] {
+        assert_eq!(v[case]["ok"], false, "{case}: {v}");
+        assert!(
+            v[case]["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{case}: {v}"
+        );
+    }
+    m.wait_audit(|e| {
+        e["action"] == "scope.escalation_denied" && e.to_string().contains("renewal never widens")
+    });
+}

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use clap::{ArgGroup, Args};
 
@@ -45,17 +45,128 @@ pub fn run(args: RunArgs) -> Result<i32, Failure> {
         )
     })?;
     let token = source.read().map_err(|e| Failure::input(e.to_string()))?;
-    if matches!(source, crate::credentials::CredentialSource::Bundle(_)) {
-        eprintln!(
-            "relayauth-mount: note: run uses the bundle's access token as it is now and does not \
-             refresh it; the sub-agent's session ends when that token expires"
-        );
-    }
+    let renewal = match (&source, &token.bundle) {
+        (crate::credentials::CredentialSource::Bundle(path), Some(b))
+            if b.refresh_token().is_some() =>
+        {
+            Some(path.clone())
+        }
+        (crate::credentials::CredentialSource::Bundle(_), _) => {
+            eprintln!(
+                "relayauth-mount: note: the bundle holds no refresh token, so the sub-agent's \
+                 session ends when its access token expires"
+            );
+            None
+        }
+        _ => None,
+    };
     let request = control::Request::Register {
         token: token.access_token.clone(),
         pid: std::process::id(),
     };
-    run_registered(&request, &args.launch)
+    let renew = renewal.map(|bundle| Renewal {
+        bundle,
+        current: token.access_token,
+    });
+    run_registered(&request, &args.launch, renew)
+}
+
+/// A bundle `run` keeps fresh for the session it registered.
+struct Renewal {
+    bundle: PathBuf,
+    /// The access token the session holds.
+    current: String,
+}
+
+/// How long `run` waits before trying a failed refresh or renewal again (less when the token
+/// has less left).
+const RENEW_RETRY: Duration = Duration::from_secs(15);
+
+/// Keep the session `run` registered alive past its token's expiry: once 80% of the token's
+/// life has passed, rotate the bundle's pair at relayauth (single flight, written back to the
+/// bundle before it is used, as the mount does for its own bundle) and hand the new access
+/// token to the daemon, which verifies it and replaces the session's token. Runs on a thread
+/// of its own until `run` exits; a refusal for good is said once and ends the renewals (the
+/// session then ends when its token expires).
+fn keep_renewed(mountpoint: PathBuf, renewal: Renewal, relayauth_url: Option<String>) {
+    use crate::relayauth::refresh::{RefreshOptions, Refresher, refresh_due_at};
+    let say = |what: &str| eprintln!("relayauth-mount: {what}");
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return say(&format!(
+                "cannot refresh the sub-agent's token ({e}); its session ends when the token expires"
+            ));
+        }
+    };
+    let options = RefreshOptions {
+        relayauth_url,
+        ..RefreshOptions::default()
+    };
+    let refresher = match Refresher::for_another_verifier(&renewal.bundle, options) {
+        Ok(r) => r,
+        Err(e) => {
+            return say(&format!(
+                "cannot refresh the sub-agent's token ({e}); its session ends when the token expires"
+            ));
+        }
+    };
+    let mut current = renewal.current;
+    loop {
+        let Some((iat, exp)) = crate::token::unverified_lifetime(&current) else {
+            return say("the sub-agent's token names no lifetime; it is not refreshed");
+        };
+        let Some(due) = refresh_due_at(iat, exp) else {
+            return;
+        };
+        // Wall-clock waits in slices (a suspended laptop stops monotonic time).
+        while let Ok(left) = due.duration_since(SystemTime::now()) {
+            std::thread::sleep(left.min(Duration::from_secs(5)));
+        }
+        let retry = || {
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
+            std::thread::sleep(RENEW_RETRY.min(left / 4).max(Duration::from_millis(200)));
+        };
+        let rotated = match runtime.block_on(refresher.rotate()) {
+            Ok(r) => r.credentials.access_token,
+            Err(e) if e.is_terminal() => {
+                return say(&format!(
+                    "relayauth will not refresh the sub-agent's token ({e}); its session ends \
+                     when the token expires"
+                ));
+            }
+            Err(e) => {
+                say(&format!(
+                    "refreshing the sub-agent's token failed ({e}); trying again"
+                ));
+                retry();
+                continue;
+            }
+        };
+        let request = control::Request::Renew {
+            token: rotated.clone(),
+            pid: std::process::id(),
+        };
+        match control::request(&mountpoint, &request) {
+            Ok(answer) if answer["ok"] == true => current = rotated,
+            Ok(answer) => {
+                let why = answer["error"].as_str().unwrap_or("no reason given");
+                return say(&format!(
+                    "the mount refused the sub-agent's refreshed token ({why}); its session \
+                     ends when the current token expires"
+                ));
+            }
+            Err(e) => {
+                say(&format!(
+                    "cannot hand the refreshed token to the mount ({e}); trying again"
+                ));
+                retry();
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -88,7 +199,7 @@ pub fn delegate(args: DelegateArgs) -> Result<i32, Failure> {
         ttl_secs: args.ttl.map(|d| d.as_secs()),
         pid: std::process::id(),
     };
-    run_registered(&request, &args.launch)
+    run_registered(&request, &args.launch, None)
 }
 
 /// Where and how the command is started: the flags `run` and `delegate` share.
@@ -110,8 +221,13 @@ struct Launch {
     command: Vec<OsString>,
 }
 
-/// Register this process with `request`, then run the command under the session.
-fn run_registered(request: &control::Request, launch: &Launch) -> Result<i32, Failure> {
+/// Register this process with `request`, then run the command under the session (keeping
+/// its token fresh from `renewal`'s bundle, when given).
+fn run_registered(
+    request: &control::Request,
+    launch: &Launch,
+    renewal: Option<Renewal>,
+) -> Result<i32, Failure> {
     let Launch {
         mountpoint,
         grace,
@@ -170,6 +286,13 @@ fn run_registered(request: &control::Request, launch: &Launch) -> Result<i32, Fa
         }
     })?;
     let cmd = child.id() as libc::pid_t;
+    if let Some(renewal) = renewal {
+        // After the fork: the thread inherits the blocked signals, and the command never
+        // shares an address space with a running thread.
+        let url = answer["relayauth_url"].as_str().map(str::to_owned);
+        let mountpoint = mountpoint.clone();
+        std::thread::spawn(move || keep_renewed(mountpoint, renewal, url));
+    }
     let status = loop {
         match signals.wait(None) {
             Some(libc::SIGCHLD) => {

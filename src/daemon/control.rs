@@ -26,6 +26,9 @@ pub enum Request {
     /// sender's own pid: the daemon refuses the request unless the socket's peer is that very
     /// process.
     Register { token: String, pid: u32 },
+    /// Replace the token of the session the sender registered (it must be that session's
+    /// root process, its `run`) with `token`, a refreshed token of the same relayauth session.
+    Renew { token: String, pid: u32 },
     /// Obtain a child token of the session the sending process acts under, with `scopes`
     /// (which must be within it), for the agent `agent`, and register the sender under it.
     Delegate {
@@ -42,7 +45,8 @@ impl Request {
         serde_json::from_str(line).map_err(|e| {
             format!(
                 "bad request ({e}); send {{\"op\":\"status\"}}, {{\"op\":\"unmount\"}} or \
-                 {{\"op\":\"register\",\"token\":...,\"pid\":...}} or \
+                 {{\"op\":\"register\",\"token\":...,\"pid\":...}}, \
+                 {{\"op\":\"renew\",\"token\":...,\"pid\":...}} or \
                  {{\"op\":\"delegate\",\"agent\":...,\"scopes\":[...],\"pid\":...}}"
             )
         })
@@ -152,7 +156,15 @@ mod tests {
                 pid: 7
             })
         );
+        assert_eq!(
+            Request::parse(r#"{"op":"renew","token":"t","pid":7}"#),
+            Ok(Request::Renew {
+                token: "t".into(),
+                pid: 7
+            })
+        );
         for bad in [
+            r#"{"op":"renew","token":"t"}"#,
             r#"{"op":"register","token":"t"}"#,
             r#"{"op":"register","token":"t","pid":-1}"#,
             r#"{"op":"register","token":"t","pid":7,"root":1}"#,

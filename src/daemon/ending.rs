@@ -33,6 +33,7 @@ pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// End every session whose token names `ended`'s token as its parent, and theirs in turn.
 pub(crate) fn end_children(shared: &Shared, ended: &Arc<Session>) {
     let mut parents = vec![ended.grants().actor().token_id.clone()];
+    parents.extend(ended.earlier_tokens().into_iter().map(|(id, _)| id));
     while let Some(parent) = parents.pop() {
         for s in shared.callers.sessions() {
             let g = s.grants();
@@ -47,6 +48,8 @@ pub(crate) fn end_children(shared: &Shared, ended: &Arc<Session>) {
                         .meta("parentTokenId", parent.clone()),
                 );
                 parents.push(g.actor().token_id.clone());
+                // Children of the tokens a refreshed session held before are its children too.
+                parents.extend(s.earlier_tokens().into_iter().map(|(id, _)| id));
             }
         }
     }

@@ -142,9 +142,130 @@ pub(crate) async fn register(shared: &Arc<Shared>, peer: Peer, raw: &str, claime
         Err(answer) => return answer,
     };
     match verified(shared, who.pid, raw.trim(), "the token").await {
-        Ok(token) => answer(admit(shared, &who, token, "run").await),
+        Ok(token) => answer(shared, admit(shared, &who, token, "run").await),
         Err(answer) => answer,
     }
+}
+
+/// Replace the token of the session the peer registered with a refreshed token of the same
+/// relayauth session (`run --credentials` rotates its bundle and sends the new access token).
+/// Only the session's root process may, and only while the session is active; the new token
+/// must verify, be of the same identity, org, workspace, relayauth session and parent, hold
+/// nothing beyond the current token's scopes, and not be revoked.
+pub(crate) async fn renew(shared: &Arc<Shared>, peer: Peer, raw: &str, claimed: u32) -> Value {
+    let who = match registrant(shared, peer, claimed) {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    let Some(session) = shared.callers.registered_at(who.key) else {
+        return refuse(
+            shared,
+            Some(who.pid),
+            "token.refreshed",
+            format!(
+                "process {} registered no session of this mount: only the process that                  registered a session (its relayauth-mount run) may renew its token",
+                who.pid
+            ),
+        );
+    };
+    let current = session.grants();
+    let refused = |why: String| {
+        tracing::warn!("renewal refused: {why}");
+        shared.audit.record(
+            Event::new("token.refreshed", Outcome::Denied, current.actor(), "renew")
+                .pid(who.pid)
+                .reason(why.clone()),
+        );
+        super::control::error(why)
+    };
+    let now = SystemTime::now();
+    if !session.is_active(now) {
+        return refused(format!(
+            "the session is {}; a new token does not bring it back",
+            session.state(now).describe()
+        ));
+    }
+    let token = match verified(shared, who.pid, raw.trim(), "the refreshed token").await {
+        Ok(t) => t,
+        Err(answer) => return answer,
+    };
+    let a = current.actor();
+    let differs = |checks: &[(&str, &str, &str)]| {
+        checks.iter().find(|(_, new, old)| new != old).map(|(what, new, old)| {
+            format!(
+                "the refreshed token's {what} is {new}, not the session's {old}; a renewal only \
+                 replaces a token by a refreshed one of the same session (start another run for \
+                 another token)"
+            )
+        })
+    };
+    if let Some(why) = differs(&[
+        ("identity", token.subject(), &a.identity_id),
+        ("org", token.org(), &a.org_id),
+        ("workspace", token.workspace(), &a.workspace_id),
+    ]) {
+        return refused(why);
+    }
+    let wider = crate::scope::within(token.scopes().raw(), current.scopes().raw()).refused();
+    if !wider.is_empty() {
+        let why = format!(
+            "the refreshed token holds {} beyond the session's scopes; a renewal never widens a \
+             session",
+            wider.join(", ")
+        );
+        escalation(
+            shared,
+            who.pid,
+            &current,
+            &why,
+            &wider,
+            token.subject(),
+            "renew",
+        );
+        return super::control::error(why);
+    }
+    if let Some(why) = differs(&[
+        ("relayauth session", token.session_id(), &a.session_id),
+        (
+            "parent token",
+            token.parent_token_id().unwrap_or("none"),
+            current.parent_token_id().unwrap_or("none"),
+        ),
+    ]) {
+        return refused(why);
+    }
+    let confirmed = match &shared.revocation {
+        None => false,
+        Some(client) => match client.check(token.raw(), token.token_id()).await {
+            Ok(Status::Alive) => true,
+            Ok(Status::Revoked(r)) => {
+                return refused(format!(
+                    "relayauth says the refreshed token is revoked ({r})"
+                ));
+            }
+            Err(e) => {
+                return refused(format!(
+                    "relayauth could not confirm the refreshed token is not revoked ({e}); the                      current token stays until it expires; try again when relayauth answers"
+                ));
+            }
+        },
+    };
+    if !session.replace_token(&token) {
+        return refused("the session ended while the token was checked".to_owned());
+    }
+    if confirmed {
+        session.confirm();
+    }
+    let g = session.grants();
+    shared.audit.record(
+        Event::new("token.refreshed", Outcome::Allowed, g.actor(), "renew")
+            .pid(who.pid)
+            .reason("the session's root process renewed its token")
+            .meta("previousTokenId", a.token_id.clone())
+            .meta("via", "run"),
+    );
+    tracing::info!(pid = who.pid, agent = %g.actor().identity_id, "renewed a session's token");
+    answer(shared, Ok(session))
 }
 
 /// How long a FUSE request waits for the admission of the token in its process's environment
@@ -306,7 +427,7 @@ pub(crate) async fn delegate(
                 .to_owned(),
         );
     }
-    answer(admit(shared, &who, token, "delegate").await)
+    answer(shared, admit(shared, &who, token, "delegate").await)
 }
 
 /// Audit a refused widening (`operation`: `register` or `delegate`), under the session that
@@ -387,9 +508,7 @@ async fn admit(
         bounds.push(("the session this process acts under".to_owned(), c));
     }
     if let Some(parent) = token.parent_token_id()
-        && let Some(p) = sessions
-            .iter()
-            .find(|s| s.grants().actor().token_id == parent)
+        && let Some(p) = sessions.iter().find(|s| s.holds_token(parent))
     {
         bounds.push((format!("its parent token {parent}"), p.clone()));
     }
@@ -486,8 +605,9 @@ async fn admit(
     Ok(session)
 }
 
-/// The control socket's answer to a registration: the session, or the refusal.
-fn answer(admitted: Result<Arc<Session>, Value>) -> Value {
+/// The control socket's answer to a registration: the session (and the relayauth the mount
+/// trusts, where `run` refreshes a bundle), or the refusal.
+fn answer(shared: &Shared, admitted: Result<Arc<Session>, Value>) -> Value {
     let session = match admitted {
         Ok(s) => s,
         Err(refusal) => return refusal,
@@ -501,5 +621,6 @@ fn answer(admitted: Result<Arc<Session>, Value>) -> Value {
         "expires_at": crate::token::time::format_rfc3339(g.expires_at()),
         "expires_in_secs": g.expires_at().duration_since(SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0),
         "scopes": g.scopes().raw().collect::<Vec<_>>(),
+        "relayauth_url": shared.spec.relayauth_url,
     })
 }

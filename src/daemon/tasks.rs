@@ -214,6 +214,9 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
                     Ok(control::Request::Register { token, pid }) => {
                         register::register(&shared, peer(), &token, pid).await
                     }
+                    Ok(control::Request::Renew { token, pid }) => {
+                        register::renew(&shared, peer(), &token, pid).await
+                    }
                     Ok(control::Request::Delegate {
                         agent,
                         scopes,
@@ -752,7 +755,10 @@ pub(crate) async fn adopt(
             }
         }
     }
-    session.replace_token(token);
+    if !session.replace_token(token) {
+        // The session ended meanwhile; a new token does not bring it back.
+        return true;
+    }
     if origin == Origin::File {
         session.confirm();
     }

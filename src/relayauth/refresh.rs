@@ -167,11 +167,21 @@ const TERMINAL_CODES: [&str; 6] = [
     "token_reuse_detected",
 ];
 
+/// A rotated (or adopted) pair, not verified here: [`Refresher::rotate`].
+#[derive(Clone, Debug)]
+pub struct Rotated {
+    pub credentials: Credentials,
+    /// Whether this call rotated the pair at relayauth.
+    pub network: bool,
+}
+
 /// Refreshes one bundle. Cheap to share (`Arc`); one refresh runs at a time.
 #[derive(Debug)]
 pub struct Refresher {
     bundle: PathBuf,
-    verifier: Arc<Verifier>,
+    /// What verifies tokens; `None` for a refresher whose tokens another party verifies
+    /// before they grant anything ([`Refresher::for_another_verifier`]).
+    verifier: Option<Arc<Verifier>>,
     options: RefreshOptions,
     client: reqwest::Client,
     flight: tokio::sync::Mutex<()>,
@@ -184,9 +194,27 @@ impl Refresher {
         verifier: Arc<Verifier>,
         options: RefreshOptions,
     ) -> Result<Refresher, RefreshError> {
+        Refresher::build(bundle.into(), Some(verifier), options)
+    }
+
+    /// A refresher for a bundle whose access tokens are verified by someone else (the mount's
+    /// daemon, for `run`): [`Refresher::rotate`] judges when a token is due from its claimed
+    /// lifetime alone and hands the pair on unverified.
+    pub fn for_another_verifier(
+        bundle: impl Into<PathBuf>,
+        options: RefreshOptions,
+    ) -> Result<Refresher, RefreshError> {
+        Refresher::build(bundle.into(), None, options)
+    }
+
+    fn build(
+        bundle: PathBuf,
+        verifier: Option<Arc<Verifier>>,
+        options: RefreshOptions,
+    ) -> Result<Refresher, RefreshError> {
         let client = secret_client(options.timeout).map_err(RefreshError::BadEndpoint)?;
         Ok(Refresher {
-            bundle: bundle.into(),
+            bundle,
             verifier,
             options,
             client,
@@ -217,6 +245,43 @@ impl Refresher {
     /// Make sure the bundle holds a fresh, verified token pair, rotating it at relayauth when
     /// the current access token is due (or refused) and no other refresher has rotated it yet.
     pub async fn refresh(&self) -> Result<Refreshed, RefreshError> {
+        let Some(verifier) = &self.verifier else {
+            return Err(RefreshError::BadEndpoint(
+                "this refresher verifies nothing; use rotate".to_owned(),
+            ));
+        };
+        let Rotated {
+            credentials,
+            network,
+        } = self.rotate().await?;
+        let token = verifier
+            .verify_fresh(&credentials.access_token)
+            .await
+            .map_err(RefreshError::Verify)?;
+        Ok(Refreshed {
+            token,
+            credentials,
+            network,
+        })
+    }
+
+    /// Whether the access token `raw` can be used as it is: it verifies (with a verifier; its
+    /// claimed lifetime, without) and is not yet due for refresh.
+    async fn still_fresh(&self, raw: &str) -> bool {
+        let now = SystemTime::now();
+        match &self.verifier {
+            Some(v) => v
+                .verify_fresh(raw)
+                .await
+                .is_ok_and(|t| !should_refresh(&t, now)),
+            None => crate::token::unverified_lifetime(raw)
+                .is_some_and(|(iat, exp)| now < exp && !refresh_due(iat, exp, now)),
+        }
+    }
+
+    /// Make sure the bundle holds a pair that is not due for refresh, rotating it at relayauth
+    /// when it is (see the module documentation); the pair is not verified here.
+    pub async fn rotate(&self) -> Result<Rotated, RefreshError> {
         let _flight = self.flight.lock().await;
         let real = self.real_bundle_path();
         let shown = self.bundle.display().to_string();
@@ -228,11 +293,8 @@ impl Refresher {
         let Some(bundle) = credentials.bundle.clone() else {
             return Err(RefreshError::NoRefreshToken { path: shown });
         };
-        if let Ok(token) = self.verifier.verify_fresh(&credentials.access_token).await
-            && !should_refresh(&token, SystemTime::now())
-        {
-            return Ok(Refreshed {
-                token,
+        if self.still_fresh(&credentials.access_token).await {
+            return Ok(Rotated {
                 credentials,
                 network: false,
             });
@@ -282,14 +344,7 @@ impl Refresher {
             });
         }
         drop(lock);
-
-        let token = self
-            .verifier
-            .verify_fresh(&pair.access_token)
-            .await
-            .map_err(RefreshError::Verify)?;
-        Ok(Refreshed {
-            token,
+        Ok(Rotated {
             credentials: Credentials {
                 access_token: pair.access_token,
                 bundle: Some(rotated),

@@ -217,6 +217,11 @@ impl Callers {
         self.registered.write().insert(root, session);
     }
 
+    /// The session registered with `root` as its root process, if any.
+    pub fn registered_at(&self, root: ProcessKey) -> Option<Arc<Session>> {
+        self.registered.read().get(&root).cloned()
+    }
+
     /// All distinct sessions (the mount's first).
     pub fn sessions(&self) -> Vec<Arc<Session>> {
         let mut out = vec![self.mount.clone()];

@@ -141,6 +141,9 @@ pub struct Session {
     changes: tokio::sync::watch::Sender<u64>,
     /// Decisions made for this session: allowed, denied (for `status`).
     decisions: [AtomicU64; 2],
+    /// The tokens this session held before the current one (id, expiry), until they expire:
+    /// a child delegated from an earlier token of a refreshed session is still its child.
+    earlier: Mutex<Vec<(String, SystemTime)>>,
 }
 
 impl Session {
@@ -160,6 +163,7 @@ impl Session {
             epoch: AtomicU64::new(0),
             changes: tokio::sync::watch::Sender::new(0),
             decisions: [AtomicU64::new(0), AtomicU64::new(0)],
+            earlier: Mutex::new(Vec::new()),
         }
     }
 
@@ -200,11 +204,43 @@ impl Session {
         self.grants.read().clone()
     }
 
-    /// A refreshed token for the same session replaces the grants (scopes are re-read).
-    pub fn replace_token(&self, token: &crate::token::VerifiedToken) {
-        *self.grants.write() = Arc::new(grants_of(token));
+    /// A refreshed token for the same session replaces the grants (scopes are re-read). A
+    /// session that ended stays ended: false, and nothing changes, when it is revoked or its
+    /// token has expired (a later token cannot bring it back).
+    pub fn replace_token(&self, token: &crate::token::VerifiedToken) -> bool {
+        let now = SystemTime::now();
+        {
+            let mut grants = self.grants.write();
+            let state = self.state.read();
+            if *state != State::Active || now >= grants.expires_at {
+                return false;
+            }
+            let old = std::mem::replace(&mut *grants, Arc::new(grants_of(token)));
+            let mut earlier = self.earlier.lock();
+            earlier.retain(|(_, exp)| *exp > now);
+            earlier.push((old.actor.token_id.clone(), old.expires_at));
+        }
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.changed();
+        true
+    }
+
+    /// Whether `token_id` is this session's token, now or before a refresh (and not yet
+    /// expired then).
+    pub fn holds_token(&self, token_id: &str) -> bool {
+        self.grants.read().actor.token_id == token_id
+            || self.earlier_tokens().iter().any(|(id, _)| id == token_id)
+    }
+
+    /// The tokens this session held before its current one that have not expired yet.
+    pub fn earlier_tokens(&self) -> Vec<(String, SystemTime)> {
+        let now = SystemTime::now();
+        self.earlier
+            .lock()
+            .iter()
+            .filter(|(_, exp)| *exp > now)
+            .cloned()
+            .collect()
     }
 
     /// The state as of `now`: an active session whose token's `exp` has passed is expired.
@@ -351,7 +387,58 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing;
+    use super::{Session, testing};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    /// A verified token `jti` living `ttl` seconds (signed with a key made for the test).
+    fn token(jti: &str, ttl: u64) -> crate::token::VerifiedToken {
+        use crate::token::{JwksCache, Signer, Verifier, VerifierConfig, keys::SigningKey};
+        let key = SigningKey::generate_ed25519().unwrap();
+        let jwks = serde_json::json!({ "keys": [key.public_jwk()] }).to_string();
+        let verifier = Verifier::new(
+            VerifierConfig::new("ws_acme"),
+            Arc::new(JwksCache::from_json(&jwks).unwrap()),
+        );
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "sub": "agent_1", "org": "org_acme", "wks": "ws_acme",
+            "scopes": ["relayfile:fs:read:/github/**"], "sponsorId": "user_alice",
+            "sponsorChain": ["user_alice", "agent_1"], "aud": ["relayfile"],
+            "iss": "https://relayauth.dev", "iat": now - 1, "exp": now + ttl, "jti": jti,
+            "sid": "sess_1", "token_type": "access",
+        });
+        let raw = Signer::new(key).sign(&claims).unwrap();
+        verifier.verify(&raw, SystemTime::now()).unwrap()
+    }
+
+    #[test]
+    fn a_refreshed_session_remembers_its_earlier_tokens_and_an_ended_one_stays_ended() {
+        let s = Session::from_token(&token("tok_1", 600));
+        assert!(s.replace_token(&token("tok_2", 600)));
+        assert_eq!(s.grants().actor().token_id, "tok_2");
+        // Children of the first token are still this session's children.
+        assert!(s.holds_token("tok_1") && s.holds_token("tok_2"));
+        assert!(!s.holds_token("tok_3"));
+        assert!(s.revoke("test"));
+        let epoch = s.epoch();
+        assert!(
+            !s.replace_token(&token("tok_3", 600)),
+            "a revoked session came back"
+        );
+        assert_eq!(s.grants().actor().token_id, "tok_2");
+        assert_eq!(s.epoch(), epoch);
+        // An expired session is not revived by a later token either.
+        let short = Session::from_token(&token("tok_4", 1));
+        while short.is_active(SystemTime::now()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!short.replace_token(&token("tok_5", 600)));
+        assert!(!short.is_active(SystemTime::now()));
+    }
 
     #[test]
     fn a_revocation_or_a_new_token_is_announced_to_waiters() {

@@ -46,3 +46,16 @@ pub(crate) fn b64url_decode(text: &str) -> Option<Vec<u8>> {
         .decode(text.as_bytes())
         .ok()
 }
+
+/// A token's `iat` and `exp` as it claims them, **unverified**: only for deciding *when* to
+/// refresh a token that someone else verifies before it grants anything (`run` rotating its
+/// bundle for the daemon). Nothing may be granted or refused from these times.
+pub fn unverified_lifetime(raw: &str) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    if raw.len() > MAX_TOKEN_BYTES {
+        return None;
+    }
+    let payload = raw.trim().split('.').nth(1)?;
+    let claims: serde_json::Value = serde_json::from_slice(&b64url_decode(payload)?).ok()?;
+    let at = |k: &str| claims.get(k)?.as_u64().map(time::from_unix);
+    Some((at("iat")?, at("exp")?))
+}
