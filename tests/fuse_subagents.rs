@@ -893,6 +893,35 @@ fn run_hands_over_no_descriptor_and_a_sub_agent_cannot_unmount() {
     assert!(!o.status.success(), "{}", out(&o));
     assert!(err(&o).contains("sub-agent"), "{}", err(&o));
     assert!(is_mounted(&m.mnt));
+    // Nor on a socket a child connected and then exited (the kernel names the child, which
+    // is gone), and its status shows only its own session.
+    let sock = control_socket(&m);
+    let borrowed = format!(
+        "import socket, os, json
+def ask(s, req):
+    s.sendall((json.dumps(req) + '\\n').encode()); return json.loads(s.makefile().readline())
+s = socket.socket(socket.AF_UNIX)
+pid = os.fork()
+if pid == 0:
+    s.connect('{sock}'); os._exit(0)
+os.waitpid(pid, 0)
+gone = ask(s, {{'op': 'unmount'}})
+s = socket.socket(socket.AF_UNIX); s.connect('{sock}')
+print(json.dumps({{'gone': gone, 'status': ask(s, {{'op': 'status'}})}}))",
+        sock = sock.display()
+    );
+    let o = run_py(&m, &gh, &borrowed).output().unwrap();
+    let v: Value =
+        serde_json::from_str(out(&o).trim()).unwrap_or_else(|e| panic!("{e}: {}", err(&o)));
+    assert_eq!(v["gone"]["ok"], false, "{v}");
+    assert!(is_mounted(&m.mnt));
+    assert_eq!(v["status"]["ok"], true, "{v}");
+    assert!(v["status"].get("source").is_none(), "{v}");
+    assert!(v["status"].get("sessions").is_none(), "{v}");
+    assert_eq!(v["status"]["session"]["scopes"], json!(GITHUB), "{v}");
+    m.wait_audit(|e| e["action"] == "mount.unmounted" && e["result"] == "denied");
+    // The user's own process still controls the mount.
+    assert_eq!(status(&m)["ok"], true);
 }
 
 /// With `--require-registration` nothing acts under the mount's token by default: an

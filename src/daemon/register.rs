@@ -68,6 +68,51 @@ fn still_running(pidfd: &OwnedFd) -> bool {
     rc == 0
 }
 
+/// Where the process on the other end of a control connection stands.
+pub(crate) enum PeerStanding {
+    /// Outside every registered tree: the user's own process (or root's), which controls the
+    /// mount.
+    Controller,
+    /// Inside a registered session's tree (ended or not).
+    SubAgent(Arc<Session>),
+    /// Not named by the kernel, no longer running (a socket another process connected names
+    /// that process, whose pid may be someone else's by now), refused a token, or its
+    /// ancestry could not be read.
+    Unknown,
+}
+
+/// Where the peer stands (see [`PeerStanding`]).
+pub(crate) fn peer_standing(shared: &Shared, peer: &Peer) -> PeerStanding {
+    let Some(pid) = peer.pid else {
+        return PeerStanding::Unknown;
+    };
+    let pidfd = match &peer.pidfd {
+        Some(fd) => fd.try_clone().ok(),
+        None => rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        }),
+    };
+    let Some(pidfd) = pidfd else {
+        return PeerStanding::Unknown;
+    };
+    let standing = if shared.callers.outside_every_session(pid) {
+        PeerStanding::Controller
+    } else {
+        match shared.callers.resolve_known(pid, peer.uid) {
+            Some(s) if !Arc::ptr_eq(&s, shared.callers.mount_session()) => {
+                PeerStanding::SubAgent(s)
+            }
+            _ => PeerStanding::Unknown,
+        }
+    };
+    // Still the process that connected after looking: its pid was not reused meanwhile.
+    if still_running(&pidfd) {
+        standing
+    } else {
+        PeerStanding::Unknown
+    }
+}
+
 /// A refusal: audited, logged and answered with the reason (which names the fix).
 fn refuse(shared: &Shared, pid: Option<u32>, action: &str, why: String) -> Value {
     tracing::warn!("registration refused: {why}");

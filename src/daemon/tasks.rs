@@ -16,7 +16,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc::Sender;
 use tokio::task::JoinHandle;
 
-use super::register;
+use super::register::{self, PeerStanding};
 use super::{Shared, Stop, control, status_json};
 use crate::audit::{Event, Outcome};
 use crate::credentials::CredentialSource;
@@ -200,17 +200,45 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
                 control::error("only the user running the mount may control it")
             } else {
                 match control::Request::parse(&line) {
-                    Ok(control::Request::Status) => status_json(&shared),
-                    Ok(control::Request::Unmount) => match sub_agent_of(&shared, pid, uid) {
-                        Some(agent) => control::error(format!(
-                            "a sub-agent ({agent}) may not unmount the mount it shares; the \
-                             user who mounted it can (relayauth-mount unmount)"
-                        )),
-                        None => {
-                            let _ = stop.send(Stop::Requested).await;
-                            json!({"ok": true})
+                    Ok(control::Request::Status) => {
+                        match register::peer_standing(&shared, &peer()) {
+                            PeerStanding::Controller => status_json(&shared),
+                            PeerStanding::SubAgent(s) => own_status(&shared, &s),
+                            PeerStanding::Unknown => control::error(NOT_THE_MOUNTS),
                         }
-                    },
+                    }
+                    Ok(control::Request::Unmount) => {
+                        let why = match register::peer_standing(&shared, &peer()) {
+                            PeerStanding::Controller => None,
+                            PeerStanding::SubAgent(s) => Some(format!(
+                                "a sub-agent ({}) may not unmount the mount it shares; the user \
+                                 who mounted it can (relayauth-mount unmount)",
+                                s.grants().actor().identity_id
+                            )),
+                            PeerStanding::Unknown => Some(NOT_THE_MOUNTS.to_owned()),
+                        };
+                        match why {
+                            None => {
+                                let _ = stop.send(Stop::Requested).await;
+                                json!({"ok": true})
+                            }
+                            Some(why) => {
+                                let mount = shared.callers.mount_session().grants();
+                                let mut ev = Event::new(
+                                    "mount.unmounted",
+                                    Outcome::Denied,
+                                    mount.actor(),
+                                    "unmount",
+                                )
+                                .reason(why.clone());
+                                if let Some(pid) = pid {
+                                    ev = ev.pid(pid);
+                                }
+                                shared.audit.record(ev);
+                                control::error(why)
+                            }
+                        }
+                    }
                     Ok(control::Request::Register { token, pid }) => {
                         register::register(&shared, peer(), &token, pid).await
                     }
@@ -241,12 +269,30 @@ async fn serve_control(shared: Arc<Shared>, listener: UnixListener, stop: Sender
     }
 }
 
-/// The agent of the registered session `pid` acts under, if it acts under one (not the
-/// mount's own session).
-fn sub_agent_of(shared: &Shared, pid: Option<u32>, uid: u32) -> Option<String> {
-    let s = shared.callers.resolve_known(pid?, uid)?;
-    (!Arc::ptr_eq(&s, shared.callers.mount_session()))
-        .then(|| s.grants().actor().identity_id.clone())
+/// Why a control request that only the mount's own session may make was refused to a peer
+/// that acts under no session (or is gone).
+const NOT_THE_MOUNTS: &str = "only the user's own processes, outside every run and delegate, may \
+     do this (the process that connected is gone, or its place could not be told); run \
+     relayauth-mount as the user who mounted it, outside any run or delegate";
+
+/// `status` for a sub-agent: its own session only (the mirror's path, other sessions and their
+/// processes are not a sub-agent's business).
+fn own_status(shared: &Shared, s: &crate::session::Session) -> serde_json::Value {
+    let g = s.grants();
+    let now = SystemTime::now();
+    let state = s.state(now);
+    json!({
+        "ok": true,
+        "mountpoint": shared.mountpoint.display().to_string(),
+        "session": {
+            "agent": g.actor().identity_id,
+            "sponsor_chain": g.actor().sponsor_chain,
+            "state": state.name(),
+            "state_detail": state.describe(),
+            "expires_at": crate::token::time::format_rfc3339(g.expires_at()),
+            "scopes": g.scopes().raw().collect::<Vec<_>>(),
+        },
+    })
 }
 
 /// How many control connections may be open at once.

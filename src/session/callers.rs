@@ -338,9 +338,18 @@ impl Callers {
     /// The nearest registered ancestor's session of `pid`, or the mount's when there is none
     /// and `uid` may use it.
     fn walk(&self, pid: u32, uid: u32) -> Option<Arc<Session>> {
+        match self.nearest_registered(pid)? {
+            Some(s) => Some(s),
+            None => self.may_use_mount_session(uid).then(|| self.mount.clone()),
+        }
+    }
+
+    /// The session of `pid`'s nearest registered ancestor (itself included): `Some(None)` when
+    /// the walk reached the top of the tree without one, `None` when it could not finish.
+    fn nearest_registered(&self, pid: u32) -> Option<Option<Arc<Session>>> {
         let reg = self.registered.read();
         if reg.is_empty() {
-            return self.may_use_mount_session(uid).then(|| self.mount.clone());
+            return Some(None);
         }
         // FUSE names the calling *thread*; registrations are of processes. A worker thread of a
         // registered process must act under its registration, not skip it (a thread's
@@ -351,15 +360,40 @@ impl Callers {
             // the question open: nothing, rather than the mount's session.
             let (ppid, start_time) = proc_stat(pid)?;
             if let Some(s) = reg.get(&ProcessKey { pid, start_time }) {
-                return Some(s.clone());
+                return Some(Some(s.clone()));
             }
             if ppid == 0 || ppid == pid {
                 // The top of the tree, and no registered ancestor on the way.
-                return self.may_use_mount_session(uid).then(|| self.mount.clone());
+                return Some(None);
             }
             pid = ppid;
         }
         None
+    }
+
+    /// Whether `pid` is outside every registered tree and was not refused a token of its own:
+    /// the user's own processes, which may control the mount (status, unmount). Unknown
+    /// (an unfinished walk) is not outside.
+    pub fn outside_every_session(&self, pid: u32) -> bool {
+        if let Some(env) = &self.from_env {
+            let tgid = thread_group(pid);
+            let Some(stat) = read_stat(tgid) else {
+                return false;
+            };
+            let key = ProcessKey {
+                pid: tgid,
+                start_time: stat.start_time,
+            };
+            if env
+                .checked
+                .read()
+                .get(&key)
+                .is_some_and(|(_, v)| *v == EnvVerdict::Refused)
+            {
+                return false;
+            }
+        }
+        matches!(self.nearest_registered(pid), Some(None))
     }
 
     /// The registered roots of `session` (processes it was registered for, still running or
