@@ -202,7 +202,7 @@ r, w = os.pipe()
 if os.fork() == 0:
     if os.fork() == 0:
         time.sleep(0.3)  # the middle process has exited: this one is an orphan now
-        os.write(w, ('%d %d %s %s' % (os.getpid(), os.getppid(), attempt('{GH_FILE}'), attempt('slack/users/U04ALICE01.json'))).encode())
+        os.write(w, ('%s %d %s %s' % (os.readlink('/proc/self'), os.getppid(), attempt('{GH_FILE}'), attempt('slack/users/U04ALICE01.json'))).encode())
         time.sleep(60)  # left running when the command exits
         os._exit(0)
     os._exit(0)
@@ -1194,4 +1194,86 @@ print(json.dumps(out))",
     m.wait_audit(|e| {
         e["action"] == "scope.escalation_denied" && e.to_string().contains("renewal never widens")
     });
+}
+
+/// A sub-agent runs in a PID namespace whose init is its registered `run`: it cannot kill or
+/// signal the `run`s above it (directly, or through `/proc/<pid>` descriptors), its init
+/// ignores it, and so nothing it starts is ever re-parented into the lead's session.
+#[test]
+fn a_sub_agent_cannot_leave_its_session_by_killing_its_run() {
+    if !fuse_available() {
+        return;
+    }
+    let (issuer, m) = lead_mount(vec!["--require-registration"]);
+    let lead = token_file(&m, &issuer, "lead", LEAD);
+    let gh = token_file(&m, &issuer, "github", GITHUB);
+    let agent = format!(
+        "import os, signal, time, errno, json
+def attempt(p):
+    try:
+        open(p).read(); return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno)
+tried = {{}}
+runs = [p for p in os.listdir('/proc') if p.isdigit() and b'relayauth-mount\\0run' in open('/proc/%s/cmdline' % p, 'rb').read()]
+for p in runs:
+    for how in ('kill', 'pidfd'):
+        try:
+            if how == 'kill':
+                os.kill(int(p), signal.SIGKILL)
+            else:
+                fd = os.open('/proc/%s' % p, os.O_RDONLY | os.O_DIRECTORY)
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            tried[how + ' ' + p] = 'sent'
+        except OSError as e:
+            tried[how + ' ' + p] = errno.errorcode.get(e.errno)
+os.kill(os.getppid(), signal.SIGKILL)
+r, w = os.pipe()
+if os.fork() == 0:
+    if os.fork() == 0:
+        time.sleep(0.5)
+        os.write(w, json.dumps({{'github': attempt('{GH_FILE}'), 'slack': attempt('slack/users/U04ALICE01.json')}}).encode())
+        os._exit(0)
+    os._exit(0)
+os.wait()
+orphan = json.loads(os.read(r, 500))
+init = open('/proc/self/stat').read().rsplit(')', 1)[1].split()[1]
+alive = [p for p in runs if os.path.exists('/proc/%s' % p)]
+print(json.dumps({{'runs': len(runs), 'alive': len(alive), 'init': init, 'tried': tried, 'orphan': orphan}}))"
+    );
+    let lead_code = format!(
+        "import subprocess, sys
+r = subprocess.run(['{bin}', 'run', '--mountpoint', '{mnt}', '--token-file', '{gh}', '--', '/usr/bin/python3', '-c', sys.argv[1]], capture_output=True, text=True)
+print(r.stdout.strip()); print(r.stderr.strip(), file=sys.stderr)
+import os
+print('lead', os.path.exists('slack/users/U04ALICE01.json'))",
+        bin = env!("CARGO_BIN_EXE_relayauth-mount"),
+        mnt = m.mnt.display(),
+        gh = gh.display(),
+    );
+    let o = run_as(&m, &lead, &["/usr/bin/python3", "-c", &lead_code, &agent])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let text = out(&o);
+    let mut lines = text.lines();
+    let v: Value = serde_json::from_str(lines.next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {text}\n{}", err(&o)));
+    // Both runs were found, and no signal reached either.
+    assert!(v["runs"].as_u64().unwrap() >= 2, "{v}");
+    // Its own init ignores the signal; the runs above it cannot be reached at all.
+    let init = v["init"].as_str().unwrap();
+    for (how, what) in v["tried"].as_object().unwrap() {
+        if !how.ends_with(&format!(" {init}")) {
+            assert_ne!(what, "sent", "{how} reached a run above the sub-agent: {v}");
+        }
+    }
+    assert_eq!(v["alive"], v["runs"], "a run was killed: {v}");
+    assert_eq!(
+        v["orphan"],
+        json!({"github": "ok", "slack": "ENOENT"}),
+        "the sub-agent left its session: {v}"
+    );
+    // The lead's run, and so the lead, lived on.
+    assert_eq!(lines.next(), Some("lead True"), "{text}\n{}", err(&o));
 }

@@ -88,7 +88,7 @@ const RENEW_RETRY: Duration = Duration::from_secs(15);
 /// token to the daemon, which verifies it and replaces the session's token. Runs on a thread
 /// of its own until `run` exits; a refusal for good is said once and ends the renewals (the
 /// session then ends when its token expires).
-fn keep_renewed(mountpoint: PathBuf, renewal: Renewal, relayauth_url: Option<String>) {
+fn keep_renewed(mountpoint: PathBuf, renewal: Renewal, relayauth_url: Option<String>, me: u32) {
     use crate::relayauth::refresh::{RefreshOptions, Refresher, refresh_due_at};
     let say = |what: &str| eprintln!("relayauth-mount: {what}");
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -148,7 +148,7 @@ fn keep_renewed(mountpoint: PathBuf, renewal: Renewal, relayauth_url: Option<Str
         };
         let request = control::Request::Renew {
             token: rotated.clone(),
-            pid: std::process::id(),
+            pid: me,
         };
         match control::request(&mountpoint, &request) {
             Ok(answer) if answer["ok"] == true => current = rotated,
@@ -221,12 +221,109 @@ struct Launch {
     command: Vec<OsString>,
 }
 
-/// Register this process with `request`, then run the command under the session (keeping
-/// its token fresh from `renewal`'s bundle, when given).
+/// How the agent's processes are held together.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tree {
+    /// A PID namespace of their own, whose init is the registered process: an orphan comes
+    /// back to it whatever else dies, nothing inside can signal it or anything outside, and
+    /// when it exits the kernel kills everything inside.
+    Namespace,
+    /// This process as a child subreaper (no PID namespace could be made): an agent that kills
+    /// this process leaves its session.
+    Subreaper,
+}
+
+/// Register with `request`, then run the command under the session (keeping its token fresh
+/// from `renewal`'s bundle, when given). The agent gets a PID namespace when the system allows
+/// one: this process then only waits for the namespace's init, which registers itself and
+/// runs the command.
 fn run_registered(
     request: &control::Request,
     launch: &Launch,
     renewal: Option<Renewal>,
+) -> Result<i32, Failure> {
+    if launch.command.is_empty() {
+        return Err(Failure::input("give the command to run after --"));
+    }
+    // SAFETY: prctl with an integer argument.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(Failure::failed(format!(
+            "cannot keep the agent's processes together (PR_SET_CHILD_SUBREAPER: {}); nothing was started",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let signals = Signals::block()?;
+    // SAFETY: unshare with a flag; this process is single-threaded here.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        eprintln!(
+            "relayauth-mount: warning: no PID namespace for the agent ({}; it needs root or \
+             CAP_SYS_ADMIN): its processes are held together by this process alone, and one \
+             that kills it leaves its session",
+            std::io::Error::last_os_error()
+        );
+        return in_session(request, launch, renewal, &signals, Tree::Subreaper);
+    }
+    // SAFETY: fork in a single-threaded process; the child goes on with ordinary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(Failure::failed(format!(
+            "cannot start the agent's namespace: {}; nothing was started",
+            std::io::Error::last_os_error()
+        ))),
+        0 => {
+            // The namespace's init. Signals sent to an init without a handler are dropped;
+            // with these (never run: the signals stay blocked and are taken by
+            // `sigtimedwait`) they are kept for it.
+            signals.catch();
+            in_session(request, launch, renewal, &signals, Tree::Namespace)
+        }
+        init => Ok(wait_for(init, &signals)),
+    }
+}
+
+/// Wait for the namespace's init, passing it the signals this process gets; its exit status.
+fn wait_for(init: libc::pid_t, signals: &Signals) -> i32 {
+    loop {
+        match signals.wait(None) {
+            Some(libc::SIGCHLD) => {
+                let mut st = 0;
+                // SAFETY: reaping our own child without blocking.
+                let rc = unsafe { libc::waitpid(init, &mut st, libc::WNOHANG) };
+                if rc == init {
+                    return if libc::WIFEXITED(st) {
+                        libc::WEXITSTATUS(st)
+                    } else {
+                        128 + libc::WTERMSIG(st)
+                    };
+                }
+                if rc < 0 {
+                    return 1;
+                }
+            }
+            Some(sig) => {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(init, sig) };
+            }
+            None => {}
+        }
+    }
+}
+
+/// This process as `/proc` names it (its pid in the namespace `/proc` was mounted for: the
+/// daemon's, also from inside the agent's PID namespace).
+fn proc_pid() -> u32 {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse().ok())
+        .unwrap_or_else(std::process::id)
+}
+
+/// Register this process with `request` (as the daemon sees it), then run the command.
+fn in_session(
+    request: &control::Request,
+    launch: &Launch,
+    renewal: Option<Renewal>,
+    signals: &Signals,
+    tree: Tree,
 ) -> Result<i32, Failure> {
     let Launch {
         mountpoint,
@@ -238,22 +335,14 @@ fn run_registered(
     let Some((program, program_args)) = command.split_first() else {
         return Err(Failure::input("give the command to run after --"));
     };
-    // Before registering: from here on every orphan of the tree comes back to this process.
-    // SAFETY: prctl with an integer argument.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        return Err(Failure::failed(format!(
-            "cannot keep the agent's processes together (PR_SET_CHILD_SUBREAPER: {}); nothing was started",
-            std::io::Error::last_os_error()
-        )));
-    }
-    let answer = control::request(mountpoint, request).map_err(Failure::failed)?;
+    let me = proc_pid();
+    let answer = control::request(mountpoint, &request.from(me)).map_err(Failure::failed)?;
     if answer["ok"] != true {
         let why = answer["error"]
             .as_str()
             .unwrap_or("the daemon gave no reason");
         return Err(Failure::failed(format!("the mount refused: {why}")));
     }
-    let signals = Signals::block()?;
     let mut cmd = Command::new(program);
     cmd.args(program_args);
     let unblock = signals.0;
@@ -291,7 +380,7 @@ fn run_registered(
         // shares an address space with a running thread.
         let url = answer["relayauth_url"].as_str().map(str::to_owned);
         let mountpoint = mountpoint.clone();
-        std::thread::spawn(move || keep_renewed(mountpoint, renewal, url));
+        std::thread::spawn(move || keep_renewed(mountpoint, renewal, url, me));
     }
     let status = loop {
         match signals.wait(None) {
@@ -312,7 +401,10 @@ fn run_registered(
             None => {}
         }
     };
-    stop_the_rest(&signals, grace);
+    match tree {
+        Tree::Subreaper => stop_the_rest(signals, grace, me),
+        Tree::Namespace => stop_the_namespace(signals, grace, me),
+    }
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
@@ -349,8 +441,7 @@ fn reap_others(cmd: libc::pid_t) {
 }
 
 /// The children of this process (orphans of the tree come back to it as a subreaper).
-fn children() -> Vec<libc::pid_t> {
-    let me = std::process::id();
+fn children(me: u32) -> Vec<libc::pid_t> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -361,14 +452,14 @@ fn children() -> Vec<libc::pid_t> {
 }
 
 /// Stop what is left of the tree: SIGTERM, then SIGKILL after `grace`, until nothing is left.
-fn stop_the_rest(signals: &Signals, grace: Duration) {
+fn stop_the_rest(signals: &Signals, grace: Duration, me: u32) {
     let reap = || {
         let mut st = 0;
         // SAFETY: reaping any exited child without blocking.
         while unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } > 0 {}
     };
     reap();
-    let mut left = children();
+    let mut left = children(me);
     if left.is_empty() {
         return;
     }
@@ -384,7 +475,7 @@ fn stop_the_rest(signals: &Signals, grace: Duration) {
         }
         loop {
             reap();
-            left = children();
+            left = children(me);
             let now = Instant::now();
             if left.is_empty() || (sig == libc::SIGTERM && now >= deadline) {
                 break;
@@ -405,6 +496,54 @@ fn stop_the_rest(signals: &Signals, grace: Duration) {
         }
         if left.is_empty() {
             return;
+        }
+    }
+}
+
+/// Stop what is left in the agent's PID namespace (this process is its init): SIGTERM to
+/// everything in it, then, after `grace`, SIGKILL (which exiting does too: the kernel kills a
+/// namespace whose init is gone). Every orphan in the namespace is this process's child, so
+/// the namespace is empty when no child is left.
+fn stop_the_namespace(signals: &Signals, grace: Duration, me: u32) {
+    let reap = || {
+        let mut st = 0;
+        // SAFETY: reaping any exited child without blocking; `waitpid` says whether any is left.
+        loop {
+            match unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } {
+                0 => return true,
+                n if n > 0 => {}
+                _ => return false,
+            }
+        }
+    };
+    if !reap() {
+        return;
+    }
+    let left = children(me).len();
+    eprintln!("relayauth-mount: the command exited; stopping {left} process(es) it left running");
+    let deadline = Instant::now() + grace;
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        // SAFETY: -1 is every process this one may signal: in a PID namespace whose init it
+        // is, every process of the namespace but itself.
+        unsafe { libc::kill(-1, sig) };
+        loop {
+            if !reap() {
+                return;
+            }
+            let now = Instant::now();
+            if sig == libc::SIGTERM && now >= deadline {
+                break;
+            }
+            if sig == libc::SIGKILL {
+                // SAFETY: as above; children of killed processes come back to this one.
+                unsafe { libc::kill(-1, libc::SIGKILL) };
+            }
+            let _ = signals.wait(Some(
+                deadline
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(20))
+                    .min(Duration::from_millis(100)),
+            ));
         }
     }
 }
@@ -436,6 +575,22 @@ impl Signals {
                 ));
             }
             Ok(Signals(set))
+        }
+    }
+
+    /// Give every handled signal a handler (which never runs while they stay blocked), as the
+    /// init of a PID namespace must for signals from outside to reach it at all.
+    fn catch(&self) {
+        extern "C" fn ignore(_: libc::c_int) {}
+        for s in HANDLED {
+            // SAFETY: installing a handler that does nothing (async-signal-safe).
+            unsafe {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                act.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                libc::sigemptyset(&mut act.sa_mask);
+                act.sa_flags = libc::SA_RESTART;
+                libc::sigaction(s, &act, std::ptr::null_mut());
+            }
         }
     }
 

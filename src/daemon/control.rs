@@ -40,6 +40,18 @@ pub enum Request {
 }
 
 impl Request {
+    /// This request as sent by the process `pid` (for the requests that name their sender).
+    pub fn from(&self, pid: u32) -> Request {
+        let mut r = self.clone();
+        match &mut r {
+            Request::Register { pid: p, .. }
+            | Request::Renew { pid: p, .. }
+            | Request::Delegate { pid: p, .. } => *p = pid,
+            Request::Status | Request::Unmount => {}
+        }
+        r
+    }
+
     /// A request line as the daemon reads it: anything else is refused with the reason.
     pub fn parse(line: &str) -> Result<Request, String> {
         serde_json::from_str(line).map_err(|e| {
