@@ -1042,6 +1042,62 @@ print(json.dumps({'top': top, 'github': os.path.exists('github'),
     let jti = claims_of(&revoked)["jti"].as_str().unwrap().to_owned();
     issuer.revoke(json!({ "tokenId": jti }));
     nothing(&look(&py(&revoked, NOTHING)));
+    // A refusal holds for the process and everything it starts: executing itself again
+    // without the variable, or a child started without it, still gets nothing.
+    let shed = format!(
+        "import os, sys, subprocess
+try:
+    os.listdir('.')
+except OSError:
+    pass
+env = {{k: v for k, v in os.environ.items() if k != 'RELAYAUTH_TOKEN'}}
+if sys.argv[1:] == ['child']:
+    r = subprocess.run([sys.executable, '-c', '''{NOTHING}'''], env=env, capture_output=True, text=True)
+    print(r.stdout.strip())
+else:
+    os.execve(sys.executable, [sys.executable, '-c', '''{NOTHING}'''], env)"
+    );
+    nothing(&look(&py("eyJhbGciOiJub25lIn0.e30.", &shed)));
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", &shed, "child"])
+        .env("RELAYAUTH_TOKEN", "eyJhbGciOiJub25lIn0.e30.")
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    nothing(&look(&o));
+    // Processes with the same token share one session (one admission, one revocation check
+    // per poll), however many there are.
+    let shared_token = issuer.token(GITHUB);
+    let crowd = format!(
+        "import subprocess, sys, os
+env = dict(os.environ, RELAYAUTH_TOKEN={shared_token:?})
+ps = [subprocess.Popen([sys.executable, '-c', 'import os, time; os.listdir(\"github\"); time.sleep(1.5)'], env=env) for _ in range(4)]
+print(sum(p.wait() for p in ps))"
+    );
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", &crowd])
+        .current_dir(&m.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(out(&o).trim(), "0", "{}", err(&o));
+    let crowd_id = claims_of(&shared_token)["jti"].as_str().unwrap().to_owned();
+    let regs: Vec<Value> = m
+        .audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["action"] == "session.registered"
+                && e["result"] == "allowed"
+                && e["tokenId"] == crowd_id.as_str()
+        })
+        .collect();
+    assert_eq!(regs.len(), 4, "{regs:#?}");
+    assert_eq!(
+        regs.iter()
+            .filter(|e| e["metadata"]["joined"] == true)
+            .count(),
+        3,
+        "{regs:#?}"
+    );
     // A sub-agent that starts a child with a wider token (the lead's) gets it nothing.
     let lead = std::fs::read_to_string(&m.token_file).unwrap();
     let widen = format!(

@@ -340,6 +340,18 @@ pub(crate) fn env_admission(
             key,
         };
         let what = format!("the token in {}", crate::session::callers::TOKEN_VARIABLE);
+        // A token already admitted for another process: this one joins that session (after
+        // the same containment checks, none of which needs the network).
+        let raw_trimmed = raw.trim();
+        if let Some(existing) = shared
+            .callers
+            .sessions()
+            .into_iter()
+            .skip(1)
+            .find(|s| &**s.grants().raw() == raw_trimmed && s.is_active(SystemTime::now()))
+        {
+            return join(&shared, &who, existing).ok();
+        }
         runtime.block_on(async {
             let admitted = async {
                 let token = verified(&shared, key.pid, raw.trim(), &what).await.ok()?;
@@ -499,6 +511,79 @@ fn escalation(
         .meta("offending", offending.join(" "))
         .meta("agentName", agent),
     );
+}
+
+/// Register `who` under `session`, which another process of the mount already holds with the
+/// same token, when it is not wider than what `who` acts under now.
+fn join(
+    shared: &Arc<Shared>,
+    who: &Registrant,
+    session: Arc<Session>,
+) -> Result<Arc<Session>, Value> {
+    let g = session.grants();
+    let current = shared.callers.resolve_known(who.pid, who.uid);
+    if let Some(c) = &current
+        && !c.is_active(SystemTime::now())
+    {
+        return Err(refuse(
+            shared,
+            Some(who.pid),
+            "session.registered",
+            format!(
+                "process {} acts under a session that is {}; it cannot register another token",
+                who.pid,
+                c.state(SystemTime::now()).describe()
+            ),
+        ));
+    }
+    if let Some(c) = current.filter(|c| !Arc::ptr_eq(c, shared.callers.mount_session())) {
+        let bound = c.grants();
+        let refused = crate::scope::within(g.scopes().raw(), bound.scopes().raw()).refused();
+        if !refused.is_empty() {
+            let why = format!(
+                "the token holds {} beyond the session this process acts under; a sub-agent's \
+                 token may only narrow its parent's scopes",
+                refused.join(", ")
+            );
+            escalation(
+                shared,
+                who.pid,
+                &bound,
+                &why,
+                &refused,
+                &g.actor().identity_id,
+                "register",
+            );
+            return Err(super::control::error(why));
+        }
+    }
+    if !ProcessKey::of(who.pid).is_some_and(|now| now == who.key) {
+        return Err(refuse(
+            shared,
+            Some(who.pid),
+            "session.registered",
+            format!("process {} exited while registering", who.pid),
+        ));
+    }
+    shared.callers.register(who.key, session.clone());
+    shared.audit.record(
+        Event::new(
+            "session.registered",
+            Outcome::Allowed,
+            g.actor(),
+            "register",
+        )
+        .pid(who.pid)
+        .reason(format!(
+            "process {} and its descendants act under this token (a session another \
+                 process holds with the same token)",
+            who.pid
+        ))
+        .meta("rootPid", who.pid)
+        .meta("via", "environment")
+        .meta("joined", true),
+    );
+    Ok(session)
 }
 
 /// Register `who` under the verified `token`: same org and workspace, never wider than the

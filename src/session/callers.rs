@@ -263,31 +263,45 @@ impl Callers {
             if self.registered.read().contains_key(&key) {
                 return Some(EnvVerdict::Inherits);
             }
+            // A refusal holds for the process's whole life (an `execve` without the variable
+            // does not lift it); "no token" holds until it executes something else.
             env.checked
                 .read()
                 .get(&key)
-                .filter(|(at, _)| *at == stat.env)
+                .filter(|(at, v)| *v == EnvVerdict::Refused || *at == stat.env)
                 .map(|(_, v)| *v)
         };
         let judged = match known() {
             Some(v) => v,
-            None => {
-                // One admission at a time; another thread of this process may have been
-                // admitted (or judged) while this one waited.
-                let _one = env.admitting.lock();
-                match known() {
-                    Some(v) => v,
-                    None => {
-                        let v = self.judge_environment(env, key, uid);
-                        // No environment yet: the kernel is in the middle of an `execve` (the
-                        // new one is placed after the old memory is gone). Judged again later.
-                        if stat.env != (0, 0) {
-                            env.checked.write().insert(key, (stat.env, v));
+            None => match environment_token(tgid) {
+                // No token of its own: nothing to admit, no need to wait for anyone.
+                None => {
+                    if stat.env != (0, 0) {
+                        env.checked
+                            .write()
+                            .insert(key, (stat.env, EnvVerdict::Inherits));
+                    }
+                    EnvVerdict::Inherits
+                }
+                Some(raw) => {
+                    // One admission at a time; another thread of this process may have been
+                    // admitted (or judged) while this one waited.
+                    let _one = env.admitting.lock();
+                    match known() {
+                        Some(v) => v,
+                        None => {
+                            let v = self.judge_environment(env, key, uid, &raw);
+                            // No environment yet: the kernel is in the middle of an `execve`
+                            // (the new one is placed after the old memory is gone). Judged
+                            // again later.
+                            if stat.env != (0, 0) || v == EnvVerdict::Refused {
+                                env.checked.write().insert(key, (stat.env, v));
+                            }
+                            v
                         }
-                        v
                     }
                 }
-            }
+            },
         };
         match judged {
             EnvVerdict::Inherits => self.walk(tgid, uid),
@@ -295,12 +309,10 @@ impl Callers {
         }
     }
 
-    /// Read the environment of the process `key` and admit the token there, if it has one of
-    /// its own: registered (and so `Inherits` from now on), or `Refused`.
-    fn judge_environment(&self, env: &FromEnv, key: ProcessKey, uid: u32) -> EnvVerdict {
-        let Some(raw) = environment_token(key.pid) else {
-            return EnvVerdict::Inherits;
-        };
+    /// Admit the token `raw` found in the environment of the process `key`, unless it is the
+    /// token the process already acts under: registered (and so `Inherits` from now on), or
+    /// `Refused`.
+    fn judge_environment(&self, env: &FromEnv, key: ProcessKey, uid: u32, raw: &str) -> EnvVerdict {
         let inherited = self.walk(key.pid, uid);
         if inherited
             .as_ref()
@@ -311,7 +323,7 @@ impl Callers {
         if !self.may_use_mount(uid) {
             return EnvVerdict::Refused;
         }
-        match env.admit.get().and_then(|admit| admit(key, uid, &raw)) {
+        match env.admit.get().and_then(|admit| admit(key, uid, raw)) {
             // The admission registered it: its session is found by the walk from now on.
             Some(_) if self.registered.read().contains_key(&key) => EnvVerdict::Inherits,
             _ => EnvVerdict::Refused,
@@ -348,7 +360,9 @@ impl Callers {
     /// the walk reached the top of the tree without one, `None` when it could not finish.
     fn nearest_registered(&self, pid: u32) -> Option<Option<Arc<Session>>> {
         let reg = self.registered.read();
-        if reg.is_empty() {
+        let checked = self.from_env.as_ref().map(|env| env.checked.read());
+        let refused = checked.as_deref().filter(|c| !c.is_empty());
+        if reg.is_empty() && refused.is_none() {
             return Some(None);
         }
         // FUSE names the calling *thread*; registrations are of processes. A worker thread of a
@@ -359,8 +373,15 @@ impl Callers {
             // An ancestor that cannot be read (it exited mid-walk, or /proc hides it) leaves
             // the question open: nothing, rather than the mount's session.
             let (ppid, start_time) = proc_stat(pid)?;
-            if let Some(s) = reg.get(&ProcessKey { pid, start_time }) {
+            let key = ProcessKey { pid, start_time };
+            if let Some(s) = reg.get(&key) {
                 return Some(Some(s.clone()));
+            }
+            // Below a process whose own token was refused there is nothing (its children
+            // cannot shed the refusal by dropping the variable).
+            if refused.is_some_and(|r| r.get(&key).is_some_and(|(_, v)| *v == EnvVerdict::Refused))
+            {
+                return None;
             }
             if ppid == 0 || ppid == pid {
                 // The top of the tree, and no registered ancestor on the way.
