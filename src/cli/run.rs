@@ -507,8 +507,8 @@ fn stop_the_rest(signals: &Signals, grace: Duration, me: u32) {
 fn stop_the_namespace(signals: &Signals, grace: Duration, me: u32) {
     let reap = || {
         let mut st = 0;
-        // SAFETY: reaping any exited child without blocking; `waitpid` says whether any is left.
         loop {
+            // SAFETY: reaping any exited child without blocking; it says whether any is left.
             match unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) } {
                 0 => return true,
                 n if n > 0 => {}
