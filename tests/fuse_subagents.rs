@@ -1333,3 +1333,160 @@ print('lead', os.path.exists('slack/users/U04ALICE01.json'))",
     // The lead's run, and so the lead, lived on.
     assert_eq!(lines.next(), Some("lead True"), "{text}\n{}", err(&o));
 }
+
+/// A revoked sub-agent's shared writable mapping cannot reach the mirror through the lead's
+/// handle: the kernel writes dirty pages back through any handle open for writing on the file,
+/// and such a write is refused while a handle of an ended session is open on it.
+#[test]
+fn a_revoked_sub_agents_mapping_writes_nothing_through_the_leads_handle() {
+    if !fuse_available() {
+        return;
+    }
+    fn scratch(mirror: &Path) {
+        std::fs::create_dir_all(mirror.join("scratch")).unwrap();
+        std::fs::write(mirror.join("scratch/shared.bin"), vec![b'.'; 1 << 20]).unwrap();
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:*"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&scratch),
+            ..MountOpts::default()
+        },
+    );
+    let agent = token_file(&m, &issuer, "mapper", &["relayfile:fs:manage:/scratch/**"]);
+    let code = "import mmap, os, sys
+fd = os.open('scratch/shared.bin', os.O_RDWR)
+m = mmap.mmap(fd, 1 << 20, mmap.MAP_SHARED)
+m[0:1]
+print('mapped', flush=True)
+sys.stdin.readline()
+try:
+    os.pread(fd, 4, 0); print('read ok', flush=True)
+except OSError as e:
+    print('read', e.errno, flush=True)
+pid = os.fork()
+if pid == 0:
+    m[4096:4096 + 12] = b'AFTER-REVOKE'
+    try:
+        m.flush(); print('msync ok', flush=True)
+    except OSError as e:
+        print('msync', e.errno, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print('done', flush=True)";
+    let mut c = run_py(&m, &agent, code);
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "mapped");
+    // The lead holds the file open for writing and, once the sub-agent's token is revoked,
+    // maps it too and faults in the page the sub-agent will write (so the sub-agent's mapping
+    // finds it in the page cache).
+    let mut lead = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import mmap, os, sys
+fd = os.open('scratch/shared.bin', os.O_RDWR)
+sys.stdin.readline()
+m = mmap.mmap(fd, 1 << 20, mmap.MAP_SHARED)
+m[4096:4097]
+print('faulted', flush=True)
+sys.stdin.readline()
+m.close(); os.close(fd)",
+        ])
+        .current_dir(&m.mnt)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lead_in = lead.stdin.take().unwrap();
+    let mut lead_out = BufReader::new(lead.stdout.take().unwrap()).lines();
+    let jti = claims_of(&std::fs::read_to_string(&agent).unwrap())["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    issuer.revoke(json!({ "tokenId": jti }));
+    m.wait_audit(|e| e["action"] == "token.revoked" && e["tokenId"] == jti.as_str());
+    writeln!(lead_in, "map").unwrap();
+    assert_eq!(lead_out.next().unwrap().unwrap(), "faulted");
+    writeln!(stdin, "go").unwrap();
+    let text: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    child.wait().unwrap();
+    assert_eq!(
+        text.first().map(String::as_str),
+        Some("read 13"),
+        "{text:?}"
+    );
+    assert_eq!(text.last().map(String::as_str), Some("done"), "{text:?}");
+    assert!(!text.iter().any(|l| l == "msync ok"), "{text:?}");
+    writeln!(lead_in, "close").unwrap();
+    assert!(lead.wait().unwrap().success());
+    let mirror = std::fs::read(m.mirror_at("scratch/shared.bin")).unwrap();
+    assert_eq!(
+        &mirror[4096..4096 + 12],
+        b"............",
+        "the revoked agent's bytes reached the mirror"
+    );
+}
+
+/// A descriptor carries no more than its session may do where its file is now: a file the
+/// lead moves into a place the sub-agent cannot see is neither read nor written through the
+/// sub-agent's open descriptor any more.
+#[test]
+fn an_open_descriptor_loses_a_file_moved_out_of_its_sessions_reach() {
+    if !fuse_available() {
+        return;
+    }
+    fn scratch(mirror: &Path) {
+        std::fs::create_dir_all(mirror.join("scratch/pub")).unwrap();
+        std::fs::create_dir_all(mirror.join("scratch/secret")).unwrap();
+        std::fs::write(mirror.join("scratch/pub/f.txt"), "public\n").unwrap();
+    }
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:*"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(&scratch),
+            ..MountOpts::default()
+        },
+    );
+    let agent = token_file(&m, &issuer, "pub", &["relayfile:fs:manage:/scratch/pub/**"]);
+    let code = "import os, sys
+r = os.open('scratch/pub/f.txt', os.O_RDONLY)
+w = os.open('scratch/pub/f.txt', os.O_WRONLY)
+print(os.pread(r, 6, 0).decode(), flush=True)
+sys.stdin.readline()
+for what, f in (('read', lambda: os.pread(r, 6, 0)), ('write', lambda: os.pwrite(w, b'X', 0))):
+    try:
+        f(); print(what, 'ok', flush=True)
+    except OSError as e:
+        print(what, e.errno, flush=True)";
+    let mut c = run_py(&m, &agent, code);
+    c.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "public");
+    std::fs::rename(m.at("scratch/pub/f.txt"), m.at("scratch/secret/f.txt")).unwrap();
+    std::fs::write(m.at("scratch/secret/f.txt"), "secret\n").unwrap();
+    writeln!(stdin, "go").unwrap();
+    let text: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    child.wait().unwrap();
+    assert_eq!(
+        text,
+        ["read 13", "write 13"],
+        "the descriptor kept the moved file"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.mirror_at("scratch/secret/f.txt")).unwrap(),
+        "secret\n"
+    );
+}

@@ -191,6 +191,9 @@ pub(crate) struct Handle {
     pub(super) checked: AtomicU64,
     /// Set once a re-decision refused: the handle carries nothing any more.
     pub(super) cut: std::sync::atomic::AtomicBool,
+    /// The node's path the grants were last decided at: a node renamed since (into a place
+    /// its session may not reach) is decided again.
+    pub(super) decided_at: parking_lot::Mutex<Arc<[u8]>>,
 }
 
 impl Handle {
@@ -203,7 +206,9 @@ impl Handle {
         change: Option<Change>,
     ) -> Handle {
         let epoch = session.as_ref().map_or(0, |s| s.epoch());
+        let decided_at = parking_lot::Mutex::new(node.path());
         Handle {
+            decided_at,
             body,
             node,
             session,
@@ -247,6 +252,16 @@ impl Handles {
 
     pub(super) fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         self.table.write().remove(&fh)
+    }
+
+    /// The handles open for writing on node `ino`.
+    pub(super) fn writable_on(&self, ino: Ino) -> Vec<Arc<Handle>> {
+        self.table
+            .read()
+            .values()
+            .filter(|h| h.write && h.node.ino == ino)
+            .cloned()
+            .collect()
     }
 
     /// Whether a staged writeback (new or replacing) is open on a file anywhere below the

@@ -596,7 +596,8 @@ impl GuardFs {
             return Err(Error::EACCES);
         }
         let epoch = s.epoch();
-        if h.checked.load(Ordering::Acquire) != epoch {
+        let moved = !h.node.still_at(&h.decided_at.lock());
+        if h.checked.load(Ordering::Acquire) != epoch || moved {
             let ctx = Ctx::of(h.session.clone(), 0);
             let path = h.node.path();
             let place = self.place_of_node(&h.node)?;
@@ -610,6 +611,7 @@ impl GuardFs {
                 return Err(Error::EACCES);
             }
             h.checked.store(epoch, Ordering::Release);
+            *h.decided_at.lock() = path;
         }
         if self.gate.freshness(s).stale() {
             return Err(Error::EACCES);
@@ -650,12 +652,31 @@ impl GuardFs {
         })
     }
 
+    /// Write through the handle `fh`.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_from(fh, offset, data, false)
+    }
+
+    /// Write pages from the kernel's page cache through the handle `fh` (a shared writable
+    /// mapping being written back). The kernel sends them through any handle open for writing
+    /// on the file, so they may carry what another handle's mapping dirtied (a session's
+    /// revoked since): they are accepted only while every handle open for writing on the file
+    /// may still write.
+    pub fn write_back(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_from(fh, offset, data, true)
+    }
+
+    fn write_from(&self, fh: u64, offset: u64, data: &[u8], cached: bool) -> FsResult<u32> {
         let h = self.handles.get(fh)?;
         if !h.write {
             return Err(Error::EBADF);
         }
         self.live(&h)?;
+        if cached {
+            for other in self.handles.writable_on(h.node.ino) {
+                self.live(&other)?;
+            }
+        }
         match &h.body {
             Body::File(f) => Ok(write_at(f, data, offset)? as u32),
             Body::Staged(s) => {

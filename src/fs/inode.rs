@@ -117,6 +117,12 @@ impl Node {
         self.loc.read().path.clone()
     }
 
+    /// Whether the node's path is still `path` (the very one handed out: a rename, even back to
+    /// the same name, gives a new one).
+    pub fn still_at(&self, path: &Arc<[u8]>) -> bool {
+        Arc::ptr_eq(&self.loc.read().path, path)
+    }
+
     /// The `O_PATH` descriptor of a mirror object if the table holds it now (or the file
     /// behind a relay view). A mirror object whose descriptor was dropped is found again with
     /// `GuardFs::fd_of`.
