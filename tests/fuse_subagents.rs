@@ -717,7 +717,12 @@ else:
     for (name, mut agent, lines) in agents {
         let text: String = lines.map(|l| l.unwrap() + "\n").collect();
         agent.wait().unwrap();
-        assert!(text.starts_with("ENOENT\n"), "{name}: {text}");
+        // The first refusal is ENOENT (the path is gone from its view), or EACCES when the
+        // session ended between the lookup of the file's name and its open.
+        assert!(
+            text.starts_with("ENOENT\n") || text.starts_with("EACCES\n"),
+            "{name}: {text}"
+        );
         let expected = if *name == "short" {
             "expired"
         } else {

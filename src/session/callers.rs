@@ -138,6 +138,10 @@ pub struct Callers {
     /// Whether unregistered callers of any uid act under the mount's session.
     other_users: bool,
     registered: RwLock<FxHashMap<ProcessKey, Arc<Session>>>,
+    /// Bumped by every registration made or forgotten: answers remembered before are stale.
+    generation: std::sync::atomic::AtomicU64,
+    /// Threads already resolved (see `super::known`).
+    known: super::known::KnownThreads,
     from_env: Option<FromEnv>,
 }
 
@@ -156,6 +160,8 @@ impl Callers {
             owner: rustix::process::getuid().as_raw(),
             other_users: false,
             registered: RwLock::new(FxHashMap::default()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            known: super::known::KnownThreads::default(),
             from_env: None,
         }
     }
@@ -214,7 +220,12 @@ impl Callers {
 
     /// Make `root` and its descendants act under `session`.
     pub fn register(&self, root: ProcessKey, session: Arc<Session>) {
-        self.registered.write().insert(root, session);
+        let mut reg = self.registered.write();
+        reg.insert(root, session);
+        // Under the write lock: a walk that read the old registrations also read the old
+        // generation.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The session registered with `root` as its root process, if any.
@@ -251,7 +262,7 @@ impl Callers {
     /// [`Callers::resolve_known`].
     pub fn resolve(&self, pid: u32, uid: u32) -> Option<Arc<Session>> {
         let Some(env) = &self.from_env else {
-            return self.walk(pid, uid);
+            return self.resolve_remembered(pid, uid);
         };
         let tgid = thread_group(pid);
         let stat = read_stat(tgid)?;
@@ -307,6 +318,26 @@ impl Callers {
             EnvVerdict::Inherits => self.walk(tgid, uid),
             EnvVerdict::Refused => None,
         }
+    }
+
+    /// [`Callers::walk`], remembered per thread (see `super::known`) once sessions are
+    /// registered (before, the answer needs no `/proc` read at all).
+    fn resolve_remembered(&self, tid: u32, uid: u32) -> Option<Arc<Session>> {
+        if self.registered.read().is_empty() {
+            return self.walk(tid, uid);
+        }
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(answer) = self.known.get(tid, uid, generation) {
+            return answer;
+        }
+        // Opened before the walk: if the thread is still alive after it, both name it.
+        let pidfd = super::known::thread_pidfd(tid);
+        let answer = self.walk(tid, uid);
+        if let Some(pidfd) = pidfd {
+            self.known
+                .remember(tid, pidfd, uid, generation, answer.clone());
+        }
+        answer
     }
 
     /// Admit the token `raw` found in the environment of the process `key`, unless it is the
@@ -431,7 +462,16 @@ impl Callers {
     /// Forget registrations (and environments looked at) whose process is gone.
     pub fn prune(&self) {
         let alive = |k: &ProcessKey| ProcessKey::of(k.pid).is_some_and(|now| now == *k);
-        self.registered.write().retain(|k, _| alive(k));
+        {
+            let mut reg = self.registered.write();
+            let before = reg.len();
+            reg.retain(|k, _| alive(k));
+            if reg.len() != before {
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        self.known.prune();
         if let Some(env) = &self.from_env {
             env.checked.write().retain(|k, _| alive(k));
         }
@@ -618,6 +658,38 @@ mod tests {
         assert!(callers.resolve(me, 0).is_none());
         // One registered session plus the empty view of everyone else: two views, no caching.
         assert_eq!(callers.session_count(), 2);
+    }
+
+    #[test]
+    fn a_remembered_answer_gives_way_to_a_later_registration() {
+        let mount = session(&["relayfile:fs:read:*"]);
+        let other = session(&["relayfile:fs:read:/b/**"]);
+        let child = session(&["relayfile:fs:read:/a/**"]);
+        let callers = Callers::new(mount.clone(), false);
+        // Some registration exists, not ours: we are resolved (and remembered) as the mount.
+        callers.register(
+            ProcessKey {
+                pid: 4_000_001,
+                start_time: 1,
+            },
+            other,
+        );
+        let me = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&callers.resolve(me, 0).unwrap(), &mount));
+        }
+        // Our parent registers: the remembered answer is not given again.
+        let (ppid, _) = proc_stat(std::process::id()).unwrap();
+        callers.register(ProcessKey::of(ppid).unwrap(), child.clone());
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&callers.resolve(me, 0).unwrap(), &child));
+        }
+        // Nor to another uid.
+        assert!(
+            callers
+                .resolve(me, 4242)
+                .is_some_and(|s| Arc::ptr_eq(&s, &child))
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! under the mount's own session.
 
 pub mod callers;
+pub mod known;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
