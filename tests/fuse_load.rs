@@ -81,7 +81,7 @@ while time.time() < end:
             gone = True
             break
         unexpected.append(f"op {op}: {e}")
-print(json.dumps({"pid": os.getpid(), "ops": ops, "audited": audited, "denied": denied,
+print(json.dumps({"pid": int(os.readlink("/proc/self")), "ops": ops, "audited": audited, "denied": denied,
                   "unexpected": unexpected[:10], "gone": gone,
                   "files": {k: hashlib.sha256(v).hexdigest() for k, v in expect.items()}}))
 "#;
@@ -401,6 +401,22 @@ fn four_sessions_of_eight_agents_go_on_while_one_is_revoked() {
     // The revoked session's agents were cut off; the others never noticed.
     for r in &reports[0] {
         assert_eq!(r["gone"], true, "a revoked agent went on: {r}");
+    }
+    // Each agent runs in its session's PID namespace, where its own pid is not the one the
+    // audit log names; the log's pid for it is that of the record of its first decision, the
+    // mkdir of its own directory.
+    let created = records_of(&m);
+    for (k, session) in reports.iter_mut().enumerate() {
+        for (n, r) in session.iter_mut().enumerate() {
+            let tag = if k == 0 { "ra" } else { "a" };
+            let dir = format!("/scratch/s{k}/{tag}{n}");
+            let host = created
+                .iter()
+                .find(|e| e["operation"] == "mkdir" && e["path"] == dir.as_str())
+                .and_then(|e| e["pid"].as_u64())
+                .unwrap_or_else(|| panic!("no audit record of the mkdir of {dir}"));
+            r["pid"] = json!(host);
+        }
     }
     // The mount is still up: its log is written behind the decisions, so wait for it to hold
     // every decision the agents counted.

@@ -261,7 +261,14 @@ fn run_registered(
              that kills it leaves its session",
             std::io::Error::last_os_error()
         );
-        return in_session(request, launch, renewal, &signals, Tree::Subreaper);
+        return in_session(
+            request,
+            launch,
+            renewal,
+            &signals,
+            Tree::Subreaper,
+            std::process::id(),
+        );
     }
     // SAFETY: fork in a single-threaded process; the child goes on with ordinary code.
     match unsafe { libc::fork() } {
@@ -274,7 +281,13 @@ fn run_registered(
             // with these (never run: the signals stay blocked and are taken by
             // `sigtimedwait`) they are kept for it.
             signals.catch();
-            in_session(request, launch, renewal, &signals, Tree::Namespace)
+            let me = std::process::id();
+            if let Err(why) = private_proc() {
+                return Err(Failure::failed(format!(
+                    "cannot give the agent a /proc of its own ({why}); nothing was started"
+                )));
+            }
+            in_session(request, launch, renewal, &signals, Tree::Namespace, me)
         }
         init => Ok(wait_for(init, &signals)),
     }
@@ -308,22 +321,52 @@ fn wait_for(init: libc::pid_t, signals: &Signals) -> i32 {
     }
 }
 
-/// This process as `/proc` names it (its pid in the namespace `/proc` was mounted for: the
-/// daemon's, also from inside the agent's PID namespace).
-fn proc_pid() -> u32 {
-    std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str()?.parse().ok())
-        .unwrap_or_else(std::process::id)
+/// Give the namespace's init (and so the agent) a mount namespace whose `/proc` shows only the
+/// agent's PID namespace: the host's `/proc` would let the agent read and write the memory of
+/// the lead's processes (`/proc/<pid>/mem` of a process of the same user), read their
+/// environments and descriptors. Mounts made outside still reach the agent (a slave copy);
+/// nothing mounted inside reaches out. The init is also made non-dumpable, so a process of the
+/// agent cannot ptrace it (nor open its `/proc` files) to stop or steer it.
+fn private_proc() -> Result<(), String> {
+    use rustix::mount::{MountFlags, MountPropagationFlags, mount, mount_change};
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "PR_SET_DUMPABLE: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: unshare with a flag; this process is single-threaded here.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNS): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    mount_change(
+        "/",
+        MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
+    )
+    .map_err(|e| format!("making / a slave mount: {e}"))?;
+    mount(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )
+    .map_err(|e| format!("mounting /proc: {e}"))
 }
 
-/// Register this process with `request` (as the daemon sees it), then run the command.
+/// Register this process (`me`, its pid in its own PID namespace, which the daemon accepts as
+/// the name of its peer) with `request`, then run the command.
 fn in_session(
     request: &control::Request,
     launch: &Launch,
     renewal: Option<Renewal>,
     signals: &Signals,
     tree: Tree,
+    me: u32,
 ) -> Result<i32, Failure> {
     let Launch {
         mountpoint,
@@ -335,7 +378,6 @@ fn in_session(
     let Some((program, program_args)) = command.split_first() else {
         return Err(Failure::input("give the command to run after --"));
     };
-    let me = proc_pid();
     let answer = control::request(mountpoint, &request.from(me)).map_err(Failure::failed)?;
     if answer["ok"] != true {
         let why = answer["error"]
@@ -403,7 +445,7 @@ fn in_session(
     };
     match tree {
         Tree::Subreaper => stop_the_rest(signals, grace, me),
-        Tree::Namespace => stop_the_namespace(signals, grace, me),
+        Tree::Namespace => stop_the_namespace(signals, grace),
     }
     Ok(status
         .code()
@@ -504,7 +546,7 @@ fn stop_the_rest(signals: &Signals, grace: Duration, me: u32) {
 /// everything in it, then, after `grace`, SIGKILL (which exiting does too: the kernel kills a
 /// namespace whose init is gone). Every orphan in the namespace is this process's child, so
 /// the namespace is empty when no child is left.
-fn stop_the_namespace(signals: &Signals, grace: Duration, me: u32) {
+fn stop_the_namespace(signals: &Signals, grace: Duration) {
     let reap = || {
         let mut st = 0;
         loop {
@@ -519,7 +561,7 @@ fn stop_the_namespace(signals: &Signals, grace: Duration, me: u32) {
     if !reap() {
         return;
     }
-    let left = children(me).len();
+    let left = children(std::process::id()).len();
     eprintln!("relayauth-mount: the command exited; stopping {left} process(es) it left running");
     let deadline = Instant::now() + grace;
     for sig in [libc::SIGTERM, libc::SIGKILL] {

@@ -142,7 +142,7 @@ fn registrant(shared: &Shared, peer: Peer, claimed: u32) -> Result<Registrant, V
             "the kernel did not name the process on the control socket".to_owned(),
         ));
     };
-    if claimed != pid {
+    if claimed != pid && !crate::session::callers::namespace_pids(pid).contains(&claimed) {
         return Err(refuse(
             shared,
             Some(pid),
@@ -229,6 +229,33 @@ pub(crate) async fn renew(shared: &Arc<Shared>, peer: Peer, raw: &str, claimed: 
             "the session is {}; a new token does not bring it back",
             session.state(now).describe()
         ));
+    }
+    // The token being replaced must still be alive: a revocation of it that the poller has not
+    // seen yet must not be carried past by its successor.
+    if let Some(client) = &shared.revocation {
+        match client.check(current.raw(), &current.actor().token_id).await {
+            Ok(Status::Alive) => {}
+            Ok(Status::Revoked(r)) => {
+                if session.revoke(&r) {
+                    shared.audit.record(
+                        Event::new("token.revoked", Outcome::Denied, current.actor(), "renew")
+                            .pid(who.pid)
+                            .reason(r.clone()),
+                    );
+                    super::ending::end_children(shared, &session);
+                }
+                return refused(format!(
+                    "relayauth says the session's current token is revoked ({r}); a revoked \
+                     session is not renewed"
+                ));
+            }
+            Err(e) => {
+                return refused(format!(
+                    "relayauth could not confirm the session's current token is not revoked \
+                     ({e}); try again when relayauth answers"
+                ));
+            }
+        }
     }
     let token = match verified(shared, who.pid, raw.trim(), "the refreshed token").await {
         Ok(t) => t,

@@ -72,6 +72,35 @@ pub fn thread_group(tid: u32) -> u32 {
         .unwrap_or(tid)
 }
 
+/// The real uid of the process `pid`.
+fn real_uid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The pids of `pid` in each PID namespace it is in, from the daemon's own to its innermost
+/// (`NSpid` of `/proc/<pid>/status`): a process in an agent's namespace names itself by the
+/// innermost.
+pub fn namespace_pids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("NSpid:").map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
 impl ProcessKey {
     pub fn of(pid: u32) -> Option<ProcessKey> {
         proc_stat(pid).map(|(_, start_time)| ProcessKey { pid, start_time })
@@ -270,53 +299,90 @@ impl Callers {
             pid: tgid,
             start_time: stat.start_time,
         };
-        let known = || {
-            if self.registered.read().contains_key(&key) {
-                return Some(EnvVerdict::Inherits);
-            }
-            // A refusal holds for the process's whole life (an `execve` without the variable
-            // does not lift it); "no token" holds until it executes something else.
-            env.checked
-                .read()
-                .get(&key)
-                .filter(|(at, v)| *v == EnvVerdict::Refused || *at == stat.env)
-                .map(|(_, v)| *v)
-        };
-        let judged = match known() {
-            Some(v) => v,
-            None => match environment_token(tgid) {
-                // No token of its own: nothing to admit, no need to wait for anyone.
-                None => {
-                    if stat.env != (0, 0) {
-                        env.checked
-                            .write()
-                            .insert(key, (stat.env, EnvVerdict::Inherits));
-                    }
-                    EnvVerdict::Inherits
-                }
-                Some(raw) => {
-                    // One admission at a time; another thread of this process may have been
-                    // admitted (or judged) while this one waited.
-                    let _one = env.admitting.lock();
-                    match known() {
-                        Some(v) => v,
-                        None => {
-                            let v = self.judge_environment(env, key, uid, &raw);
-                            // No environment yet: the kernel is in the middle of an `execve`
-                            // (the new one is placed after the old memory is gone). Judged
-                            // again later.
-                            if stat.env != (0, 0) || v == EnvVerdict::Refused {
-                                env.checked.write().insert(key, (stat.env, v));
-                            }
-                            v
-                        }
-                    }
-                }
-            },
-        };
-        match judged {
+        // Ancestors first: a shell holding a token that never touched the mount itself is
+        // judged before the child it started without the variable.
+        if !self.is_judged(env, key, stat.env) {
+            self.judge_ancestors(env, tgid);
+        }
+        match self.judge(env, key, stat.env, uid) {
             EnvVerdict::Inherits => self.walk(tgid, uid),
             EnvVerdict::Refused => None,
+        }
+    }
+
+    /// The verdict already reached for the process `key` whose environment lies at `at`.
+    fn verdict(&self, env: &FromEnv, key: ProcessKey, at: EnvRange) -> Option<EnvVerdict> {
+        if self.registered.read().contains_key(&key) {
+            return Some(EnvVerdict::Inherits);
+        }
+        // A refusal holds for the process's whole life (an `execve` without the variable does
+        // not lift it); "no token" holds until it executes something else.
+        env.checked
+            .read()
+            .get(&key)
+            .filter(|(was, v)| *v == EnvVerdict::Refused || *was == at)
+            .map(|(_, v)| *v)
+    }
+
+    fn is_judged(&self, env: &FromEnv, key: ProcessKey, at: EnvRange) -> bool {
+        self.verdict(env, key, at).is_some()
+    }
+
+    /// Judge the process `key` (environment at `at`, running as `uid`) once: a token in its
+    /// environment is admitted or refused; without one it inherits.
+    fn judge(&self, env: &FromEnv, key: ProcessKey, at: EnvRange, uid: u32) -> EnvVerdict {
+        if let Some(v) = self.verdict(env, key, at) {
+            return v;
+        }
+        let Some(raw) = environment_token(key.pid) else {
+            // No token of its own: nothing to admit, no need to wait for anyone.
+            if at != (0, 0) {
+                env.checked.write().insert(key, (at, EnvVerdict::Inherits));
+            }
+            return EnvVerdict::Inherits;
+        };
+        // One admission at a time; another thread of this process may have been admitted (or
+        // judged) while this one waited.
+        let _one = env.admitting.lock();
+        if let Some(v) = self.verdict(env, key, at) {
+            return v;
+        }
+        let v = self.judge_environment(env, key, uid, &raw);
+        // No environment yet: the kernel is in the middle of an `execve` (the new one is placed
+        // after the old memory is gone). Judged again later, unless refused.
+        if at != (0, 0) || v == EnvVerdict::Refused {
+            env.checked.write().insert(key, (at, v));
+        }
+        v
+    }
+
+    /// Judge every ancestor of `pid` up to the nearest registered one (or the top) that has not
+    /// been judged yet, the highest first, each as the user it runs as.
+    fn judge_ancestors(&self, env: &FromEnv, pid: u32) {
+        let mut chain = Vec::new();
+        let mut pid = pid;
+        for _ in 0..MAX_DEPTH {
+            let Some(st) = read_stat(pid) else { return };
+            if st.ppid == 0 || st.ppid == pid {
+                break;
+            }
+            let Some(parent) = read_stat(st.ppid) else {
+                return;
+            };
+            let key = ProcessKey {
+                pid: st.ppid,
+                start_time: parent.start_time,
+            };
+            if self.registered.read().contains_key(&key) {
+                break;
+            }
+            chain.push((key, parent.env));
+            pid = st.ppid;
+        }
+        for (key, at) in chain.into_iter().rev() {
+            if let Some(uid) = real_uid(key.pid) {
+                self.judge(env, key, at, uid);
+            }
         }
     }
 
