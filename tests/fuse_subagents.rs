@@ -61,6 +61,21 @@ fn lead_mount(args: Vec<&str>) -> (Issuer, TestMount) {
     (issuer, m)
 }
 
+/// A mount of a lead that manages everything, with `scratch` a local root made by `prepare`.
+fn scratch_mount(prepare: &dyn Fn(&Path)) -> (Issuer, TestMount) {
+    let issuer = Issuer::start();
+    let m = TestMount::start(
+        &issuer,
+        &issuer.token(&["relayfile:fs:manage:*"]),
+        MountOpts {
+            args: vec!["--local-roots", "scratch"],
+            prepare: Some(prepare),
+            ..MountOpts::default()
+        },
+    );
+    (issuer, m)
+}
+
 /// What a process sees: the top level, and for each path whether it reads.
 const LOOK: &str = "import os, json, errno
 def attempt(p):
@@ -1430,16 +1445,7 @@ fn a_revoked_sub_agents_mapping_writes_nothing_through_the_leads_handle() {
         std::fs::create_dir_all(mirror.join("scratch")).unwrap();
         std::fs::write(mirror.join("scratch/shared.bin"), vec![b'.'; 1 << 20]).unwrap();
     }
-    let issuer = Issuer::start();
-    let m = TestMount::start(
-        &issuer,
-        &issuer.token(&["relayfile:fs:manage:*"]),
-        MountOpts {
-            args: vec!["--local-roots", "scratch"],
-            prepare: Some(&scratch),
-            ..MountOpts::default()
-        },
-    );
+    let (issuer, m) = scratch_mount(&scratch);
     let agent = token_file(&m, &issuer, "mapper", &["relayfile:fs:manage:/scratch/**"]);
     let code = "import mmap, os, sys
 fd = os.open('scratch/shared.bin', os.O_RDWR)
@@ -1532,16 +1538,7 @@ fn an_open_descriptor_loses_a_file_moved_out_of_its_sessions_reach() {
         std::fs::create_dir_all(mirror.join("scratch/secret")).unwrap();
         std::fs::write(mirror.join("scratch/pub/f.txt"), "public\n").unwrap();
     }
-    let issuer = Issuer::start();
-    let m = TestMount::start(
-        &issuer,
-        &issuer.token(&["relayfile:fs:manage:*"]),
-        MountOpts {
-            args: vec!["--local-roots", "scratch"],
-            prepare: Some(&scratch),
-            ..MountOpts::default()
-        },
-    );
+    let (issuer, m) = scratch_mount(&scratch);
     let agent = token_file(&m, &issuer, "pub", &["relayfile:fs:manage:/scratch/pub/**"]);
     let code = "import os, sys
 r = os.open('scratch/pub/f.txt', os.O_RDONLY)

@@ -13,7 +13,7 @@
 //! with the sponsor chain. Once a second session exists, the kernel's caches are emptied so
 //! nothing one session looked up answers for another.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +24,7 @@ use crate::audit::{Event, Outcome};
 use crate::relayauth::Status;
 use crate::session::Session;
 use crate::session::callers::ProcessKey;
+use crate::session::known::alive;
 
 /// Who is on the other end of a control connection, as the kernel says.
 #[derive(Debug)]
@@ -54,18 +55,6 @@ pub(crate) fn peer_pidfd(fd: RawFd) -> Option<OwnedFd> {
     };
     // SAFETY: on success the kernel created a new descriptor that nothing else owns.
     (rc == 0 && pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) })
-}
-
-/// Whether the process behind `pidfd` is still running (a pidfd turns readable when it exits).
-fn still_running(pidfd: &OwnedFd) -> bool {
-    let mut fds = [libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // SAFETY: one valid pollfd, no timeout.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
-    rc == 0
 }
 
 /// Where the process on the other end of a control connection stands.
@@ -106,7 +95,7 @@ pub(crate) fn peer_standing(shared: &Shared, peer: &Peer) -> PeerStanding {
         }
     };
     // Still the process that connected after looking: its pid was not reused meanwhile.
-    if still_running(&pidfd) {
+    if alive(&pidfd) {
         standing
     } else {
         PeerStanding::Unknown
@@ -170,7 +159,7 @@ fn registrant(shared: &Shared, peer: Peer, claimed: u32) -> Result<Registrant, V
             rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
         }),
     };
-    if !pidfd.as_ref().is_some_and(still_running) {
+    if !pidfd.as_ref().is_some_and(alive) {
         return Err(gone());
     }
     Ok(Registrant {
@@ -208,7 +197,8 @@ pub(crate) async fn renew(shared: &Arc<Shared>, peer: Peer, raw: &str, claimed: 
             Some(who.pid),
             "token.refreshed",
             format!(
-                "process {} registered no session of this mount: only the process that                  registered a session (its relayauth-mount run) may renew its token",
+                "process {} registered no session of this mount: only the process that \
+                 registered a session (its relayauth-mount run) may renew its token",
                 who.pid
             ),
         );
@@ -317,7 +307,8 @@ pub(crate) async fn renew(shared: &Arc<Shared>, peer: Peer, raw: &str, claimed: 
             }
             Err(e) => {
                 return refused(format!(
-                    "relayauth could not confirm the refreshed token is not revoked ({e}); the                      current token stays until it expires; try again when relayauth answers"
+                    "relayauth could not confirm the refreshed token is not revoked ({e}); the \
+                     current token stays until it expires; try again when relayauth answers"
                 ));
             }
         },
@@ -548,51 +539,102 @@ fn join(
     session: Arc<Session>,
 ) -> Result<Arc<Session>, Value> {
     let g = session.grants();
-    let current = shared.callers.resolve_known(who.pid, who.uid);
+    within_bounds(
+        shared,
+        who,
+        g.scopes(),
+        g.parent_token_id(),
+        &g.actor().identity_id,
+    )?;
+    register_root(
+        shared,
+        who,
+        &session,
+        ("environment", true),
+        format!(
+            "process {} and its descendants act under this token (a session another process \
+             holds with the same token)",
+            who.pid
+        ),
+    )?;
+    Ok(session)
+}
+
+/// Refuse to register `who` under scopes `scopes` (of a token for `subject` claiming the
+/// parent `parent`) when its current session has ended (it lost everything: it cannot start
+/// over under another token), or when they are wider than that session or than the claimed
+/// parent, when that parent is a session of this mount.
+fn within_bounds(
+    shared: &Shared,
+    who: &Registrant,
+    scopes: &crate::scope::ScopeSet,
+    parent: Option<&str>,
+    subject: &str,
+) -> Result<(), Value> {
+    let pid = who.pid;
+    let current = shared.callers.resolve_known(pid, who.uid);
     if let Some(c) = &current
         && !c.is_active(SystemTime::now())
     {
         return Err(refuse(
             shared,
-            Some(who.pid),
+            Some(pid),
             "session.registered",
             format!(
-                "process {} acts under a session that is {}; it cannot register another token",
-                who.pid,
+                "process {pid} acts under a session that is {}; it cannot register another token",
                 c.state(SystemTime::now()).describe()
             ),
         ));
     }
+    let mut bounds: Vec<(String, Arc<Session>)> = Vec::new();
     if let Some(c) = current.filter(|c| !Arc::ptr_eq(c, shared.callers.mount_session())) {
-        let bound = c.grants();
-        let refused = crate::scope::within(g.scopes().raw(), bound.scopes().raw()).refused();
+        bounds.push(("the session this process acts under".to_owned(), c));
+    }
+    if let Some(parent) = parent
+        && let Some(p) = shared
+            .callers
+            .sessions()
+            .into_iter()
+            .find(|s| s.holds_token(parent))
+    {
+        bounds.push((format!("its parent token {parent}"), p));
+    }
+    for (what, bound) in &bounds {
+        let g = bound.grants();
+        let refused = crate::scope::within(scopes.raw(), g.scopes().raw()).refused();
         if !refused.is_empty() {
             let why = format!(
-                "the token holds {} beyond the session this process acts under; a sub-agent's \
-                 token may only narrow its parent's scopes",
+                "the token holds {} beyond {what}; a sub-agent's token may only narrow its \
+                 parent's scopes",
                 refused.join(", ")
             );
-            escalation(
-                shared,
-                who.pid,
-                &bound,
-                &why,
-                &refused,
-                &g.actor().identity_id,
-                "register",
-            );
+            escalation(shared, pid, &g, &why, &refused, subject, "register");
             return Err(super::control::error(why));
         }
     }
-    if !ProcessKey::of(who.pid).is_some_and(|now| now == who.key) {
+    Ok(())
+}
+
+/// Make `who` the root of `session` (unless it exited meanwhile) and audit it; `via` says how
+/// the token came, `joined` whether the session existed already, `reason` what happened.
+fn register_root(
+    shared: &Shared,
+    who: &Registrant,
+    session: &Arc<Session>,
+    (via, joined): (&str, bool),
+    reason: String,
+) -> Result<(), Value> {
+    let pid = who.pid;
+    if !ProcessKey::of(pid).is_some_and(|now| now == who.key) {
         return Err(refuse(
             shared,
-            Some(who.pid),
+            Some(pid),
             "session.registered",
-            format!("process {} exited while registering", who.pid),
+            format!("process {pid} exited while registering"),
         ));
     }
     shared.callers.register(who.key, session.clone());
+    let g = session.grants();
     shared.audit.record(
         Event::new(
             "session.registered",
@@ -600,17 +642,15 @@ fn join(
             g.actor(),
             "register",
         )
-        .pid(who.pid)
-        .reason(format!(
-            "process {} and its descendants act under this token (a session another \
-                 process holds with the same token)",
-            who.pid
-        ))
-        .meta("rootPid", who.pid)
-        .meta("via", "environment")
-        .meta("joined", true),
+        .pid(pid)
+        .reason(reason)
+        .meta("rootPid", pid)
+        .meta("via", via)
+        .meta("joined", joined)
+        .meta("scopes", g.scopes().raw().collect::<Vec<_>>().join(" ")),
     );
-    Ok(session)
+    tracing::info!(pid, agent = %g.actor().identity_id, via, "registered a session");
+    Ok(())
 }
 
 /// Register `who` under the verified `token`: same org and workspace, never wider than the
@@ -641,48 +681,13 @@ async fn admit(
             ),
         ));
     }
-    // Never wider than what the registering process acts under now, nor than the parent the
-    // token claims, when that parent is a session of this mount.
-    let sessions = shared.callers.sessions();
-    let current = shared.callers.resolve_known(pid, who.uid);
-    // A process whose session ended (revoked, expired, its parent ended) lost everything: it
-    // cannot start over under another token.
-    if let Some(c) = &current
-        && !c.is_active(SystemTime::now())
-    {
-        return Err(refuse(
-            shared,
-            Some(pid),
-            "session.registered",
-            format!(
-                "process {pid} acts under a session that is {}; it cannot register another token",
-                c.state(SystemTime::now()).describe()
-            ),
-        ));
-    }
-    let mut bounds: Vec<(String, Arc<Session>)> = Vec::new();
-    if let Some(c) = current.filter(|c| !Arc::ptr_eq(c, shared.callers.mount_session())) {
-        bounds.push(("the session this process acts under".to_owned(), c));
-    }
-    if let Some(parent) = token.parent_token_id()
-        && let Some(p) = sessions.iter().find(|s| s.holds_token(parent))
-    {
-        bounds.push((format!("its parent token {parent}"), p.clone()));
-    }
-    for (what, bound) in &bounds {
-        let g = bound.grants();
-        let check = crate::scope::within(token.scopes().raw(), g.scopes().raw());
-        let refused = check.refused();
-        if !refused.is_empty() {
-            let why = format!(
-                "the token holds {} beyond {what}; a sub-agent's token may only narrow its \
-                 parent's scopes",
-                refused.join(", ")
-            );
-            escalation(shared, pid, &g, &why, &refused, token.subject(), "register");
-            return Err(super::control::error(why));
-        }
-    }
+    within_bounds(
+        shared,
+        who,
+        token.scopes(),
+        token.parent_token_id(),
+        token.subject(),
+    )?;
     let confirmed = match &shared.revocation {
         None => false,
         Some(client) => match client.check(token.raw(), token.token_id()).await {
@@ -712,32 +717,13 @@ async fn admit(
     if confirmed {
         session.confirm();
     }
-    if !ProcessKey::of(pid).is_some_and(|now| now == who.key) {
-        return Err(refuse(
-            shared,
-            Some(pid),
-            "session.registered",
-            format!("process {pid} exited while registering"),
-        ));
-    }
-    shared.callers.register(who.key, session.clone());
-    let g = session.grants();
-    shared.audit.record(
-        Event::new(
-            "session.registered",
-            Outcome::Allowed,
-            g.actor(),
-            "register",
-        )
-        .pid(pid)
-        .reason(format!(
-            "process {pid} and its descendants act under this token"
-        ))
-        .meta("rootPid", pid)
-        .meta("via", via)
-        .meta("scopes", g.scopes().raw().collect::<Vec<_>>().join(" ")),
-    );
-    tracing::info!(pid, agent = %g.actor().identity_id, via, "registered a session");
+    register_root(
+        shared,
+        who,
+        &session,
+        (via, false),
+        format!("process {pid} and its descendants act under this token"),
+    )?;
     if shared.callers.reads_environment() {
         // Nothing was cached (any request could open a session) and nothing may be invalidated
         // from here: this may run for a FUSE request whose kernel locks the invalidation needs.

@@ -191,9 +191,9 @@ pub(crate) struct Handle {
     pub(super) checked: AtomicU64,
     /// Set once a re-decision refused: the handle carries nothing any more.
     pub(super) cut: std::sync::atomic::AtomicBool,
-    /// The node's path the grants were last decided at: a node renamed since (into a place
-    /// its session may not reach) is decided again.
-    pub(super) decided_at: parking_lot::Mutex<Arc<[u8]>>,
+    /// The node's move count the grants were last decided at: a node renamed since (into a
+    /// place its session may not reach) is decided again.
+    pub(super) decided_moves: AtomicU64,
 }
 
 impl Handle {
@@ -206,9 +206,9 @@ impl Handle {
         change: Option<Change>,
     ) -> Handle {
         let epoch = session.as_ref().map_or(0, |s| s.epoch());
-        let decided_at = parking_lot::Mutex::new(node.path());
+        let decided_moves = AtomicU64::new(node.moves());
         Handle {
-            decided_at,
+            decided_moves,
             body,
             node,
             session,

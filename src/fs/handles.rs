@@ -596,8 +596,12 @@ impl GuardFs {
             return Err(Error::EACCES);
         }
         let epoch = s.epoch();
-        let moved = !h.node.still_at(&h.decided_at.lock());
-        if h.checked.load(Ordering::Acquire) != epoch || moved {
+        // Read before the path: a move while deciding leaves the count stale, and the next
+        // call decides again.
+        let moves = h.node.moves();
+        if h.checked.load(Ordering::Acquire) != epoch
+            || h.decided_moves.load(Ordering::Acquire) != moves
+        {
             let ctx = Ctx::of(h.session.clone(), 0);
             let path = h.node.path();
             let place = self.place_of_node(&h.node)?;
@@ -611,7 +615,7 @@ impl GuardFs {
                 return Err(Error::EACCES);
             }
             h.checked.store(epoch, Ordering::Release);
-            *h.decided_at.lock() = path;
+            h.decided_moves.store(moves, Ordering::Release);
         }
         if self.gate.freshness(s).stale() {
             return Err(Error::EACCES);

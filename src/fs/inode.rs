@@ -85,6 +85,9 @@ pub struct Node {
     pub kind: NodeKind,
     key: Key,
     loc: RwLock<Location>,
+    /// Bumped whenever the location changes, so what was decided at the old path (an open
+    /// handle) can tell with one atomic load that it must be decided again.
+    moves: AtomicU64,
     lookups: AtomicU64,
     /// A mirror object's `O_PATH` descriptor, while the table holds it.
     held: RwLock<Option<Arc<OwnedFd>>>,
@@ -102,6 +105,7 @@ impl Node {
             kind,
             key,
             loc: RwLock::new(loc),
+            moves: AtomicU64::new(0),
             lookups: AtomicU64::new(1),
             held: RwLock::new(None),
             referenced: AtomicBool::new(true),
@@ -117,10 +121,15 @@ impl Node {
         self.loc.read().path.clone()
     }
 
-    /// Whether the node's path is still `path` (the very one handed out: a rename, even back to
-    /// the same name, gives a new one).
-    pub fn still_at(&self, path: &Arc<[u8]>) -> bool {
-        Arc::ptr_eq(&self.loc.read().path, path)
+    /// How many times the node has moved (any rename, even back to the same name).
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
+    }
+
+    /// Move the node to `loc`.
+    fn relocate(&self, loc: Location) {
+        *self.loc.write() = loc;
+        self.moves.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The `O_PATH` descriptor of a mirror object if the table holds it now (or the file
@@ -446,11 +455,11 @@ impl Inodes {
             };
             if moved && !linked {
                 let old = node.path();
-                *node.loc.write() = Location {
+                node.relocate(Location {
                     parent,
                     name: name.to_owned(),
                     path: path.clone(),
-                };
+                });
                 if kind == Kind::Dir {
                     reparent_descendants(&t, &old, &path);
                 }
@@ -568,11 +577,11 @@ impl Inodes {
             return;
         };
         let old = node.path();
-        *node.loc.write() = Location {
+        node.relocate(Location {
             parent,
             name: name.to_owned(),
             path: path.clone(),
-        };
+        });
         if node.is_dir() {
             reparent_descendants(&t, &old, &path);
         }
@@ -627,6 +636,7 @@ fn reparent_descendants(t: &Table, old: &[u8], new: &[u8]) {
             }
             p.extend_from_slice(&loc.path[prefix.len()..]);
             loc.path = p.into();
+            node.moves.fetch_add(1, Ordering::AcqRel);
         }
     }
 }

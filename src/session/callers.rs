@@ -62,21 +62,22 @@ pub fn proc_stat(pid: u32) -> Option<(u32, u64)> {
 /// The thread group (process) of the thread `tid`, from `/proc/<tid>/status`; `tid` itself when
 /// it cannot be read (a process that is gone, or a single-threaded one, has tgid == tid).
 pub fn thread_group(tid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{tid}/status"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
+    status_field(tid, "Tgid:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(tid)
+}
+
+/// The value of the line `key` (e.g. `"Uid:"`) of `/proc/<pid>/status`.
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::to_owned)
 }
 
 /// The real uid of the process `pid`.
 fn real_uid(pid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
+    status_field(pid, "Uid:")?
         .split_whitespace()
         .next()?
         .parse()
@@ -87,16 +88,11 @@ fn real_uid(pid: u32) -> Option<u32> {
 /// (`NSpid` of `/proc/<pid>/status`): a process in an agent's namespace names itself by the
 /// innermost.
 pub fn namespace_pids(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.strip_prefix("NSpid:").map(|v| {
-                    v.split_whitespace()
-                        .filter_map(|n| n.parse().ok())
-                        .collect()
-                })
-            })
+    status_field(pid, "NSpid:")
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
         })
         .unwrap_or_default()
 }
@@ -301,10 +297,14 @@ impl Callers {
         };
         // Ancestors first: a shell holding a token that never touched the mount itself is
         // judged before the child it started without the variable.
-        if !self.is_judged(env, key, stat.env) {
-            self.judge_ancestors(env, tgid);
-        }
-        match self.judge(env, key, stat.env, uid) {
+        let verdict = match self.verdict(env, key, stat.env) {
+            Some(v) => v,
+            None => {
+                self.judge_ancestors(env, tgid);
+                self.judge(env, key, stat.env, uid)
+            }
+        };
+        match verdict {
             EnvVerdict::Inherits => self.walk(tgid, uid),
             EnvVerdict::Refused => None,
         }
@@ -322,10 +322,6 @@ impl Callers {
             .get(&key)
             .filter(|(was, v)| *v == EnvVerdict::Refused || *was == at)
             .map(|(_, v)| *v)
-    }
-
-    fn is_judged(&self, env: &FromEnv, key: ProcessKey, at: EnvRange) -> bool {
-        self.verdict(env, key, at).is_some()
     }
 
     /// Judge the process `key` (environment at `at`, running as `uid`) once: a token in its
