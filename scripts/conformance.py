@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""POSIX conformance of the guarded view: pjdfstest and fsx against relayauth-mount (strict) with
-a full-access token on a local root, and against a native directory for reference.
+"""POSIX conformance of the guarded view: pjdfstest and fsx against relayauth-mount (in each I/O
+mode: strict, passthrough) with a full-access token on a local root, and against a native
+directory for reference.
 
 pjdfstest's configuration, with the annotated list of expected failures, is
 tests/conformance/pjdfstest.toml: a test listed there must fail, every other test must pass
@@ -8,7 +9,7 @@ tests/conformance/pjdfstest.toml: a test listed there must fail, every other tes
 modes, with close/reopen. The run prints a table and writes bench-results/conformance.json;
 it exits 1 when anything unexpected happened.
 
-Usage: python3 scripts/conformance.py --bin PATH [--fsx-ops N] [--no-native]
+Usage: python3 scripts/conformance.py --bin PATH [--fsx-ops N] [--no-native] [--io strict,passthrough]
 Run through scripts/conformance.sh, which installs the suites and the users pjdfstest needs.
 """
 
@@ -91,7 +92,10 @@ def main():
     ap.add_argument("--fsx-ops", type=int, default=100_000)
     ap.add_argument("--no-native", action="store_true", help="skip the native reference run")
     ap.add_argument("--out", default=str(ROOT / "bench-results/conformance.json"))
+    ap.add_argument("--io", default="strict,passthrough",
+                    help="the I/O modes to test, comma-separated (default: strict,passthrough)")
     args = ap.parse_args()
+    modes = [m for m in args.io.split(",") if m]
     for tool in ["pjdfstest", "fsx", "fusermount3"]:
         if not shutil.which(tool):
             raise SystemExit(f"conformance needs {tool}: run scripts/conformance.sh, which installs it")
@@ -101,25 +105,33 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="rc-"))
     logs = work / "logs"
     logs.mkdir()
-    mirror = work / "r"
-    (mirror / "c").mkdir(parents=True)
     native = work / "n" / "c"
     native.mkdir(parents=True)
-    mnt = work / "m"
+    mnts = []
     issuer = None
     report = {"date": time.strftime("%Y-%m-%d"), "fsx_ops": args.fsx_ops}
     try:
         issuer, ready, token = start_issuer(args.bin, work, FULL_ACCESS, name="conformance")
         (work / "token").write_text(token)
-        # pjdfstest switches to other users (`nobody`, `tests`): they may use the mount, and
-        # the kernel checks the permission bits as it does natively.
-        mount(args.bin, mirror, mnt, ready, work / "token", work / "audit.jsonl", "c",
-              name="conformance", extra=("--allow-other-users",))
-        guarded = mnt / "c"
-        for d in (work, mnt, guarded, native.parent, native):
+        for d in (work, native.parent, native):
             d.chmod(0o755)
-        report["strict"] = {"pjdfstest": pjdfstest(guarded, "strict", logs, PJD_CONFIG),
-                            "fsx": fsx(guarded, "strict", args.fsx_ops, logs)}
+        for mode in modes:
+            # One mount per mode, over a mirror of its own. pjdfstest switches to other users
+            # (`nobody`, `tests`): they may use the mount, and the kernel checks the permission
+            # bits as it does natively.
+            src = work / f"r-{mode}"
+            (src / "c").mkdir(parents=True)
+            mnt = work / f"m-{mode}"
+            mnts.append(mnt)
+            mount(args.bin, src, mnt, ready, work / "token", work / f"audit-{mode}.jsonl", "c",
+                  name="conformance", extra=("--allow-other-users", "--io", mode))
+            guarded = mnt / "c"
+            for d in (mnt, guarded):
+                d.chmod(0o755)
+            print(f"{mode}: pjdfstest, then fsx", flush=True)
+            report[mode] = {"pjdfstest": pjdfstest(guarded, mode, logs, PJD_CONFIG),
+                            "fsx": fsx(guarded, mode, args.fsx_ops, logs)}
+            unmount(mnt)
         if not args.no_native:
             # The reference run expects nothing to fail.
             plain = work / "pjdfstest-native.toml"
@@ -128,7 +140,8 @@ def main():
             report["native"] = {"pjdfstest": pjdfstest(native, "native", logs, plain),
                                 "fsx": fsx(native, "native", args.fsx_ops, logs)}
     finally:
-        unmount(mnt)
+        for mnt in mnts:
+            unmount(mnt)
         if issuer:
             issuer.kill()
 
@@ -140,15 +153,15 @@ def main():
           + " | ".join(f"fsx {m}" for m in FSX_MODES) + " |")
     print("|---|---|---|---|---|" + "---|" * len(FSX_MODES))
     ok = True
-    for view in ("native", "strict"):
+    for view in ["native", *modes]:
         if view not in report:
             continue
         p = report[view]["pjdfstest"]
         f = report[view]["fsx"]
         print(f"| {view} | {p['passed']} | {p['failed']} | {p['expected_failures']} | {p['skipped']} | "
               + " | ".join("ok" if f[m]["ok"] else "FAILED" for m in FSX_MODES) + " |")
-        if view == "strict":
-            ok = p["exit"] == 0 and all(r["ok"] for r in f.values())
+        if view != "native":
+            ok = ok and p["exit"] == 0 and all(r["ok"] for r in f.values())
             if p["unexpected"]:
                 print("\nunexpected pjdfstest results on the mount: " + ", ".join(p["unexpected"]))
             if "native" in report:

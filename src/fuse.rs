@@ -24,6 +24,10 @@ use crate::fs::{Caller, Error, FsResult, GuardFs, SetAttr};
 #[derive(Debug)]
 pub struct FuseAdapter {
     fs: Arc<GuardFs>,
+    /// `--io passthrough` was asked for (the kernel's `init` answer decides whether it is on).
+    want_passthrough: bool,
+    /// The kernel's backing ids of passthrough files.
+    backings: Arc<crate::passthrough::Backings>,
     /// Dropped with the adapter, which fuser drops once every worker thread has stopped: that
     /// is what [`Ended`] waits for.
     _alive: tokio::sync::watch::Sender<()>,
@@ -96,6 +100,14 @@ fn open_flags_of(flags: i32) -> rustix::fs::OFlags {
     rustix::fs::OFlags::from_bits_retain(flags as u32)
 }
 
+/// The flags of a passthrough open: the kernel does the I/O, so no direct I/O.
+fn passthrough_flags(o: crate::fs::Opened) -> FopenFlags {
+    open_flags(crate::fs::Opened {
+        direct_io: false,
+        ..o
+    })
+}
+
 fn open_flags(o: crate::fs::Opened) -> FopenFlags {
     let mut flags = FopenFlags::empty();
     if o.direct_io {
@@ -105,6 +117,37 @@ fn open_flags(o: crate::fs::Opened) -> FopenFlags {
         flags |= FopenFlags::FOPEN_NOFLUSH;
     }
     flags
+}
+
+impl FuseAdapter {
+    /// The backing id for passthrough handle `fh` of `ino`, made by `open` from the handle's
+    /// mirror file if the inode has none yet. `None` (the open is served as strict I/O) when
+    /// the kernel refuses it.
+    fn backing(
+        &self,
+        ino: u64,
+        fh: u64,
+        open: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> io::Result<fuser::BackingId>,
+    ) -> Option<Arc<fuser::BackingId>> {
+        let made = self
+            .backings
+            .acquire(ino, fh, || match self.fs.with_backing(fh, open) {
+                Ok(r) => r,
+                Err(e) => Err(io::Error::from_raw_os_error(e.errno())),
+            });
+        match made {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(
+                    ino,
+                    error = %e,
+                    "the kernel refused a passthrough backing file; this open is served by the \
+                     daemon (strict I/O)"
+                );
+                None
+            }
+        }
+    }
 }
 
 impl Filesystem for FuseAdapter {
@@ -125,6 +168,21 @@ impl Filesystem for FuseAdapter {
         // the most the kernel negotiates with a FUSE daemon by default.
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
+        if self.want_passthrough {
+            // Depth 2: the mirror may itself be on a stacked filesystem (overlayfs), at the
+            // price of not stacking one on the guarded view.
+            if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(2).is_ok()
+            {
+                self.fs.set_passthrough(true);
+            } else {
+                tracing::warn!(
+                    "the kernel does not offer FUSE passthrough on this mount; every read and \
+                     write goes through the daemon (strict I/O)"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -300,6 +358,14 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(&caller(req), ino.0, open_flags_of(flags.0)) {
+            Ok(o) if o.passthrough => {
+                match self.backing(ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                    Some(id) => {
+                        reply.opened_passthrough(FileHandle(o.fh), passthrough_flags(o), &id)
+                    }
+                    None => reply.opened(FileHandle(o.fh), open_flags(o)),
+                }
+            }
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(o)),
             Err(e) => reply.error(fail("open", ino, e)),
         }
@@ -376,6 +442,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.backings.release(fh.0);
         empty("release", _ino, self.fs.release(fh.0, req.pid()), reply);
     }
 
@@ -558,6 +625,25 @@ impl Filesystem for FuseAdapter {
             umask,
             open_flags_of(flags),
         ) {
+            Ok((e, o)) if o.passthrough => {
+                match self.backing(e.attr.ino.0, o.fh, |fd| reply.open_backing(fd)) {
+                    Some(id) => reply.created_passthrough(
+                        &e.ttl,
+                        &e.attr,
+                        Generation(0),
+                        FileHandle(o.fh),
+                        passthrough_flags(o),
+                        &id,
+                    ),
+                    None => reply.created(
+                        &e.ttl,
+                        &e.attr,
+                        Generation(0),
+                        FileHandle(o.fh),
+                        open_flags(o),
+                    ),
+                }
+            }
             Ok((e, o)) => reply.created(
                 &e.ttl,
                 &e.attr,
@@ -635,6 +721,8 @@ pub struct MountConfig {
     /// permission bits the daemon shows (`default_permissions`). Without it the kernel only
     /// passes the mounting user's requests.
     pub other_users: bool,
+    /// Ask the kernel for passthrough I/O (`--io passthrough`).
+    pub passthrough: bool,
 }
 
 /// A mount being served: its threads, the signal that it ended, and the channel for telling
@@ -643,6 +731,8 @@ pub struct Mounted {
     pub bg: fuser::BackgroundSession,
     pub ended: Ended,
     pub notifier: fuser::Notifier,
+    /// The backing ids of open passthrough files (for `status`).
+    pub backings: Arc<crate::passthrough::Backings>,
 }
 
 /// Mount `fs` at `mountpoint` and serve it on background threads.
@@ -664,13 +754,20 @@ pub fn mount(fs: Arc<GuardFs>, mountpoint: &Path, cfg: &MountConfig) -> io::Resu
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
     let (alive, watch) = tokio::sync::watch::channel(());
-    let adapter = FuseAdapter { fs, _alive: alive };
+    let backings = Arc::new(crate::passthrough::Backings::default());
+    let adapter = FuseAdapter {
+        fs,
+        want_passthrough: cfg.passthrough,
+        backings: backings.clone(),
+        _alive: alive,
+    };
     let session = fuser::Session::new(adapter, mountpoint, &config)?;
     let notifier = session.notifier();
     Ok(Mounted {
         bg: session.spawn()?,
         ended: Ended(watch),
         notifier,
+        backings,
     })
 }
 

@@ -36,6 +36,7 @@ mod daemon;
 mod failure;
 mod files;
 mod fuse;
+mod passthrough;
 mod permissions;
 mod session;
 mod writeback;

@@ -372,7 +372,7 @@ fn help_and_version_exit_0() {
 }
 
 #[test]
-fn mount_refuses_an_io_mode_that_is_not_built_naming_the_one_that_is() {
+fn mount_refuses_an_unknown_io_mode_naming_the_ones_there_are() {
     let (code, _, err) = run(&[
         "mount",
         "/nonexistent-src",
@@ -381,8 +381,43 @@ fn mount_refuses_an_io_mode_that_is_not_built_naming_the_one_that_is() {
         "ws",
         "--token-env",
         "--io",
-        "passthrough",
+        "direct",
     ]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("--io") && err.contains("strict"), "{err}");
+    assert!(
+        err.contains("--io") && err.contains("strict") && err.contains("passthrough"),
+        "{err}"
+    );
+}
+
+#[test]
+fn passthrough_without_cap_sys_admin_falls_back_to_strict_and_says_why() {
+    // Run as `nobody` (the tests run as root): the daemon would lack CAP_SYS_ADMIN.
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_relayauth-mount"))
+        .args([
+            "mount",
+            "/nonexistent-src",
+            "/nonexistent-mnt",
+            "--workspace",
+            "ws",
+            "--token-env",
+            "NO_SUCH_VARIABLE",
+            "--io",
+            "passthrough",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("--io passthrough is not available here")
+            && err.contains("CAP_SYS_ADMIN")
+            && err.contains("--io strict"),
+        "{err}"
+    );
 }

@@ -14,8 +14,12 @@ use crate::relayauth::Strategy;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum IoMode {
     /// Every read and write goes through the daemon and is checked, so revocation cuts off
-    /// open files too. The only mode built.
+    /// open files too.
     Strict,
+    /// Opens are checked; then the kernel reads and writes plain mirror files directly (Linux
+    /// 6.9+, root). Open files keep working after revocation unless their processes are
+    /// stopped, so `--on-revoke kill` is the default.
+    Passthrough,
 }
 
 #[derive(Debug, Args)]
@@ -71,10 +75,11 @@ pub struct MountArgs {
     /// Turns the kernel's caches off for the whole mount.
     #[arg(long)]
     token_from_env: bool,
-    /// What happens to a sub-agent's processes when its session is revoked or expires:
-    /// `deny` refuses everything they ask; `kill` also stops them (SIGTERM, then SIGKILL).
-    #[arg(long, value_enum, default_value = "deny")]
-    on_revoke: crate::daemon::ending::OnRevoke,
+    /// What happens to a session's processes when it is revoked or expires: `deny` refuses
+    /// everything they ask; `kill` also stops them (SIGTERM, then SIGKILL). Default: `deny`
+    /// with `--io strict`, `kill` with `--io passthrough`.
+    #[arg(long, value_enum)]
+    on_revoke: Option<crate::daemon::ending::OnRevoke>,
     /// Let every local user act under the mount's token (by default only the user running the
     /// mount, and root, may use it). The kernel then also applies the mirror's permission bits.
     #[arg(long)]
@@ -88,7 +93,30 @@ pub struct MountArgs {
 }
 
 pub fn run_mount(args: MountArgs) -> CliResult {
-    let IoMode::Strict = args.io;
+    use crate::daemon::ending::OnRevoke;
+    let passthrough = args.io == IoMode::Passthrough
+        && match crate::passthrough::unavailable() {
+            None => true,
+            Some(why) => {
+                eprintln!(
+                    "relayauth-mount: warning: --io passthrough is not available here: {why}; \
+                     mounting with --io strict (every read and write checked by the daemon)"
+                );
+                false
+            }
+        };
+    let on_revoke = match args.on_revoke {
+        Some(o) => o,
+        None if passthrough => OnRevoke::Kill,
+        None => OnRevoke::Deny,
+    };
+    if passthrough && on_revoke == OnRevoke::Deny {
+        eprintln!(
+            "relayauth-mount: warning: --io passthrough with --on-revoke deny: files a session \
+             has open when it is revoked keep reading and writing until they are closed; \
+             drop --on-revoke deny to have their processes stopped"
+        );
+    }
     let config = args.token.verifier_config()?;
     let Some(credentials) = args.token.source() else {
         return Err(Failure::input(
@@ -120,7 +148,8 @@ pub fn run_mount(args: MountArgs) -> CliResult {
         require_registration: args.require_registration,
         token_from_env: args.token_from_env,
         allow_other_users: args.allow_other_users,
-        on_revoke: args.on_revoke,
+        on_revoke,
+        passthrough,
         threads: args.threads.unwrap_or_else(crate::fuse::default_threads),
         foreground: args.foreground,
     };

@@ -176,3 +176,70 @@ pub(crate) fn stop_processes(shared: &Arc<Shared>, session: &Arc<Session>, grace
 
 /// How long SIGKILL rounds go on against a tree that keeps forking.
 const KILL_ROUNDS_FOR: Duration = Duration::from_secs(5);
+
+/// Every process (but the daemon) holding a descriptor or a mapping of a file on the FUSE
+/// connection `conn` (device `0:conn`), from one scan of `/proc`. Descriptors are looked at
+/// with `AT_STATX_DONT_SYNC`, which asks the kernel's cached attributes, never the daemon.
+fn holders_of(conn: u64) -> Vec<ProcessKey> {
+    let me = std::process::id();
+    let on_mount = |path: &std::path::Path| {
+        rustix::fs::statx(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::AtFlags::STATX_DONT_SYNC,
+            rustix::fs::StatxFlags::TYPE,
+        )
+        .is_ok_and(|st| st.stx_dev_major == 0 && u64::from(st.stx_dev_minor) == conn)
+    };
+    let mapped = format!(" 00:{conn:02x} ");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for pid in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()) {
+        if pid == me {
+            continue;
+        }
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.filter_map(Result::ok).any(|e| on_mount(&e.path())))
+            .unwrap_or(false);
+        let maps = || {
+            std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .is_ok_and(|m| m.lines().any(|l| l.contains(&mapped)))
+        };
+        if (fds || maps())
+            && let Some(k) = ProcessKey::of(pid)
+        {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// Passthrough I/O and `--on-revoke kill`: the mount's own session ended, and the kernel would
+/// go on reading and writing the files its processes hold open (after the unmount too). Stop
+/// every process that holds a descriptor or a mapping of a file in the mount: SIGTERM, then
+/// SIGKILL after the grace period. Audited as `session.killed`. Runs on a blocking thread,
+/// before the teardown.
+pub(crate) fn stop_holders(shared: &Arc<Shared>, session: &Arc<Session>, conn: u64) {
+    let termed = signal(&holders_of(conn), libc::SIGTERM);
+    let mut killed = Vec::new();
+    if !termed.is_empty() {
+        let deadline = std::time::Instant::now() + KILL_GRACE;
+        while std::time::Instant::now() < deadline && !holders_of(conn).is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        killed = signal(&holders_of(conn), libc::SIGKILL);
+    }
+    let g = session.grants();
+    shared.audit.record(
+        Event::new("session.killed", Outcome::Denied, g.actor(), "on-revoke")
+            .reason(format!(
+                "the mount's session ended ({}); with passthrough I/O the processes holding its \
+                 files open were stopped (--on-revoke kill)",
+                session.state(SystemTime::now()).describe()
+            ))
+            .meta("sigterm", termed)
+            .meta("sigkill", killed),
+    );
+}

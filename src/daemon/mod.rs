@@ -75,6 +75,8 @@ pub struct MountSpec {
     pub allow_other_users: bool,
     /// What happens to a registered session's processes when it ends.
     pub on_revoke: ending::OnRevoke,
+    /// Kernel passthrough I/O was asked for and this machine offers it (`--io passthrough`).
+    pub passthrough: bool,
     pub threads: usize,
     pub foreground: bool,
 }
@@ -138,6 +140,8 @@ pub(crate) struct Shared {
     pub started: SystemTime,
     /// Tells the kernel to drop cached entries (when a second session registers).
     pub notifier: fuser::Notifier,
+    /// The backing ids of open passthrough files.
+    pub backings: Arc<crate::passthrough::Backings>,
 }
 
 /// Why the daemon stops.

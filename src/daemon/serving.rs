@@ -36,6 +36,16 @@ pub(super) async fn serve(started: Started, reporter: &mut Reporter) -> Exit {
         h.abort();
     }
     let _ = std::fs::remove_file(control::socket_path(&mountpoint));
+    if let (Stop::SessionEnded(_), Some(conn)) = (&stop, conn)
+        && shared.fs.passthrough()
+        && shared.spec.on_revoke == super::ending::OnRevoke::Kill
+    {
+        let (shared, session) = (shared.clone(), session.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            super::ending::stop_holders(&shared, &session, conn)
+        })
+        .await;
+    }
     tasks::teardown(bg, ended, &mountpoint, conn).await;
     let (code, reason) = match &stop {
         Stop::Signal(name) => (Exit::Ok, format!("stopped by {name}")),

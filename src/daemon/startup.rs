@@ -348,11 +348,13 @@ pub(super) async fn start(
         threads: spec.threads,
         source_name: source.display().to_string(),
         other_users: spec.allow_other_users,
+        passthrough: spec.passthrough,
     };
     let crate::fuse::Mounted {
         bg,
         ended,
         notifier,
+        backings,
     } = crate::fuse::mount(fs.clone(), &mountpoint, &cfg).or_else(|e| {
         fail(
             Exit::No,
@@ -374,6 +376,7 @@ pub(super) async fn start(
         policy_file,
         started: SystemTime::now(),
         notifier,
+        backings,
     });
     shared
         .callers

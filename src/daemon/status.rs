@@ -16,8 +16,14 @@ pub(super) fn summary(
 ) -> String {
     let g = session.grants();
     let a = &g.actor();
+    let io = if shared.fs.passthrough() {
+        "passthrough I/O: opens are checked, then the kernel reads and writes mirror files \
+         directly"
+    } else {
+        "strict I/O: every read and write is checked"
+    };
     let mut s = format!(
-        "relayauth-mount: {} is mounted at {} (strict I/O: every read and write is checked)\n",
+        "relayauth-mount: {} is mounted at {} ({io})\n",
         shared.source.display(),
         shared.mountpoint.display()
     );
@@ -135,7 +141,12 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
         "mountpoint": shared.mountpoint.display().to_string(),
         "source": shared.source.display().to_string(),
         "pid": std::process::id(),
-        "io": "strict",
+        "io": if shared.fs.passthrough() { "passthrough" } else { "strict" },
+        "passthrough_backing_files": shared.backings.open_count(),
+        "on_revoke": match shared.spec.on_revoke {
+            super::ending::OnRevoke::Deny => "deny",
+            super::ending::OnRevoke::Kill => "kill",
+        },
         "session": sessions.first(),
         "sessions": sessions,
         "allowed": stats.allowed.load(std::sync::atomic::Ordering::Relaxed),

@@ -117,6 +117,9 @@ pub struct GuardFs {
     /// The daemon runs as root (it can give new objects to their creators).
     pub(super) as_root: bool,
     pub(super) daemon_gid: u32,
+    /// Plain mirror files are opened for kernel passthrough (`--io passthrough`, switched on
+    /// once the kernel accepted it at `init`).
+    pub(super) passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl GuardFs {
@@ -161,7 +164,20 @@ impl GuardFs {
             started_at: SystemTime::now(),
             as_root: rustix::process::geteuid().is_root(),
             daemon_gid: rustix::process::getegid().as_raw(),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Open plain mirror files for kernel passthrough from now on (the kernel accepted it), or
+    /// stop doing so.
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether plain mirror files are opened for kernel passthrough.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How the view was set up (cache times, limits).

@@ -230,6 +230,9 @@ pub struct Opened {
     pub direct_io: bool,
     /// `close()` must reach the daemon (a staged writeback commits there).
     pub flush: bool,
+    /// The kernel may read and write the mirror file itself (`--io passthrough`, a plain
+    /// mirror file): [`GuardFs::with_backing`](super::GuardFs::with_backing) gives it.
+    pub passthrough: bool,
 }
 
 /// The open handles.

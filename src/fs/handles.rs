@@ -484,6 +484,9 @@ impl GuardFs {
             direct_io: self.opts.direct_io || matches!(body, Body::Bytes(_) | Body::Sink(_)),
             // Only staged writes act on close(); the others spare the kernel a round trip.
             flush: matches!(body, Body::Staged(_)),
+            // Only a plain mirror file: generated files and staged writebacks are the daemon's
+            // to produce and check.
+            passthrough: matches!(body, Body::File(_)) && self.passthrough(),
         }
     }
 
@@ -566,6 +569,16 @@ impl GuardFs {
             }
             full
         })
+    }
+
+    /// Hand the mirror file behind passthrough handle `fh` to `f` (the kernel makes its backing
+    /// file of it). `EBADF` for any other handle.
+    pub fn with_backing<R>(&self, fh: u64, f: impl FnOnce(BorrowedFd<'_>) -> R) -> FsResult<R> {
+        let h = self.handles.get(fh)?;
+        match &h.body {
+            Body::File(file) => Ok(f(file.as_fd())),
+            _ => Err(Error::of(libc::EBADF)),
+        }
     }
 
     pub fn releasedir(&self, fh: u64) {

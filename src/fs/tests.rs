@@ -394,6 +394,7 @@ fn fuse_smoke() {
         threads: 4,
         source_name: root.display().to_string(),
         other_users: false,
+        passthrough: false,
     };
     // Dropping the session unmounts, also when an assertion below fails.
     let crate::fuse::Mounted { bg, .. } = crate::fuse::mount(fs, &mnt, &cfg).unwrap();
