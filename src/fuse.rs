@@ -138,6 +138,7 @@ impl FuseAdapter {
         match made {
             Ok(id) => Some(id),
             Err(e) => {
+                self.fs.passthrough_refused(fh);
                 tracing::warn!(
                     ino,
                     error = %e,

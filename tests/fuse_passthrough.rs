@@ -164,8 +164,89 @@ cmp -s scratch/tree/github/repos/acme/api/metadata.json github/repos/acme/api/me
     let notice = std::fs::read_to_string(m.at("github/_PERMISSIONS.md")).unwrap();
     assert!(notice.starts_with("# Permissions in `/github`"), "{notice}");
     assert_eq!(status(&m)["passthrough_backing_files"], 0);
+
+    // No sub-agent: its open files could not be cut off when it is revoked.
+    let o = Command::new(env!("CARGO_BIN_EXE_relayauth-mount"))
+        .args(["delegate", "--mountpoint"])
+        .arg(&m.mnt)
+        .args([
+            "--agent",
+            "sub",
+            "--scope",
+            "relayfile:fs:read:/github/**",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "a sub-agent was registered");
+    assert!(err(&o).contains("--io strict"), "{}", err(&o));
     let (code, _) = m.stop();
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_writeback_open_beside_a_passthrough_reader_is_busy_not_an_io_error() {
+    if !fuse_available() {
+        return;
+    }
+    // The kernel refuses (EIO) any open that is not passthrough while a passthrough open of
+    // the same file lasts; a staged writeback cannot be passthrough. It is refused with EBUSY
+    // instead, and works once the reader closed.
+    let issuer = Issuer::start();
+    let token = issuer.token(&[
+        "relayfile:fs:read:/github/**",
+        "relayfile:fs:write:/github/repos/acme/web/issues/**",
+    ]);
+    let mut m = passthrough_mount(&issuer, &token, &[]);
+    let rel = "github/repos/acme/web/issues/31/comments/1790007731.json";
+    let (mut reader, mut lines) = holder(&m, rel);
+    assert_eq!(lines.next().unwrap(), "open");
+    let busy = std::fs::OpenOptions::new().write(true).open(m.at(rel));
+    assert_eq!(
+        busy.map(drop).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EBUSY))
+    );
+    drop(reader.stdin.take());
+    reader.wait().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.at(rel))
+        .expect("a writeback open once the reader closed");
+    let (code, _) = m.stop();
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn passthrough_refuses_the_modes_that_need_sub_agent_sessions() {
+    if !fuse_available() {
+        return;
+    }
+    for flag in ["--token-from-env", "--require-registration"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_relayauth-mount"))
+            .args([
+                "mount",
+                "/nonexistent-src",
+                "/nonexistent-mnt",
+                "--workspace",
+                "ws",
+            ])
+            .args([
+                "--token-env",
+                "NO_SUCH_VARIABLE",
+                "--io",
+                "passthrough",
+                flag,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+        assert!(
+            err(&o).contains(flag) && err(&o).contains("--io strict"),
+            "{}",
+            err(&o)
+        );
+    }
 }
 
 #[test]

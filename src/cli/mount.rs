@@ -105,6 +105,18 @@ pub fn run_mount(args: MountArgs) -> CliResult {
                 false
             }
         };
+    if passthrough && (args.token_from_env || args.require_registration) {
+        let flag = if args.token_from_env {
+            "--token-from-env"
+        } else {
+            "--require-registration"
+        };
+        return Err(Failure::input(format!(
+            "{flag} needs sub-agent sessions, and --io passthrough serves only the mount's own \
+             session (a sub-agent's open files could not be cut off when it is revoked); use \
+             --io strict with {flag}"
+        )));
+    }
     let on_revoke = match args.on_revoke {
         Some(o) => o,
         None if passthrough => OnRevoke::Kill,

@@ -191,7 +191,6 @@ fn holders_of(conn: u64) -> Vec<ProcessKey> {
         )
         .is_ok_and(|st| st.stx_dev_major == 0 && u64::from(st.stx_dev_minor) == conn)
     };
-    let mapped = format!(" 00:{conn:02x} ");
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -205,7 +204,7 @@ fn holders_of(conn: u64) -> Vec<ProcessKey> {
             .unwrap_or(false);
         let maps = || {
             std::fs::read_to_string(format!("/proc/{pid}/maps"))
-                .is_ok_and(|m| m.lines().any(|l| l.contains(&mapped)))
+                .is_ok_and(|m| maps_device(&m, conn))
         };
         if (fds || maps())
             && let Some(k) = ProcessKey::of(pid)
@@ -216,6 +215,14 @@ fn holders_of(conn: u64) -> Vec<ProcessKey> {
     out
 }
 
+/// Whether a `/proc/<pid>/maps` text maps a file of device `0:conn`: its device column (the
+/// fourth, `%02x:%02x`), never a match inside a path.
+fn maps_device(maps: &str, conn: u64) -> bool {
+    let dev = format!("00:{conn:02x}");
+    maps.lines()
+        .any(|l| l.split_ascii_whitespace().nth(3) == Some(dev.as_str()))
+}
+
 /// Passthrough I/O and `--on-revoke kill`: the mount's own session ended, and the kernel would
 /// go on reading and writing the files its processes hold open (after the unmount too). Stop
 /// every process that holds a descriptor or a mapping of a file in the mount: SIGTERM, then
@@ -224,12 +231,31 @@ fn holders_of(conn: u64) -> Vec<ProcessKey> {
 pub(crate) fn stop_holders(shared: &Arc<Shared>, session: &Arc<Session>, conn: u64) {
     let termed = signal(&holders_of(conn), libc::SIGTERM);
     let mut killed = Vec::new();
+    let mut left = Vec::new();
     if !termed.is_empty() {
         let deadline = std::time::Instant::now() + KILL_GRACE;
         while std::time::Instant::now() < deadline && !holders_of(conn).is_empty() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        killed = signal(&holders_of(conn), libc::SIGKILL);
+        // Again and again: a holder that forks hands its descriptors to a child the last scan
+        // did not see.
+        let give_up = std::time::Instant::now() + KILL_ROUNDS_FOR;
+        left = loop {
+            let now = holders_of(conn);
+            if now.is_empty() || std::time::Instant::now() >= give_up {
+                break now;
+            }
+            killed.extend(signal(&now, libc::SIGKILL));
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        killed.sort_unstable();
+        killed.dedup();
+    }
+    if !left.is_empty() {
+        tracing::warn!(
+            left = left.len(),
+            "processes holding passthrough files of the ended session could not all be stopped"
+        );
     }
     let g = session.grants();
     shared.audit.record(
@@ -240,6 +266,24 @@ pub(crate) fn stop_holders(shared: &Arc<Shared>, session: &Arc<Session>, conn: u
                 session.state(SystemTime::now()).describe()
             ))
             .meta("sigterm", termed)
-            .meta("sigkill", killed),
+            .meta("sigkill", killed)
+            .meta("survivors", left.iter().map(|k| k.pid).collect::<Vec<_>>()),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::maps_device;
+
+    #[test]
+    fn a_mapping_is_on_the_mount_by_its_device_column_not_by_a_path_that_names_it() {
+        let on = "7f00-7f10 r--p 00000000 00:28 1234 /m/scratch/lib.so\n";
+        let named = "7f00-7f10 r--p 00000000 fe:00 99 /tmp/lib 00:28 0 x\n";
+        let wide = "7f00-7f10 r--p 00000000 00:12a 5 /x\n";
+        assert!(maps_device(on, 0x28));
+        assert!(!maps_device(named, 0x28));
+        assert!(!maps_device(on, 0x2));
+        assert!(maps_device(wide, 0x12a));
+        assert!(!maps_device("7f00-7f10 rw-p 00000000 00:00 0 \n", 0x28));
+    }
 }

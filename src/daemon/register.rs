@@ -114,6 +114,14 @@ fn refuse(shared: &Shared, pid: Option<u32>, action: &str, why: String) -> Value
     super::control::error(why)
 }
 
+/// Why a passthrough mount registers no sub-agent. The kernel reads and writes a passthrough
+/// file without asking the daemon, so nothing could cut off a sub-agent's open files when it is
+/// revoked, narrowed or its file moved; and while one passthrough open of a file lasts, the
+/// kernel refuses (EIO) every open of it that is not passthrough, as a sub-agent's would be.
+pub(crate) const PASSTHROUGH_SERVES_ONE_SESSION: &str = "this mount uses --io passthrough, which \
+    serves only the mount's own session: a sub-agent's open files could not be cut off when it \
+    is revoked; mount with --io strict to run sub-agents";
+
 /// The registering process, checked: the peer itself, still running, with its start time.
 struct Registrant {
     pid: u32,
@@ -123,6 +131,14 @@ struct Registrant {
 
 /// Check that the peer is the process the request names and pin its identity.
 fn registrant(shared: &Shared, peer: Peer, claimed: u32) -> Result<Registrant, Value> {
+    if shared.fs.passthrough() {
+        return Err(refuse(
+            shared,
+            peer.pid,
+            "session.registered",
+            PASSTHROUGH_SERVES_ONE_SESSION.to_owned(),
+        ));
+    }
     let Some(pid) = peer.pid else {
         return Err(refuse(
             shared,

@@ -194,6 +194,8 @@ pub(crate) struct Handle {
     /// The node's move count the grants were last decided at: a node renamed since (into a
     /// place its session may not reach) is decided again.
     pub(super) decided_moves: AtomicU64,
+    /// The kernel serves it by passthrough (counted on the node while it is open).
+    passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl Handle {
@@ -218,6 +220,16 @@ impl Handle {
             change,
             checked: AtomicU64::new(epoch),
             cut: std::sync::atomic::AtomicBool::new(false),
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl Handle {
+    /// Mark the handle as served by passthrough (`on`), or no longer (the kernel refused it).
+    pub(super) fn set_passthrough(&self, on: bool) {
+        if self.passthrough.swap(on, Ordering::AcqRel) != on {
+            self.node.count_passthrough(on);
         }
     }
 }
@@ -254,7 +266,9 @@ impl Handles {
     }
 
     pub(super) fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.table.write().remove(&fh)
+        let h = self.table.write().remove(&fh)?;
+        h.set_passthrough(false);
+        Some(h)
     }
 
     /// The handles open for writing on node `ino`.

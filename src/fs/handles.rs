@@ -274,6 +274,16 @@ impl GuardFs {
                     None => None,
                 };
                 let body = match &change {
+                    Some(c) if c.writeback().is_some() && node.passthrough_open() => {
+                        // The kernel would refuse the staged (non-passthrough) open with EIO.
+                        tracing::warn!(
+                            path = %String::from_utf8_lossy(&path),
+                            "a writeback open was refused: another process has this file open \
+                             for passthrough I/O; close it and try again, or mount with --io \
+                             strict"
+                        );
+                        return Err(Error::of(libc::EBUSY));
+                    }
                     Some(c) if c.writeback().is_some() => {
                         // A node the mirror replaced under its name (the kernel's cache still
                         // points at it): ESTALE makes the kernel look the name up again and
@@ -330,6 +340,7 @@ impl GuardFs {
             grants,
             kept,
         ));
+        self.mark_passthrough(fh, &opened);
         Ok(Opened { fh, ..opened })
     }
 
@@ -437,6 +448,7 @@ impl GuardFs {
             grants,
             Some(change),
         ));
+        self.mark_passthrough(fh, &opened);
         let entry = super::core::Entry {
             attr,
             ttl: self.ttl(),
@@ -486,7 +498,26 @@ impl GuardFs {
             flush: matches!(body, Body::Staged(_)),
             // Only a plain mirror file: generated files and staged writebacks are the daemon's
             // to produce and check.
-            passthrough: matches!(body, Body::File(_)) && self.passthrough(),
+            // Only the mount's own session: a sub-agent's open files must be cut off when it
+            // ends (a passthrough mount registers none; this holds if one ever were).
+            passthrough: matches!(body, Body::File(_))
+                && self.passthrough()
+                && self.gate.callers().session_count() == 1,
+        }
+    }
+
+    fn mark_passthrough(&self, fh: u64, opened: &Opened) {
+        if opened.passthrough
+            && let Ok(h) = self.handles.get(fh)
+        {
+            h.set_passthrough(true);
+        }
+    }
+
+    /// The kernel refused passthrough for handle `fh` (it is served as strict I/O).
+    pub fn passthrough_refused(&self, fh: u64) {
+        if let Ok(h) = self.handles.get(fh) {
+            h.set_passthrough(false);
         }
     }
 

@@ -96,6 +96,8 @@ pub struct Node {
     /// Never dropped: the root, and a staged new file (it has no name in the mirror yet, so it
     /// could not be found again).
     pinned: AtomicBool,
+    /// How many open handles of it the kernel serves by passthrough.
+    passthrough_opens: std::sync::atomic::AtomicU32,
 }
 
 impl Node {
@@ -110,6 +112,21 @@ impl Node {
             held: RwLock::new(None),
             referenced: AtomicBool::new(true),
             pinned: AtomicBool::new(pinned),
+            passthrough_opens: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Whether the kernel serves an open handle of this file by passthrough now (it then
+    /// refuses, with EIO, every open of the file that is not passthrough).
+    pub fn passthrough_open(&self) -> bool {
+        self.passthrough_opens.load(Ordering::Acquire) > 0
+    }
+
+    pub(super) fn count_passthrough(&self, open: bool) {
+        if open {
+            self.passthrough_opens.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.passthrough_opens.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
