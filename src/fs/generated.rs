@@ -3,7 +3,8 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use super::core::GuardFs;
 use super::error::{Error, FsResult};
@@ -18,9 +19,55 @@ use crate::session::State;
 /// A notice listing at least this many entries gives its scratch memory back to the system.
 const TRIM_AFTER_ENTRIES: usize = 1000;
 
+/// How long a rendered notice is served again at most (see `render_permissions`).
+pub(super) const NOTICE_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How many rendered notices are kept (the table is emptied when full).
+const MAX_NOTICES: usize = 512;
+
+/// A rendered `_PERMISSIONS.md` and what it was rendered from.
+#[derive(Debug)]
+pub(super) struct Notice {
+    stamp: NoticeStamp,
+    at: Instant,
+    text: Arc<[u8]>,
+}
+
+/// Everything a notice's text depends on besides the clock.
+#[derive(Debug)]
+struct NoticeStamp {
+    epoch: u64,
+    active: bool,
+    /// The directory's (dev, ino, mtime, mtime ns, ctime, ctime ns).
+    dir: Option<(u64, u64, i64, u64, i64, u64)>,
+    /// How many recent denials there are, and the newest one's time.
+    denials: (usize, Option<SystemTime>),
+    held: Option<String>,
+    policies: Arc<crate::writeback::PolicySet>,
+}
+
+impl PartialEq for NoticeStamp {
+    fn eq(&self, other: &NoticeStamp) -> bool {
+        self.epoch == other.epoch
+            && self.active == other.active
+            && self.dir == other.dir
+            && self.denials == other.denials
+            && self.held == other.held
+            && Arc::ptr_eq(&self.policies, &other.policies)
+    }
+}
+
 impl GuardFs {
     /// `_PERMISSIONS.md` of the directory that `node` (a permissions node) belongs to.
-    pub(crate) fn render_permissions(&self, ctx: &Ctx, node: &Node) -> FsResult<Vec<u8>> {
+    ///
+    /// A rendered notice is kept per (session, directory) and served again while nothing it
+    /// was rendered from has changed (the session's grants and state, the directory's
+    /// entries by its mtime and ctime, the policies, the session's denials there, why the
+    /// guard holds everything) and for at most [`NOTICE_MAX_AGE`], the kernel's own entry
+    /// cache time, which bounds what a change within one timestamp tick can leave unseen.
+    /// A large directory's notice is thousands of decisions: `ls -l` asks for its size
+    /// (lookup, getattr) and `cat` for its text, and each rendered it again.
+    pub(crate) fn render_permissions(&self, ctx: &Ctx, node: &Node) -> FsResult<Arc<[u8]>> {
         let NodeKind::Permissions { dir } = node.kind else {
             return Err(Error::EINVAL);
         };
@@ -33,11 +80,39 @@ impl GuardFs {
             } else {
                 "Start it with `relayauth-mount run` and a token."
             };
-            return Ok(format!("# Permissions\n\nThis process is not registered with the mount, so it may see nothing. {how}\n").into_bytes());
+            return Ok(format!("# Permissions\n\nThis process is not registered with the mount, so it may see nothing. {how}\n").into_bytes().into());
         };
-        let listed: Vec<Listed> = if *state == State::Active {
-            let fd = self.dir_fd(&dir_node)?;
-            self.visible_children(ctx, &dir_node, fd.as_fd())?
+        let dir_fd = self.dir_fd(&dir_node)?;
+        let denials = session.denials_in(&dir_path);
+        let held = self.gate.held(session);
+        let policies = self.gate.policies();
+        let stamp = NoticeStamp {
+            epoch: session.epoch(),
+            active: *state == State::Active,
+            dir: self.mirror.stat(dir_fd.as_fd()).ok().map(|st| {
+                (
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_mtime,
+                    st.st_mtime_nsec,
+                    st.st_ctime,
+                    st.st_ctime_nsec,
+                )
+            }),
+            denials: (denials.len(), denials.last().map(|d| d.at)),
+            held: held.clone(),
+            policies: policies.clone(),
+        };
+        let key = (session.serial(), dir);
+        if stamp.active
+            && let Some(n) = self.notices.lock().get(&key)
+            && n.stamp == stamp
+            && n.at.elapsed() < NOTICE_MAX_AGE
+        {
+            return Ok(n.text.clone());
+        }
+        let listed: Vec<Listed> = if stamp.active {
+            self.visible_children(ctx, &dir_node, dir_fd.as_fd())?
                 .into_iter()
                 .map(|(name, kind, _)| Listed {
                     name: name.to_string_lossy().into_owned(),
@@ -47,20 +122,18 @@ impl GuardFs {
         } else {
             Vec::new()
         };
-        let dir_fd = self.dir_fd(&dir_node)?;
         let judge = FsJudge {
             fs: self,
             ctx,
             dir_fd: dir_fd.as_fd(),
             scopes: grants.scopes(),
         };
-        let denials = session.denials_in(&dir_path);
         let subject = permissions::Subject {
             grants,
             state,
             now: SystemTime::now(),
             denials: &denials,
-            held: self.gate.held(session),
+            held,
         };
         let provider_backed = self.opts.backing.is_provider_area(&dir_path);
         let view = permissions::compute(
@@ -68,10 +141,25 @@ impl GuardFs {
             &dir_path,
             &listed,
             &judge,
-            &self.gate.policies(),
+            &policies,
             provider_backed,
         );
-        let text = permissions::render(&view).into_bytes();
+        let text: Arc<[u8]> = permissions::render(&view).into_bytes().into();
+        drop(view);
+        if stamp.active {
+            let mut notices = self.notices.lock();
+            if notices.len() >= MAX_NOTICES {
+                notices.clear();
+            }
+            notices.insert(
+                key,
+                Notice {
+                    stamp,
+                    at: Instant::now(),
+                    text: text.clone(),
+                },
+            );
+        }
         if listed.len() >= TRIM_AFTER_ENTRIES {
             // A large directory's notice is a burst of short-lived allocations (a decision and
             // its reasons per entry) in this worker thread's malloc arena, which keeps the

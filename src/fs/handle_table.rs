@@ -167,10 +167,10 @@ pub(crate) enum Body {
     File(File),
     Staged(Mutex<Staged>),
     /// A generated file's per-handle snapshot.
-    Bytes(Vec<u8>),
+    Bytes(Arc<[u8]>),
     /// The notice opened for writing: reads give its snapshot, writes are accepted and
     /// discarded.
-    Sink(Vec<u8>),
+    Sink(Arc<[u8]>),
     Dir(Vec<DirItem>),
 }
 

@@ -258,7 +258,7 @@ impl GuardFs {
                 Body::Sink(self.render_permissions(&ctx, &node)?)
             }
             NodeKind::Permissions { .. } => Body::Bytes(self.render_permissions(&ctx, &node)?),
-            NodeKind::RelayView { .. } => Body::Bytes(self.relay_view_content(&ctx, &node)?),
+            NodeKind::RelayView { .. } => Body::Bytes(self.relay_view_content(&ctx, &node)?.into()),
             NodeKind::Backed(b) => {
                 let kind = b.read().kind;
                 match kind {
