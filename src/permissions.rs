@@ -108,6 +108,10 @@ pub struct Who {
     pub state_detail: String,
 }
 
+/// The most entries a notice lists. Each costs a few hundred bytes of text and three decisions;
+/// a directory of 100,000 files would make every `stat` of its notice render tens of MiB.
+pub const MAX_LISTED: usize = 1000;
+
 /// Everything `_PERMISSIONS.md` says, for one caller and one directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct View {
@@ -118,6 +122,8 @@ pub struct View {
     /// New files here are writebacks: creating one also needs a matching policy.
     pub provider_backed: bool,
     pub entries: Vec<EntryRights>,
+    /// Visible entries past the first [`MAX_LISTED`], not listed.
+    pub entries_not_listed: usize,
     pub writeback_policies: Vec<PolicySummary>,
     pub scopes_granting_nothing: Vec<ScopeNote>,
     pub recent_denials: Vec<DenialNote>,
@@ -213,7 +219,8 @@ pub fn compute(
     let active = *state == State::Active;
     let dir_name = dir.rsplit('/').next().unwrap_or("");
     let list = judge.right(dir, dir_name, Kind::Dir, Op::See).allowed;
-    let entries = listed
+    let shown = &listed[..listed.len().min(MAX_LISTED)];
+    let entries = shown
         .iter()
         .map(|l| {
             let path = vpath::join(dir, &l.name);
@@ -264,6 +271,7 @@ pub fn compute(
         create,
         provider_backed,
         entries,
+        entries_not_listed: listed.len() - shown.len(),
         writeback_policies: policies.applying_in(dir),
         scopes_granting_nothing: problems,
         held,
@@ -532,6 +540,15 @@ pub fn render(view: &View) -> String {
             );
         }
         let _ = writeln!(s);
+        if view.entries_not_listed > 0 {
+            let _ = writeln!(
+                s,
+                "...and {} more entries, not listed (a notice lists at most {MAX_LISTED}). The \
+                 rules above decide them as they decide these; `relayauth-mount check` answers \
+                 for any one of them.\n",
+                view.entries_not_listed
+            );
+        }
     }
     if !view.writeback_policies.is_empty() {
         let _ = writeln!(s, "## Writeback policies here\n");
@@ -645,6 +662,41 @@ mod tests {
                 kind: *k,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_large_directory_lists_its_first_entries_and_counts_the_rest() {
+        let s = session(&["relayfile:fs:read:*"]);
+        let g = s.grants();
+        let names: Vec<Listed> = (0..MAX_LISTED + 5)
+            .map(|i| Listed {
+                name: format!("f{i:05}"),
+                kind: Kind::File,
+            })
+            .collect();
+        let place = |p: &str, n: &str| place_of(p, n);
+        let judge = ScopeJudge {
+            grants: &g,
+            state: &State::Active,
+            place_for: &place,
+        };
+        let subject = Subject {
+            grants: &g,
+            state: &State::Active,
+            now: SystemTime::now(),
+            denials: &[],
+            held: None,
+        };
+        let view = compute(subject, "/d", &names, &judge, &PolicySet::default(), false);
+        assert_eq!(view.entries.len(), MAX_LISTED);
+        assert_eq!(view.entries_not_listed, 5);
+        assert_eq!(
+            view.entries[MAX_LISTED - 1].name,
+            format!("f{:05}", MAX_LISTED - 1)
+        );
+        let text = render(&view);
+        assert!(text.contains("...and 5 more entries, not listed"), "{text}");
+        assert!(text.contains("\"entries_not_listed\": 5"));
     }
 
     #[test]

@@ -288,7 +288,7 @@ impl GuardFs {
             let Ok(pfd) = self.fd_of(&parent) else {
                 return false;
             };
-            match self.mirror.lookup(pfd.as_fd(), &loc.name) {
+            match self.mirror.lookup(pfd.as_fd(), loc.name()) {
                 Ok((_, st)) if (st.st_dev, st.st_ino) == (b.dev, b.ino) => {}
                 _ => return false,
             }
@@ -300,7 +300,10 @@ impl GuardFs {
     /// Whether `node` is a staged new file (not in the mirror yet).
     pub(crate) fn pending_node(&self, node: &Node) -> bool {
         let loc = node.location();
-        self.pending.lock().get(&(loc.parent, loc.name)) == Some(&node.ino)
+        self.pending
+            .lock()
+            .get(&(loc.parent, loc.name().to_owned()))
+            == Some(&node.ino)
     }
 
     pub(crate) fn node(&self, ino: Ino) -> FsResult<Arc<Node>> {
@@ -340,7 +343,7 @@ impl GuardFs {
         };
         while let Some(n) = chain.pop() {
             let b = n.backing().ok_or(Error::ENOENT)?;
-            let (fd, st) = self.mirror.lookup(base.as_fd(), &n.location().name)?;
+            let (fd, st) = self.mirror.lookup(base.as_fd(), n.location().name())?;
             if (st.st_dev, st.st_ino, Kind::of(&st)) != (b.dev, b.ino, b.kind) {
                 return Err(Error::ESTALE);
             }
@@ -405,9 +408,9 @@ impl GuardFs {
                 if authz::classify_relay(&loc.path).is_some_and(|i| i.needs_target()) {
                     let fd = self.fd_of(node)?;
                     let st = self.mirror.stat(fd.as_fd())?;
-                    Ok(self.place(&loc.path, &loc.name, Some((fd.as_fd(), &st))))
+                    Ok(self.place(&loc.path, loc.name(), Some((fd.as_fd(), &st))))
                 } else {
-                    Ok(self.place(&loc.path, &loc.name, None))
+                    Ok(self.place(&loc.path, loc.name(), None))
                 }
             }
         }

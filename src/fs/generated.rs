@@ -22,8 +22,11 @@ const TRIM_AFTER_ENTRIES: usize = 1000;
 /// How long a rendered notice is served again at most (see `render_permissions`).
 pub(super) const NOTICE_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// How many rendered notices are kept (the table is emptied when full).
-const MAX_NOTICES: usize = 512;
+/// How many bytes of rendered notices are kept (the table is emptied when they would exceed
+/// it), and the largest notice kept. A notice is a few hundred bytes per entry of its
+/// directory, so a walk of a large tree would otherwise keep a copy of every listing.
+const NOTICE_BUDGET: usize = 4 << 20;
+const NOTICE_MAX_KEPT: usize = 1 << 20;
 
 /// A rendered `_PERMISSIONS.md` and what it was rendered from.
 #[derive(Debug)]
@@ -146,9 +149,10 @@ impl GuardFs {
         );
         let text: Arc<[u8]> = permissions::render(&view).into_bytes().into();
         drop(view);
-        if stamp.active {
+        if stamp.active && text.len() <= NOTICE_MAX_KEPT {
             let mut notices = self.notices.lock();
-            if notices.len() >= MAX_NOTICES {
+            let kept: usize = notices.values().map(|n| n.text.len()).sum();
+            if kept + text.len() > NOTICE_BUDGET {
                 notices.clear();
             }
             notices.insert(

@@ -292,7 +292,7 @@ impl GuardFs {
                         let loc = node.location();
                         let parent = self.located(loc.parent)?;
                         let parent_fd = self.dir_fd(&parent)?;
-                        if !self.still_at(fd.as_fd(), parent_fd.as_fd(), &loc.name) {
+                        if !self.still_at(fd.as_fd(), parent_fd.as_fd(), loc.name()) {
                             return Err(Error::of(libc::ESTALE));
                         }
                         let st = self.mirror.stat(fd.as_fd())?;
@@ -953,7 +953,7 @@ impl GuardFs {
                 &self.area,
                 &change,
                 name,
-                (parent_fd.as_fd(), &loc.name),
+                (parent_fd.as_fd(), loc.name()),
                 RenameFlags::NOREPLACE,
             ) {
                 let why = format!("{path} could not be placed in the mirror: {e}");
@@ -961,13 +961,13 @@ impl GuardFs {
             }
             return self.committed(&ctx, node, s, &path, permit);
         };
-        if !self.still_at(base.as_fd(), parent_fd.as_fd(), &loc.name) {
+        if !self.still_at(base.as_fd(), parent_fd.as_fd(), loc.name()) {
             return self.quarantine(&ctx, node, s, Error::of(libc::ESTALE), &stale, permit);
         }
         // Exchanged, not renamed over: what comes back under the staging name is what the name
         // held at that instant, and if the mirror replaced the file since the check above, it
         // goes back (nothing the syncer placed is ever lost to a race).
-        let at = (parent_fd.as_fd(), loc.name.as_os_str());
+        let at = (parent_fd.as_fd(), loc.name());
         if let Err(e) =
             self.mirror
                 .place_staged(&self.area, &change, name, at, RenameFlags::EXCHANGE)
@@ -1045,7 +1045,7 @@ impl GuardFs {
     fn forget_pending(&self, node: &Node) {
         let loc = node.location();
         let mut pending = self.pending.lock();
-        let key = (loc.parent, loc.name);
+        let key = (loc.parent, loc.name().to_owned());
         if pending.get(&key) == Some(&node.ino) {
             pending.remove(&key);
         }

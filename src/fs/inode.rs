@@ -22,7 +22,7 @@
 //! from a separate range.
 
 use std::collections::VecDeque;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,9 +74,32 @@ pub enum RelayView {
 #[derive(Clone, Debug)]
 pub struct Location {
     pub parent: Ino,
-    pub name: OsString,
-    /// The relayfile path (`/github/x`), bytes as the kernel gives them.
+    /// The relayfile path (`/github/x`), bytes as the kernel gives them. Its last component is
+    /// the node's name in `parent` (not stored again: a node is kept per entry the kernel
+    /// knows, hundreds of thousands of them).
     pub path: Arc<[u8]>,
+}
+
+impl Location {
+    fn new(parent: Ino, name: &OsStr, path: Arc<[u8]>) -> Location {
+        debug_assert!(
+            path.ends_with(name.as_bytes())
+                && (name.is_empty() || path[..path.len() - name.len()].ends_with(b"/")),
+            "the path {:?} does not end with the name {name:?}",
+            String::from_utf8_lossy(&path)
+        );
+        Location { parent, path }
+    }
+
+    /// The node's name in its parent directory.
+    pub fn name(&self) -> &OsStr {
+        let at = self
+            .path
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map_or(0, |i| i + 1);
+        OsStr::from_bytes(&self.path[at..])
+    }
 }
 
 #[derive(Debug)]
@@ -188,8 +211,8 @@ impl Node {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Object(u64, u64),
-    /// A multiply-linked file, one node per path.
-    Linked(u64, u64, Arc<[u8]>),
+    /// A multiply-linked file, one node per path (boxed: rare, and every key is this size).
+    Linked(Box<(u64, u64, Arc<[u8]>)>),
     Permissions(Ino),
     View(Ino, u8),
 }
@@ -302,11 +325,7 @@ impl Inodes {
                 ino: root.st_ino,
             })),
             key.clone(),
-            Location {
-                parent: ROOT,
-                name: OsString::new(),
-                path: Arc::from(&b"/"[..]),
-            },
+            Location::new(ROOT, OsStr::new(""), Arc::from(&b"/"[..])),
             true,
         ));
         *node.held.write() = Some(Arc::new(root_fd));
@@ -412,7 +431,7 @@ impl Inodes {
             .filter(|n| n.ino != ROOT)
             .map(|n| {
                 let loc = n.loc.read();
-                (loc.parent, loc.name.clone(), n.ino)
+                (loc.parent, loc.name().to_owned(), n.ino)
             })
             .collect()
     }
@@ -459,7 +478,7 @@ impl Inodes {
         let (dev, ino) = (stat.st_dev, stat.st_ino);
         let linked = kind != Kind::Dir && stat.st_nlink > 1;
         let key = if linked {
-            Key::Linked(dev, ino, path.clone())
+            Key::Linked(Box::new((dev, ino, path.clone())))
         } else {
             Key::Object(dev, ino)
         };
@@ -468,15 +487,11 @@ impl Inodes {
             node.lookups.fetch_add(1, Ordering::Relaxed);
             let moved = {
                 let loc = node.loc.read();
-                loc.parent != parent || loc.name != name
+                loc.parent != parent || loc.name() != name
             };
             if moved && !linked {
                 let old = node.path();
-                node.relocate(Location {
-                    parent,
-                    name: name.to_owned(),
-                    path: path.clone(),
-                });
+                node.relocate(Location::new(parent, name, path.clone()));
                 if kind == Kind::Dir {
                     reparent_descendants(&t, &old, &path);
                 }
@@ -487,11 +502,7 @@ impl Inodes {
             return node;
         }
         let kind = NodeKind::Backed(RwLock::new(Backing { kind, dev, ino }));
-        let loc = Location {
-            parent,
-            name: name.to_owned(),
-            path,
-        };
+        let loc = Location::new(parent, name, path);
         let node = t.insert_new(key, kind, loc, pinned);
         drop(t);
         self.hold(&node, fd);
@@ -541,11 +552,7 @@ impl Inodes {
             node.lookups.fetch_add(1, Ordering::Relaxed);
             return node;
         }
-        let loc = Location {
-            parent,
-            name: name.to_owned(),
-            path,
-        };
+        let loc = Location::new(parent, name, path);
         t.insert_new(key, kind(), loc, true)
     }
 
@@ -594,11 +601,7 @@ impl Inodes {
             return;
         };
         let old = node.path();
-        node.relocate(Location {
-            parent,
-            name: name.to_owned(),
-            path: path.clone(),
-        });
+        node.relocate(Location::new(parent, name, path.clone()));
         if node.is_dir() {
             reparent_descendants(&t, &old, &path);
         }

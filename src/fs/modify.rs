@@ -884,7 +884,7 @@ impl GuardFs {
             self.note_discarded(&ctx, parent_path(&path), Op::Write, "setattr");
             return self.getattr(caller, ino, None);
         }
-        if node.location().name.as_bytes() == PERMISSIONS_FILE.as_bytes()
+        if node.location().name().as_bytes() == PERMISSIONS_FILE.as_bytes()
             || node.backing().is_none()
         {
             self.gate
