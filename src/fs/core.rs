@@ -112,7 +112,7 @@ pub struct GuardFs {
     /// (session serial, directory) pairs whose `_PERMISSIONS.md` that session removed.
     pub(super) notice_marks: Mutex<rustc_hash::FxHashSet<(u64, Ino)>>,
     /// Rendered notices by (session serial, directory), served again while unchanged.
-    pub(super) notices: Mutex<FxHashMap<(u64, Ino), super::generated::Notice>>,
+    pub(super) notices: super::rendered::Rendered,
     /// The same moment as a time stamp (the times shown for directories whose entries are all
     /// hidden).
     pub(super) started_at: SystemTime,
@@ -163,7 +163,7 @@ impl GuardFs {
             root_stat,
             area,
             notice_marks: Mutex::new(rustc_hash::FxHashSet::default()),
-            notices: Mutex::new(FxHashMap::default()),
+            notices: super::rendered::Rendered::default(),
             started_at: SystemTime::now(),
             as_root: rustix::process::geteuid().is_root(),
             daemon_gid: rustix::process::getegid().as_raw(),

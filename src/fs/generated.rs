@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use super::core::GuardFs;
 use super::error::{Error, FsResult};
@@ -12,6 +12,7 @@ use super::gate::Ctx;
 use super::inode::{Node, NodeKind, RelayView};
 use super::mirror::Kind;
 use super::relay_files;
+use super::rendered::Stamp;
 use crate::authz::{self, Op, Place, RelayItem};
 use crate::permissions::{self, Listed};
 use crate::session::State;
@@ -19,57 +20,11 @@ use crate::session::State;
 /// A notice listing at least this many entries gives its scratch memory back to the system.
 const TRIM_AFTER_ENTRIES: usize = 1000;
 
-/// How long a rendered notice is served again at most (see `render_permissions`).
-pub(super) const NOTICE_MAX_AGE: Duration = Duration::from_secs(1);
-
-/// How many bytes of rendered notices are kept (the table is emptied when they would exceed
-/// it), and the largest notice kept. A notice is a few hundred bytes per entry of its
-/// directory, so a walk of a large tree would otherwise keep a copy of every listing.
-const NOTICE_BUDGET: usize = 4 << 20;
-const NOTICE_MAX_KEPT: usize = 1 << 20;
-
-/// A rendered `_PERMISSIONS.md` and what it was rendered from.
-#[derive(Debug)]
-pub(super) struct Notice {
-    stamp: NoticeStamp,
-    at: Instant,
-    text: Arc<[u8]>,
-}
-
-/// Everything a notice's text depends on besides the clock.
-#[derive(Debug)]
-struct NoticeStamp {
-    epoch: u64,
-    active: bool,
-    /// The directory's (dev, ino, mtime, mtime ns, ctime, ctime ns).
-    dir: Option<(u64, u64, i64, u64, i64, u64)>,
-    /// How many recent denials there are, and the newest one's time.
-    denials: (usize, Option<SystemTime>),
-    held: Option<String>,
-    policies: Arc<crate::writeback::PolicySet>,
-}
-
-impl PartialEq for NoticeStamp {
-    fn eq(&self, other: &NoticeStamp) -> bool {
-        self.epoch == other.epoch
-            && self.active == other.active
-            && self.dir == other.dir
-            && self.denials == other.denials
-            && self.held == other.held
-            && Arc::ptr_eq(&self.policies, &other.policies)
-    }
-}
-
 impl GuardFs {
     /// `_PERMISSIONS.md` of the directory that `node` (a permissions node) belongs to.
     ///
-    /// A rendered notice is kept per (session, directory) and served again while nothing it
-    /// was rendered from has changed (the session's grants and state, the directory's
-    /// entries by its mtime and ctime, the policies, the session's denials there, why the
-    /// guard holds everything) and for at most [`NOTICE_MAX_AGE`], the kernel's own entry
-    /// cache time, which bounds what a change within one timestamp tick can leave unseen.
-    /// A large directory's notice is thousands of decisions: `ls -l` asks for its size
-    /// (lookup, getattr) and `cat` for its text, and each rendered it again.
+    /// A rendering is kept per (session, directory) and given again while nothing it was
+    /// rendered from has changed (see `rendered`).
     pub(crate) fn render_permissions(&self, ctx: &Ctx, node: &Node) -> FsResult<Arc<[u8]>> {
         let NodeKind::Permissions { dir } = node.kind else {
             return Err(Error::EINVAL);
@@ -89,7 +44,7 @@ impl GuardFs {
         let denials = session.denials_in(&dir_path);
         let held = self.gate.held(session);
         let policies = self.gate.policies();
-        let stamp = NoticeStamp {
+        let stamp = Stamp {
             epoch: session.epoch(),
             active: *state == State::Active,
             dir: self.mirror.stat(dir_fd.as_fd()).ok().map(|st| {
@@ -107,12 +62,8 @@ impl GuardFs {
             policies: policies.clone(),
         };
         let key = (session.serial(), dir);
-        if stamp.active
-            && let Some(n) = self.notices.lock().get(&key)
-            && n.stamp == stamp
-            && n.at.elapsed() < NOTICE_MAX_AGE
-        {
-            return Ok(n.text.clone());
+        if let Some(text) = self.notices.get(key, &stamp) {
+            return Ok(text);
         }
         let listed: Vec<Listed> = if stamp.active {
             self.visible_children(ctx, &dir_node, dir_fd.as_fd())?
@@ -149,21 +100,7 @@ impl GuardFs {
         );
         let text: Arc<[u8]> = permissions::render(&view).into_bytes().into();
         drop(view);
-        if stamp.active && text.len() <= NOTICE_MAX_KEPT {
-            let mut notices = self.notices.lock();
-            let kept: usize = notices.values().map(|n| n.text.len()).sum();
-            if kept + text.len() > NOTICE_BUDGET {
-                notices.clear();
-            }
-            notices.insert(
-                key,
-                Notice {
-                    stamp,
-                    at: Instant::now(),
-                    text: text.clone(),
-                },
-            );
-        }
+        self.notices.put(key, stamp, &text);
         if listed.len() >= TRIM_AFTER_ENTRIES {
             // A large directory's notice is a burst of short-lived allocations (a decision and
             // its reasons per entry) in this worker thread's malloc arena, which keeps the

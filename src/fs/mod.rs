@@ -15,7 +15,8 @@
 //! - [`handles`]: open files and directories, reads and writes, staged writebacks and their
 //!   commit; [`handle_table`] holds the records.
 //! - [`xattrs`]: extended attributes.
-//! - [`generated`]: `_PERMISSIONS.md` and the filtered `/.relay` views;
+//! - [`generated`]: `_PERMISSIONS.md` and the filtered `/.relay` views ([`rendered`]: the
+//!   renderings kept for reuse);
 //!   [`notice`]: the notice as `rm -rf`, `cp -r` and `tar x` meet it.
 //! - [`owner`]: who owns what the guard makes.
 //!
@@ -38,6 +39,7 @@ pub mod modify;
 pub mod notice;
 pub mod owner;
 pub mod relay_files;
+pub mod rendered;
 pub mod xattrs;
 
 pub use self::core::{Caller, DirItem, Entry, Error, FsResult, GuardFs, Options};
