@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """How long a revocation takes to bite: from `POST /v1/tokens/revoke` to the first refused open
 of a sub-agent started with `relayauth-mount run`, and to the unmount when the mount's own
-token is revoked, over N runs per poll interval (development issuer on loopback).
+token is revoked, over N runs per poll interval (development issuer on loopback). With
+`--io passthrough` an open file outlives the revocation until its process is stopped: the last
+read a process holding a file open managed after the revoke, and when it was stopped.
 
     python3 scripts/revocation_latency.py [--bin target/debug/relayauth-mount] [--runs 20]
         [--intervals 1s,250ms] [--json bench-results/revocation.json]
@@ -117,6 +119,44 @@ def mount_session_runs(binary, work, ready, interval, runs):
     return out
 
 
+HOLDER = f"""
+import os, sys, time
+fd = os.open({FILE!r}, os.O_RDONLY)
+print('ready', flush=True)
+while True:
+    os.pread(fd, 64, 0)
+    print(time.monotonic(), flush=True)
+    time.sleep(0.002)
+"""
+
+
+def passthrough_runs(binary, work, ready, interval, runs):
+    """(last read after the revoke, holder stopped) per run, on a passthrough mount."""
+    mirror, mnt = work / "mirror", work / "mnt"
+    last, stopped = [], []
+    for i in range(runs):
+        token = new_token(ready, f"pt{i}", ["relayfile:fs:read:*"])
+        (work / "p.jwt").write_text(token)
+        devmount.mount(binary, mirror, mnt, ready, work / "p.jwt", work / "audit.jsonl", "scratch",
+                       extra=("--poll-interval", interval, "--io", "passthrough"))
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER], cwd=mnt, stdout=subprocess.PIPE,
+                                  text=True)
+        assert holder.stdout.readline().strip() == "ready"
+        time.sleep(0.1 + (i % 7) * 0.037)
+        t0 = time.monotonic()
+        post(ready, "/v1/tokens/revoke", {"tokenId": jti_of(token)})
+        latest = t0
+        for line in holder.stdout:
+            latest = max(latest, float(line))
+        holder.wait(timeout=30)
+        stopped.append(time.monotonic() - t0)
+        last.append(latest - t0)
+        while os.path.ismount(mnt):
+            time.sleep(0.002)
+        time.sleep(0.3)
+    return last, stopped
+
+
 def summary(xs):
     return {"runs": len(xs), "median_s": round(statistics.median(xs), 3),
             "worst_s": round(max(xs), 3), "best_s": round(min(xs), 3)}
@@ -128,6 +168,7 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--intervals", default="1s,250ms")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-passthrough", action="store_true", help="skip the passthrough runs")
     args = ap.parse_args()
     binary = os.path.abspath(args.bin)
     results = {}
@@ -144,6 +185,11 @@ def main():
                 mnt = mount_session_runs(binary, work, ready, interval, args.runs)
                 results[interval] = {"sub_agent_first_refusal": summary(sub),
                                      "mount_session_unmount": summary(mnt)}
+                if not args.no_passthrough:
+                    print(f"poll interval {interval}: {args.runs} passthrough revocations ...", flush=True)
+                    last, stopped = passthrough_runs(binary, work, ready, interval, args.runs)
+                    results[interval]["passthrough_last_read"] = summary(last)
+                    results[interval]["passthrough_holder_stopped"] = summary(stopped)
         finally:
             proc.terminate()
     print()
@@ -152,6 +198,14 @@ def main():
     for interval, r in results.items():
         s, m = r["sub_agent_first_refusal"], r["mount_session_unmount"]
         print(f"| {interval} | {s['median_s']} s / {s['worst_s']} s | {m['median_s']} s / {m['worst_s']} s |")
+    if any("passthrough_last_read" in r for r in results.values()):
+        print()
+        print("| poll interval | passthrough: last read after the revoke, median / worst | holder stopped, median / worst |")
+        print("|---|---|---|")
+        for interval, r in results.items():
+            if "passthrough_last_read" in r:
+                a, b = r["passthrough_last_read"], r["passthrough_holder_stopped"]
+                print(f"| {interval} | {a['median_s']} s / {a['worst_s']} s | {b['median_s']} s / {b['worst_s']} s |")
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": args.runs, "results": results}, indent=2) + "\n")
 

@@ -194,10 +194,25 @@ impl CredentialSource {
 }
 
 fn check_single_token(token: &str, what: &str) -> Result<(), CredentialError> {
+    if let Some(scheme) = token
+        .split_whitespace()
+        .next()
+        .filter(|w| w.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(CredentialError::Invalid {
+            what: what.to_owned(),
+            message: format!(
+                "it starts with \"{scheme} \" (the HTTP header's scheme); write the token alone, \
+                 without \"{scheme} \""
+            ),
+        });
+    }
     if token.chars().any(char::is_whitespace) {
         return Err(CredentialError::Invalid {
             what: what.to_owned(),
-            message: "it must hold the token alone, but it contains whitespace inside".into(),
+            message: "it must hold the token alone (one line, no spaces), but it contains \
+                      whitespace inside; write just the token"
+                .into(),
         });
     }
     Ok(())
@@ -498,6 +513,24 @@ mod tests {
         assert_eq!(rotated.fields()["updatedAt"], "1970-01-01T00:00:00Z");
         let again = Bundle::parse(&rotated.to_json()).unwrap();
         assert_eq!(again, rotated);
+    }
+
+    #[test]
+    fn a_token_with_the_http_scheme_or_spaces_says_what_to_remove() {
+        for raw in ["Bearer eyJ.a.b", "bearer eyJ.a.b", "BEARER\teyJ.a.b"] {
+            let e = check_single_token(raw, "the token file")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("HTTP header's scheme") && e.contains("without"),
+                "{e}"
+            );
+        }
+        let e = check_single_token("eyJ.a .b", "the token file")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whitespace inside; write just the token"), "{e}");
+        assert!(check_single_token("eyJ.a.b", "the token file").is_ok());
     }
 
     #[test]

@@ -369,6 +369,12 @@ fn help_and_version_exit_0() {
         assert_eq!(code, 0, "{args:?}");
         assert!(!out.is_empty());
     }
+    // The version names the commit it was built from.
+    let (_, out, _) = run(&["--version"]);
+    assert!(
+        out.contains(" (commit ") || out.contains(" (unknown commit)"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -197,6 +197,44 @@ fn walkthrough_script_passes_against_the_binary() {
 }
 
 #[test]
+fn write_token_leaves_a_token_file_the_mount_accepts_without_curl() {
+    let seed = repo("mount-fixtures/identities/acme.json");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lead.jwt");
+    let target = format!("acme-lead={}", file.display());
+    let proc = Proc::start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            seed.to_str().unwrap(),
+            "--write-token",
+            &target,
+            "--token-ttl",
+            "10m",
+        ],
+        &[],
+    );
+    // Written before READY, private, one line.
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(token.trim().lines().count(), 1, "{token}");
+    let banner = proc.banner.join("\n");
+    assert!(
+        banner.contains(&format!("acme-lead -> {}", file.display())),
+        "{banner}"
+    );
+    // A token of the seeded identity, living as long as asked.
+    let v = common::mount::claims_of(token.trim());
+    let lead = proc.ready["identities"]["acme-lead"].as_str().unwrap();
+    assert_eq!(v["sub"], lead, "{v}");
+    let life = v["exp"].as_u64().unwrap() - v["iat"].as_u64().unwrap();
+    assert_eq!(life, 600, "{v}");
+}
+
+#[test]
 fn generated_key_seed_eddsa_and_tokens_the_mount_cli_accepts() {
     let seed = repo("mount-fixtures/identities/acme.json");
     let proc = Proc::start(
@@ -400,6 +438,11 @@ fn bad_flags_are_refused_with_exit_2() {
         (
             vec!["--state", not_dir.to_str().unwrap()],
             "not a directory",
+        ),
+        (vec!["--write-token", "no-equals-sign"], "NAME=FILE"),
+        (
+            vec!["--write-token", "nobody=/tmp/x.jwt"],
+            "none was seeded",
         ),
     ] {
         let mut full = vec!["dev-issuer", "--listen", "127.0.0.1:0"];

@@ -156,8 +156,28 @@ fn status_and_unmount_commands() {
         v["session"]["confirmed_secs_ago"].is_u64(),
         "relayauth confirmed the session: {v}"
     );
+    assert!(v["session"]["writebacks_refused"].is_null(), "{v}");
     let o = bin().arg("status").arg(&m.mnt).output().unwrap();
     assert!(out(&o).contains("active"));
+    // Durations in words, not raw seconds.
+    assert!(
+        out(&o).contains("m ") && !out(&o).contains(" s)"),
+        "{}",
+        out(&o)
+    );
+    // A path inside the mount names the mount; without a path, every mount is listed.
+    let o = bin()
+        .arg("status")
+        .arg(m.mnt.join("github"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let inside = format!("is inside the relayauth-mount mount at {}", m.mnt.display());
+    assert!(err(&o).contains(&inside), "{}", err(&o));
+    let o = bin().arg("status").output().unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    let line = format!("{}: agent ", m.mnt.display());
+    assert!(out(&o).lines().any(|l| l.starts_with(&line)), "{}", out(&o));
     let o = bin().arg("unmount").arg(&m.mnt).output().unwrap();
     assert!(o.status.success(), "{}", err(&o));
     let (code, stderr) = m.wait_exit(Duration::from_secs(20));
@@ -165,7 +185,11 @@ fn status_and_unmount_commands() {
     assert!(!is_mounted(&m.mnt));
     let o = bin().arg("status").arg(&m.mnt).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(err(&o).contains("no relayauth-mount daemon"), "{}", err(&o));
+    assert!(
+        err(&o).contains("is not a relayauth-mount mountpoint"),
+        "{}",
+        err(&o)
+    );
 }
 
 #[test]

@@ -41,6 +41,25 @@ pub struct DevIssuerArgs {
     /// Create the identities of this file at start (e.g. mount-fixtures/identities/acme.json).
     #[arg(long, value_name = "FILE")]
     seed: Option<PathBuf>,
+    /// Once listening, mint an access token for the seeded identity NAME and write it to FILE
+    /// (mode 0600), ready for `mount --token-file FILE` or `run --token-file FILE`; repeatable.
+    #[arg(long, value_name = "NAME=FILE", value_parser = token_target)]
+    write_token: Vec<(String, PathBuf)>,
+    /// How long the tokens of --write-token live.
+    #[arg(long, value_name = "D", default_value = "1h", value_parser = super::token::duration)]
+    token_ttl: std::time::Duration,
+}
+
+fn token_target(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(file)))
+        }
+        _ => Err(format!(
+            "{text:?}: give NAME=FILE, a seeded identity's name and the file to write its token \
+             to (e.g. acme-lead=/tmp/lead.jwt)"
+        )),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -108,10 +127,81 @@ pub fn run(args: DevIssuerArgs) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| Failure::failed(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(serve_until_signal(config, generated))
+    let tokens = Tokens {
+        targets: args.write_token,
+        ttl: args.token_ttl,
+    };
+    runtime.block_on(serve_until_signal(config, generated, tokens))
 }
 
-async fn serve_until_signal(config: IssuerConfig, generated: bool) -> CliResult {
+/// What `--write-token` asks for.
+struct Tokens {
+    targets: Vec<(String, PathBuf)>,
+    ttl: std::time::Duration,
+}
+
+/// Mint a token for each `--write-token NAME=FILE` through the issuer's own API and write it.
+async fn write_tokens(running: &RunningIssuer, tokens: &Tokens) -> Result<(), Failure> {
+    if tokens.targets.is_empty() {
+        return Ok(());
+    }
+    let client = crate::relayauth::http::secret_client(std::time::Duration::from_secs(10))
+        .map_err(Failure::failed)?;
+    for (name, file) in &tokens.targets {
+        let Some(id) = running.identities().get(name) else {
+            let known: Vec<&str> = running.identities().keys().map(String::as_str).collect();
+            return Err(Failure::input(format!(
+                "--write-token {name}=...: no seeded identity is named {name:?} ({}); seed it \
+                 with --seed FILE",
+                if known.is_empty() {
+                    "none was seeded".to_owned()
+                } else {
+                    format!("seeded: {}", known.join(", "))
+                }
+            )));
+        };
+        let answer = client
+            .post(format!("{}/v1/tokens", running.url()))
+            .header("x-api-key", running.admin_key())
+            .json(&serde_json::json!({"identityId": id, "expiresIn": tokens.ttl.as_secs()}))
+            .send()
+            .await
+            .map_err(|e| Failure::failed(format!("--write-token {name}: cannot mint: {e}")))?;
+        let status = answer.status();
+        let body: serde_json::Value = answer.json().await.unwrap_or_default();
+        let Some(token) = body["accessToken"].as_str().filter(|_| status.is_success()) else {
+            return Err(Failure::input(format!(
+                "--write-token {name}: the issuer refused ({status}: {}); check --token-ttl",
+                body["error"].as_str().unwrap_or("no reason given")
+            )));
+        };
+        write_private(file, token).map_err(|e| {
+            Failure::input(format!(
+                "--write-token {name}: cannot write {}: {e}",
+                file.display()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// Write `text` to `path` readable by its owner only (replacing what was there).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+async fn serve_until_signal(config: IssuerConfig, generated: bool, tokens: Tokens) -> CliResult {
     // Handlers first, so a signal sent as soon as READY is read is handled, not fatal.
     let signals =
         signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
@@ -124,7 +214,11 @@ async fn serve_until_signal(config: IssuerConfig, generated: bool) -> CliResult 
             running.addr()
         );
     }
-    print_banner(&running, generated);
+    if let Err(f) = write_tokens(&running, &tokens).await {
+        let _ = running.shutdown().await;
+        return Err(f);
+    }
+    print_banner(&running, generated, &tokens);
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -134,7 +228,7 @@ async fn serve_until_signal(config: IssuerConfig, generated: bool) -> CliResult 
     Ok(Exit::Ok)
 }
 
-fn print_banner(running: &RunningIssuer, generated: bool) {
+fn print_banner(running: &RunningIssuer, generated: bool, tokens: &Tokens) {
     let issuer = running.issuer();
     let (rsa_kid, ed_kid) = issuer.kids();
     let (signing, other) = match issuer.algorithm() {
@@ -175,6 +269,14 @@ fn print_banner(running: &RunningIssuer, generated: bool) {
     }
     for (name, id) in running.identities() {
         println!("  identity:   {name} -> {id}");
+    }
+    for (name, file) in &tokens.targets {
+        println!(
+            "  token:      {name} -> {} (expires in {}; `mount --token-file {}`)",
+            file.display(),
+            humantime::format_duration(tokens.ttl),
+            file.display()
+        );
     }
     println!("READY {}", running.ready_json());
 }

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// relayauth-mount: enforce relayauth scopes over a relayfile mirror.
 #[derive(Debug, Parser)]
-#[command(name = "relayauth-mount", version, about, max_term_width = 100)]
+#[command(name = "relayauth-mount", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RELAYAUTH_MOUNT_COMMIT"), ")"), about, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -170,16 +170,69 @@ pub fn run_mount(args: MountArgs) -> CliResult {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The mountpoint.
-    mountpoint: PathBuf,
+    /// The mountpoint (without one: every relayauth-mount mount here, one line each).
+    mountpoint: Option<PathBuf>,
     /// Print the daemon's JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// A duration in words, to the second (`59m 52s`).
+fn in_words(secs: u64) -> String {
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+/// `status` without a mountpoint: each relayauth-mount mount here, in one line.
+fn list_mounts(json: bool) -> CliResult {
+    let mounts = control::mounts();
+    let answers: Vec<serde_json::Value> = mounts
+        .iter()
+        .map(|m| match control::request(m, &control::Request::Status) {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({"ok": false, "mountpoint": m, "error": e}),
+        })
+        .collect();
+    if json {
+        print_json(&serde_json::json!({ "mounts": answers }));
+        return Ok(Exit::Ok);
+    }
+    if answers.is_empty() {
+        println!(
+            "no relayauth-mount mount here (start one with `relayauth-mount mount SOURCE \
+             MOUNTPOINT ...`)"
+        );
+    }
+    for (m, v) in mounts.iter().zip(&answers) {
+        if v["ok"] != true {
+            println!(
+                "{}: {}",
+                m.display(),
+                v["error"].as_str().unwrap_or("no answer")
+            );
+            continue;
+        }
+        let s = &v["session"];
+        let subs = v["sessions"]
+            .as_array()
+            .map_or(0, |a| a.len().saturating_sub(1));
+        println!(
+            "{}: agent {}, {}, {} I/O, {} sub-agent session(s), token expires in {}",
+            m.display(),
+            s["agent"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            v["io"].as_str().unwrap_or("?"),
+            subs,
+            in_words(s["expires_in_secs"].as_u64().unwrap_or(0))
+        );
+    }
+    Ok(Exit::Ok)
+}
+
 pub fn run_status(args: StatusArgs) -> CliResult {
-    let v =
-        control::request(&args.mountpoint, &control::Request::Status).map_err(Failure::failed)?;
+    let Some(mountpoint) = args.mountpoint else {
+        return list_mounts(args.json);
+    };
+    let v = control::request(&mountpoint, &control::Request::Status).map_err(Failure::failed)?;
     if v["ok"] != true {
         return Err(Failure::failed(
             v["error"]
@@ -207,16 +260,25 @@ pub fn run_status(args: StatusArgs) -> CliResult {
         s["state_detail"].as_str().unwrap_or("?")
     );
     println!(
-        "  token expires {} (in {} s)",
+        "  token expires {} (in {})",
         s["expires_at"].as_str().unwrap_or("?"),
-        s["expires_in_secs"]
+        in_words(s["expires_in_secs"].as_u64().unwrap_or(0))
+    );
+    println!(
+        "  I/O: {}; ended sessions' processes: {}",
+        v["io"].as_str().unwrap_or("?"),
+        v["on_revoke"].as_str().unwrap_or("?")
     );
     match s["confirmed_secs_ago"].as_u64() {
         Some(n) => println!(
-            "  relayauth last confirmed the session {n} s ago ({})",
+            "  relayauth last confirmed the session {} ago ({})",
+            in_words(n),
             v["revocation"].as_str().unwrap_or("?")
         ),
         None => println!("  relayauth has not confirmed the session"),
+    }
+    if let Some(why) = s["writebacks_refused"].as_str() {
+        println!("  WRITEBACKS REFUSED: {why}");
     }
     let subs = v["sessions"].as_array().map_or(&[][..], |a| a.as_slice());
     for sub in subs.iter().skip(1) {

@@ -112,13 +112,7 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
 /// Send one request to the daemon of `mountpoint` and read its answer.
 pub fn request(mountpoint: &Path, req: &Request) -> Result<Value, String> {
     let path = socket_path(mountpoint);
-    let mut stream = UnixStream::connect(&path).map_err(|e| {
-        format!(
-            "no relayauth-mount daemon answers for {} ({}: {e}); is it mounted?",
-            mountpoint.display(),
-            path.display()
-        )
-    })?;
+    let mut stream = UnixStream::connect(&path).map_err(|e| not_answering(mountpoint, &e))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
@@ -134,6 +128,94 @@ pub fn request(mountpoint: &Path, req: &Request) -> Result<Value, String> {
     serde_json::from_str(&answer).map_err(|e| format!("the daemon's answer is not JSON: {e}"))
 }
 
+/// The relayauth-mount mounts of this user (as this process's mount namespace shows them),
+/// by mountpoint: the FUSE mounts of `/proc/self/mountinfo` with a control socket of this
+/// user's runtime directory.
+pub fn mounts() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    fuse_mounts_in(&info)
+        .into_iter()
+        .filter(|m| socket_path(m).exists())
+        .collect()
+}
+
+/// The mountpoints of FUSE filesystems (type `fuse` or `fuse.*`) in a mountinfo text.
+fn fuse_mounts_in(info: &str) -> Vec<PathBuf> {
+    info.lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let at = fields.get(4)?;
+            let fstype = fields.get(dash + 1)?;
+            (*fstype == "fuse" || fstype.starts_with("fuse."))
+                .then(|| PathBuf::from(unescape_mountinfo(at)))
+        })
+        .collect()
+}
+
+/// A mountinfo path: spaces, tabs, newlines and backslashes are written as octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && let Some(digits) = field.get(i + 1..i + 4)
+            && let Ok(v) = u8::from_str_radix(digits, 8)
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Why nothing answers for `mountpoint`, with what to do: the mount it is inside, the mounts
+/// there are, or how to take a dead mount down.
+fn not_answering(mountpoint: &Path, e: &std::io::Error) -> String {
+    let mp = canonical_mountpoint(mountpoint);
+    let all = mounts();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if all.contains(&mp) || fuse_mounts_in(&info).contains(&mp) {
+        return format!(
+            "the relayauth-mount daemon of {} does not answer ({e}); if it was killed, \
+             `relayauth-mount unmount {}` takes the dead mount down",
+            mp.display(),
+            mp.display()
+        );
+    }
+    if let Some(above) = all
+        .iter()
+        .filter(|m| mp.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+    {
+        return format!(
+            "{} is inside the relayauth-mount mount at {}; ask about that: \
+             `relayauth-mount status {}`",
+            mp.display(),
+            above.display(),
+            above.display()
+        );
+    }
+    if all.is_empty() {
+        format!(
+            "{} is not a relayauth-mount mountpoint, and there is no relayauth-mount mount here \
+             (start one with `relayauth-mount mount SOURCE MOUNTPOINT ...`)",
+            mp.display()
+        )
+    } else {
+        let list: Vec<String> = all.iter().map(|m| m.display().to_string()).collect();
+        format!(
+            "{} is not a relayauth-mount mountpoint; the mounts here are: {}",
+            mp.display(),
+            list.join(", ")
+        )
+    }
+}
+
 /// An error answer.
 pub fn error(message: impl Into<String>) -> Value {
     json!({"ok": false, "error": message.into()})
@@ -141,6 +223,20 @@ pub fn error(message: impl Into<String>) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fuse_mounts_are_found_in_mountinfo_with_escaped_paths() {
+        let info = "36 35 0:40 / /tmp/a\\040b rw,nosuid - fuse /src rw\n\
+                    37 35 0:41 / /tmp/other rw - ext4 /dev/x rw\n\
+                    38 35 0:42 / /m rw shared:1 - fuse.relayauth-mount /s rw,user_id=0\n";
+        assert_eq!(
+            super::fuse_mounts_in(info),
+            vec![
+                std::path::PathBuf::from("/tmp/a b"),
+                std::path::PathBuf::from("/m")
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -286,7 +286,10 @@ pub(super) async fn start(
             Ok(Status::Revoked(why)) => {
                 return fail(
                     Exit::No,
-                    format!("the token is revoked at relayauth ({why}); the mount was not started"),
+                    format!(
+                        "relayauth does not accept the token ({why}); the mount was not started. \
+                         Mount with a new token (ask its sponsor, or mint one from the issuer)"
+                    ),
                 );
             }
             Err(e) => format!(

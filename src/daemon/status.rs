@@ -93,6 +93,24 @@ pub(super) fn summary(
     s
 }
 
+/// Why writebacks are refused for `s` for lack of a confirmation from relayauth, if they are
+/// (the session may still say `active`).
+fn writebacks_refused(s: &Session, limit: Duration) -> Option<String> {
+    match s.since_confirmed() {
+        None => Some(
+            "relayauth has not confirmed the session yet; writebacks are refused until it does"
+                .to_owned(),
+        ),
+        Some(d) if d > limit => Some(format!(
+            "relayauth last confirmed the session {} ago (--fail-closed-after {}); writebacks \
+             are refused until it answers again",
+            humantime::format_duration(Duration::from_secs(d.as_secs())),
+            humantime::format_duration(limit)
+        )),
+        Some(_) => None,
+    }
+}
+
 /// The JSON of `status`.
 pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
     let now = SystemTime::now();
@@ -116,6 +134,7 @@ pub(crate) fn status_json(shared: &Shared) -> serde_json::Value {
                 "state": state.name(),
                 "state_detail": state.describe(),
                 "confirmed_secs_ago": s.since_confirmed().map(|d| d.as_secs()),
+                "writebacks_refused": writebacks_refused(s, shared.spec.fail_closed_after),
                 "parent_token_id": g.parent_token_id(),
                 "root_pids": shared.callers.roots_of(s).iter().map(|k| k.pid).collect::<Vec<_>>(),
                 "allowed": s.decisions().0,

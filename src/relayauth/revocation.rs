@@ -155,9 +155,7 @@ impl RevocationClient {
                 let resp = req.send().await.map_err(transport)?;
                 let status = resp.status();
                 if status == StatusCode::UNAUTHORIZED && self.api_key.is_none() {
-                    return Ok(Status::Revoked(
-                        "relayauth refused the session's own token (401)".to_owned(),
-                    ));
+                    return Ok(Status::Revoked(own_token_refused(resp).await));
                 }
                 if status != StatusCode::OK {
                     return Err(NoAnswer(format!("HTTP {status}")));
@@ -183,9 +181,9 @@ impl RevocationClient {
                 let resp = req.send().await.map_err(transport)?;
                 let status = resp.status();
                 match status {
-                    StatusCode::UNAUTHORIZED if own => Ok(Status::Revoked(
-                        "relayauth refused the session's own token (401)".to_owned(),
-                    )),
+                    StatusCode::UNAUTHORIZED if own => {
+                        Ok(Status::Revoked(own_token_refused(resp).await))
+                    }
                     StatusCode::FORBIDDEN if own => Ok(Status::Alive),
                     StatusCode::OK => {
                         let body: Value = resp.json().await.map_err(transport)?;
@@ -202,5 +200,72 @@ impl RevocationClient {
             }
             Strategy::Auto => Err(NoAnswer("auto is not a strategy of its own".to_owned())),
         }
+    }
+}
+
+/// The most of a refusal's body that is read for its reason.
+const MAX_REFUSAL_BODY: usize = 4096;
+
+/// Why relayauth refused the session's own token (401), from its answer's body.
+async fn own_token_refused(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_REFUSAL_BODY {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    body.truncate(MAX_REFUSAL_BODY);
+    own_token_refusal(&body)
+}
+
+/// The reason in words: relayauth's own where its body gives one (`{"error": ...}`), and a
+/// token relayauth has no record of told apart from a revoked one (a development issuer
+/// restarted without `--state` forgets every token it issued).
+fn own_token_refusal(body: &[u8]) -> String {
+    let said = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.get("error").and_then(Value::as_str).map(|m| {
+            m.chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect::<String>()
+        })
+    });
+    match said {
+        Some(m) if m.contains("no record of") => format!(
+            "relayauth has no record of the session's own token (401: {m}); it was not revoked \
+             there: a development issuer restarted without --state forgets every token it \
+             issued (start it with --state DIR and mint a new token)"
+        ),
+        Some(m) => format!("relayauth refused the session's own token (401: {m})"),
+        None => "relayauth refused the session's own token (401)".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::own_token_refusal;
+
+    #[test]
+    fn a_refusal_says_relayauths_reason_and_tells_unknown_from_revoked() {
+        let unknown = own_token_refusal(
+            br#"{"error":"the bearer token is not accepted: invalid_token: this issuer has no record of token tok_1","code":"unauthorized"}"#,
+        );
+        assert!(
+            unknown.contains("no record") && unknown.contains("--state"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("was not revoked"), "{unknown}");
+        let revoked = own_token_refusal(
+            br#"{"error":"the bearer token is not accepted: revoked: by its sponsor","code":"unauthorized"}"#,
+        );
+        assert!(revoked.contains("revoked: by its sponsor"), "{revoked}");
+        assert!(!revoked.contains("--state"), "{revoked}");
+        assert_eq!(
+            own_token_refusal(b"<html>"),
+            "relayauth refused the session's own token (401)"
+        );
+        let control = own_token_refusal(b"{\"error\":\"a\\u001b[31mb\"}");
+        assert!(!control.contains('\u{1b}'), "{control}");
     }
 }
